@@ -1,0 +1,194 @@
+"""The HTTP functions: create a job, read a job, find a job by object key, health.
+
+Handlers only translate: parse the request into a typed model, call one function of
+``visionq.job_service``, shape the response. The same app serves local HTTP (uvicorn) and AWS
+Lambda behind an API Gateway HTTP API (``handler``, through Mangum).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from visionq import __version__
+from visionq.aws import boto3_client
+from visionq.config import ApiSettings, load_settings
+from visionq.errors import (
+    ConfigError,
+    InvalidRequest,
+    JobNotFound,
+    TransientError,
+    VisionqError,
+)
+from visionq.job_service import create_upload_job, find_job_by_key
+from visionq.jobs import Job
+from visionq.stores.job_store import DynamoJobStore, JobStore
+
+logger = logging.getLogger(__name__)
+
+# Exception class -> (HTTP status, error code). Looked up along the class hierarchy, so a new
+# subclass gets its parent's answer without another branch anywhere.
+ERROR_RESPONSES: dict[type[Exception], tuple[int, str | None]] = {
+    InvalidRequest: (400, None),
+    JobNotFound: (404, "job_not_found"),
+    TransientError: (503, "service_unavailable"),
+    ConfigError: (500, "internal_error"),
+    VisionqError: (500, "internal_error"),
+}
+
+
+class CreateJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=200, examples=["street.jpg"])
+    content_type: str = Field(min_length=1, max_length=100, examples=["image/jpeg"])
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class UploadForm(BaseModel):
+    url: str
+    fields: dict[str, str]
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status: str
+    key: str
+    upload: UploadForm
+    expires_at: str
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: str
+    key: str
+    model: str | None
+    created_at: str
+    updated_at: str
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+
+def job_view(job: Job) -> JobView:
+    return JobView(
+        job_id=job.job_id,
+        status=str(job.status),
+        key=job.key,
+        model=job.model,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        result=job.result,
+        error=ErrorBody(code=job.error.code, message=job.error.message) if job.error else None,
+    )
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+
+
+def create_app(settings: ApiSettings | None = None, *, jobs: JobStore | None = None, s3_client: Any = None) -> FastAPI:
+    settings = settings or load_settings(ApiSettings)
+    jobs = jobs or DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table)
+    s3_client = s3_client or boto3_client("s3", settings)
+
+    app = FastAPI(title="visionq", version=__version__, description="Asynchronous computer vision on object storage.")
+    error_responses: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+    }
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.post("/v1/jobs", status_code=201, response_model=JobCreated, responses=error_responses)
+    def create_job(body: CreateJobRequest) -> JobCreated:
+        ticket = create_upload_job(
+            filename=body.filename, content_type=body.content_type, settings=settings, jobs=jobs, s3_client=s3_client
+        )
+        return JobCreated(
+            job_id=ticket.job.job_id,
+            status=str(ticket.job.status),
+            key=ticket.job.key,
+            upload=UploadForm(url=ticket.upload.url, fields=ticket.upload.fields),
+            expires_at=ticket.expires_at,
+        )
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=error_responses)
+    def get_job(job_id: str) -> JobView:
+        if not (len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)):
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job_view(jobs.get(job_id))
+
+    @app.get("/v1/jobs", response_model=JobView, responses=error_responses)
+    def find_job(key: str = Query(min_length=1, max_length=1024, description="the object key")) -> JobView:
+        return job_view(find_job_by_key(key, settings=settings, jobs=jobs))
+
+    install_error_handlers(app)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VisionqError)
+    async def on_domain_error(request: Request, exc: VisionqError) -> JSONResponse:
+        status, code = _lookup(type(exc))
+        if status >= 500:
+            logger.error("request failed: %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
+            message = "the service could not complete the request; try again later"
+        else:
+            message = exc.message
+        return error_response(status, code or exc.code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return error_response(422, "invalid_request", "the request is invalid: " + "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error: %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal_error", "the service could not complete the request")
+
+
+def _lookup(cls: type[Exception]) -> tuple[int, str | None]:
+    for klass in cls.__mro__:
+        if klass in ERROR_RESPONSES:
+            return ERROR_RESPONSES[klass]
+    return 500, "internal_error"
+
+
+_lambda_handler: Any = None
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """AWS Lambda entry point (API Gateway HTTP API, payload v2). Built on first call, then reused."""
+    global _lambda_handler
+    if _lambda_handler is None:
+        from mangum import Mangum
+
+        _lambda_handler = Mangum(create_app(), lifespan="off")
+    result: dict[str, Any] = _lambda_handler(event, context)
+    return result

@@ -1,0 +1,253 @@
+"""`visionq`: one entry point for the local stack, the pieces on their own, and the client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from visionq.config import LOCAL_ENV_FILE
+from visionq.errors import ConfigError, VisionqError
+
+logger = logging.getLogger("visionq")
+
+STATE_DIR = Path(".visionq")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"visionq: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visionq", description="Asynchronous computer vision on object storage.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the local stack in the foreground (emulator, PostgreSQL, API, worker)")
+    up.add_argument("--model", default=os.environ.get("VISIONQ_MODEL", "yolo11n.pt"))
+    up.add_argument("--api-port", type=int, default=None)
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="bring the stack up, detect objects in sample images, shut down")
+    demo.add_argument("--model", default=os.environ.get("VISIONQ_MODEL", "yolo11n.pt"))
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for annotated images")
+    demo.add_argument("images", nargs="*", type=Path, help="images or folders (default: Ultralytics' samples)")
+    demo.set_defaults(func=cmd_demo)
+
+    submit = sub.add_parser("submit", help="submit images through the API")
+    submit.add_argument("paths", nargs="+", type=Path)
+    submit.add_argument("--wait", action="store_true", help="wait and print the results")
+    submit.add_argument("--timeout", type=float, default=300)
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="print a job as JSON")
+    status.add_argument("job_id")
+    status.set_defaults(func=cmd_status)
+
+    worker = sub.add_parser("worker", help="run a worker (configured by environment)")
+    worker.set_defaults(func=cmd_worker)
+
+    api = sub.add_parser("api", help="serve the HTTP API (configured by environment)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
+
+    boot = sub.add_parser("bootstrap", help="create the bucket, queues, table and schema (idempotent)")
+    boot.add_argument("--bucket", default=os.environ.get("VISIONQ_BUCKET"))
+    boot.add_argument("--queue", default=os.environ.get("VISIONQ_QUEUE_NAME"), help="queue name")
+    boot.add_argument("--table", default=os.environ.get("VISIONQ_JOBS_TABLE"))
+    boot.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    boot.add_argument("--upload-prefix", default=os.environ.get("VISIONQ_UPLOAD_PREFIX", "uploads/"))
+    boot.add_argument("--max-receive-count", type=int, default=5)
+    boot.add_argument("--visibility-timeout", type=int, default=120)
+    boot.set_defaults(func=cmd_bootstrap)
+    return parser
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from visionq.local_stack import LocalStack, free_port
+
+    _console_logging()
+    stack = LocalStack(
+        state_dir=STATE_DIR,
+        model=args.model,
+        api_port=args.api_port or free_port(),
+        database_url=os.environ.get("DATABASE_URL"),
+    )
+    _raise_on_sigterm()
+    try:
+        stack.start()
+        print("visionq is up:")
+        for key in (
+            "API_URL",
+            "AWS_ENDPOINT_URL",
+            "DATABASE_URL",
+            "VISIONQ_BUCKET",
+            "VISIONQ_QUEUE_URL",
+            "VISIONQ_JOBS_TABLE",
+        ):
+            print(f"  {key}={stack.env[key]}")
+        print(f"  settings written to {STATE_DIR / 'local.env'}; logs in {STATE_DIR}/*.log")
+        print("  try: visionq submit path/to/image.jpg --wait      (Ctrl-C stops everything)")
+        while True:
+            stack.check_children()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping...")
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from visionq.demo import run_demo
+
+    _console_logging()
+    _raise_on_sigterm()
+    return run_demo(model=args.model, images=args.images, out_dir=args.out, state_dir=STATE_DIR)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from visionq.client import VisionqClient, expand_image_paths
+
+    client = VisionqClient(_api_url())
+    submitted = [client.submit_file(path) for path in expand_image_paths(args.paths)]
+    for item in submitted:
+        print(f"{item.job_id}  {item.path}")
+    if args.wait:
+        jobs = client.wait([s.job_id for s in submitted], timeout=args.timeout)
+        print(format_results([(s.path.name, jobs[s.job_id]) for s in submitted]))
+        return 0 if all(job["status"] == "SUCCEEDED" for job in jobs.values()) else 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from visionq.client import ApiError, VisionqClient
+
+    try:
+        print(json.dumps(VisionqClient(_api_url()).get_job(args.job_id), indent=2))
+    except ApiError as exc:
+        print(f"visionq: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from visionq.config import WorkerSettings, load_settings
+    from visionq.logs import configure_logging
+    from visionq.worker import serve_worker
+
+    configure_logging(os.environ.get("VISIONQ_LOG_LEVEL", "INFO"))
+    settings = load_settings(WorkerSettings)
+    try:
+        asyncio.run(serve_worker(settings))
+    except VisionqError as exc:
+        logger.error("worker cannot start: %s", exc.message)
+        return 2
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from functions.http_api import create_app
+    from visionq.config import ApiSettings, load_settings
+    from visionq.logs import configure_logging
+
+    configure_logging(os.environ.get("VISIONQ_LOG_LEVEL", "INFO"))
+    app = create_app(load_settings(ApiSettings))
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from infra.bootstrap import StackNames, bootstrap_aws, bootstrap_database
+    from visionq.aws import boto3_client
+    from visionq.config import AwsSettings
+
+    missing = [
+        flag
+        for flag, value in (("--bucket", args.bucket), ("--queue", args.queue), ("--table", args.table))
+        if not value
+    ]
+    if missing:
+        raise ConfigError(
+            "bootstrap needs " + ", ".join(missing) + " (or VISIONQ_BUCKET, VISIONQ_QUEUE_NAME, VISIONQ_JOBS_TABLE)"
+        )
+    aws = AwsSettings()
+    names = StackNames(
+        bucket=args.bucket,
+        queue=args.queue,
+        jobs_table=args.table,
+        upload_prefix=args.upload_prefix,
+        max_receive_count=args.max_receive_count,
+        visibility_timeout=args.visibility_timeout,
+    )
+    resources = bootstrap_aws(
+        names, s3=boto3_client("s3", aws), sqs=boto3_client("sqs", aws), dynamodb=boto3_client("dynamodb", aws)
+    )
+    if args.database_url:
+        bootstrap_database(args.database_url)
+    print(f"VISIONQ_BUCKET={resources.bucket}")
+    print(f"VISIONQ_QUEUE_URL={resources.queue_url}")
+    print(f"VISIONQ_DLQ_URL={resources.dead_letter_queue_url}")
+    print(f"VISIONQ_JOBS_TABLE={resources.jobs_table}")
+    return 0
+
+
+def format_results(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """A plain table: one line per detection, or the error of a failed job."""
+    lines = [f"{'image':<28} {'status':<10} {'label':<16} {'conf':>5}  box (x1, y1, x2, y2)"]
+    for name, job in rows:
+        if job["status"] != "SUCCEEDED":
+            error = job.get("error") or {}
+            lines.append(f"{name[:28]:<28} {job['status']:<10} {error.get('code', '')}: {error.get('message', '')}")
+            continue
+        detections = (job.get("result") or {}).get("detections", [])
+        if not detections:
+            lines.append(f"{name[:28]:<28} {'SUCCEEDED':<10} (no detections)")
+        for det in detections:
+            box = f"({det['x1']:.0f}, {det['y1']:.0f}, {det['x2']:.0f}, {det['y2']:.0f})"
+            lines.append(f"{name[:28]:<28} {'SUCCEEDED':<10} {det['label'][:16]:<16} {det['confidence']:>5.2f}  {box}")
+    return "\n".join(lines)
+
+
+def _api_url() -> str:
+    from visionq.local_stack import read_env_file
+
+    url = os.environ.get("API_URL") or read_env_file(LOCAL_ENV_FILE).get("API_URL")
+    if not url:
+        raise ConfigError("API_URL is not set and .visionq/local.env does not exist: run `visionq up` first")
+    return url
+
+
+def _console_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("botocore", "urllib3", "httpx", "ultralytics"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _raise_on_sigterm() -> None:
+    """SIGTERM stops the foreground commands the way Ctrl-C does, through their `finally`."""
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)

@@ -1,0 +1,105 @@
+"""A small client for the HTTP API, as a user's program would use it: create, upload, poll."""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("SUCCEEDED", "FAILED")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Submitted:
+    path: Path
+    job_id: str
+
+
+class VisionqClient:
+    def __init__(self, api_url: str, *, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(base_url=api_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def create_job(self, filename: str, content_type: str) -> dict[str, Any]:
+        return self._json(self._http.post("/v1/jobs", json={"filename": filename, "content_type": content_type}))
+
+    def upload(self, ticket: dict[str, Any], data: bytes, content_type: str) -> None:
+        """The presigned POST, as a browser would send it: the policy fields, then the file."""
+        upload = ticket["upload"]
+        response = httpx.post(
+            upload["url"],
+            data=upload["fields"],
+            files={"file": (Path(ticket["key"]).name, data, content_type)},
+            timeout=60,
+        )
+        if response.status_code not in (200, 201, 204):
+            raise ApiError(response.status_code, "upload_rejected", response.text[:500])
+
+    def submit_file(self, path: Path) -> Submitted:
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        ticket = self.create_job(path.name, content_type)
+        self.upload(ticket, path.read_bytes(), content_type)
+        return Submitted(path=path, job_id=ticket["job_id"])
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/jobs/{job_id}"))
+
+    def find_job(self, key: str) -> dict[str, Any]:
+        return self._json(self._http.get("/v1/jobs", params={"key": key}))
+
+    def wait(self, job_ids: Iterable[str], *, timeout: float, interval: float = 0.25) -> dict[str, dict[str, Any]]:
+        """Poll until every job is SUCCEEDED or FAILED; raise TimeoutError naming those that are not."""
+        pending = list(job_ids)
+        done: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while pending:
+            for job_id in list(pending):
+                job = self.get_job(job_id)
+                if job["status"] in TERMINAL:
+                    done[job_id] = job
+                    pending.remove(job_id)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(pending)} job(s) not finished after {timeout:.0f}s: {pending[:5]}")
+                time.sleep(interval)
+        return done
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code >= 400:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            raise ApiError(
+                response.status_code, error.get("code", "http_error"), error.get("message", response.text[:300])
+            )
+        assert isinstance(body, dict)
+        return body
+
+
+def expand_image_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; directories expanded to the images directly inside them, sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found

@@ -1,0 +1,91 @@
+"""Settings, read once at start-up, failing fast with the name of what is missing.
+
+Resource names (bucket, queue, table, database) have no defaults: a deployed function that
+silently pointed at a table called "jobs" would be worse than one that refuses to start. The
+local stack writes every name explicitly into `.visionq/local.env`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from visionq.errors import ConfigError
+
+LOCAL_ENV_FILE = Path(".visionq/local.env")
+
+# Formats we accept, recognised by their bytes (see images.py); the content types a client may
+# declare for an upload are derived from the same list.
+IMAGE_CONTENT_TYPES = {
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/webp": "WEBP",
+    "image/bmp": "BMP",
+    "image/tiff": "TIFF",
+}
+
+
+class AwsSettings(BaseSettings):
+    """Where AWS is. ``AWS_ENDPOINT_URL`` (the standard variable) points everything at an emulator."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
+    aws_region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+
+
+class ApiSettings(AwsSettings):
+    """What the HTTP functions need: where uploads go and where jobs are recorded."""
+
+    bucket: str = Field(validation_alias="VISIONQ_BUCKET")
+    jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
+    upload_prefix: str = Field(default="uploads/", validation_alias="VISIONQ_UPLOAD_PREFIX")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, validation_alias="VISIONQ_MAX_UPLOAD_BYTES")
+    upload_expiry_seconds: int = Field(default=600, validation_alias="VISIONQ_UPLOAD_EXPIRY_SECONDS")
+    job_ttl_days: int = Field(default=7, validation_alias="VISIONQ_JOB_TTL_DAYS")
+    model: str = Field(default="yolo11n.pt", validation_alias="VISIONQ_MODEL")
+
+
+class WorkerSettings(AwsSettings):
+    """What the worker needs: the queue it drains and the two stores it writes."""
+
+    queue_url: str = Field(validation_alias="VISIONQ_QUEUE_URL")
+    jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
+    database_url: str = Field(validation_alias="DATABASE_URL")
+    upload_prefix: str = Field(default="uploads/", validation_alias="VISIONQ_UPLOAD_PREFIX")
+    model: str = Field(default="yolo11n.pt", validation_alias="VISIONQ_MODEL")
+    device: str | None = Field(default=None, validation_alias="VISIONQ_DEVICE")
+    image_size: int | None = Field(default=None, validation_alias="VISIONQ_IMAGE_SIZE")  # None: the model's own
+    confidence: float = Field(default=0.25, validation_alias="VISIONQ_CONFIDENCE")
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, validation_alias="VISIONQ_MAX_IMAGE_BYTES")
+    max_image_pixels: int = Field(default=50_000_000, validation_alias="VISIONQ_MAX_IMAGE_PIXELS")
+    max_batch: int = Field(default=8, validation_alias="VISIONQ_MAX_BATCH")
+    visibility_timeout: int = Field(default=120, validation_alias="VISIONQ_VISIBILITY_TIMEOUT")
+    # Deliveries after which a job that keeps failing is marked FAILED; keep it below the queue's
+    # maxReceiveCount so the job has its terminal state before SQS moves the message to the DLQ.
+    max_attempts: int = Field(default=4, validation_alias="VISIONQ_MAX_ATTEMPTS")
+    poll_wait_seconds: int = Field(default=20, validation_alias="VISIONQ_POLL_WAIT_SECONDS")
+    shutdown_grace_seconds: float = Field(default=30.0, validation_alias="VISIONQ_SHUTDOWN_GRACE_SECONDS")
+    job_ttl_days: int = Field(default=7, validation_alias="VISIONQ_JOB_TTL_DAYS")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build a settings object, turning pydantic's error into one naming the missing variables."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(part) for part in err["loc"])
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError(
+            "configuration incomplete: "
+            + "; ".join(problems)
+            + " (run `visionq up` for a local stack, or source .visionq/local.env)"
+        ) from exc

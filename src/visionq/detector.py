@@ -1,0 +1,200 @@
+"""The model interface and its Ultralytics YOLO implementation.
+
+The model is loaded once per process (``load_detector``) and handed to the worker; it takes a
+batch of decoded RGB images and returns, for each, boxes in original-image pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from visionq.errors import ModelUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Detection:
+    class_id: int
+    label: str
+    confidence: float
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    width: int
+    height: int
+    detections: list[Detection]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "image": {"width": self.width, "height": self.height},
+            "detections": [d.as_dict() for d in self.detections],
+        }
+
+
+class Detector(Protocol):
+    """What the worker needs of a model."""
+
+    @property
+    def version(self) -> str:
+        """Identifies the weights: part of a result's identity."""
+
+    @property
+    def untrained(self) -> bool:
+        """True when built from an architecture alone: its detections mean nothing."""
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """One forward pass over ``images`` (RGB, H x W x 3, uint8); one Prediction each, in order."""
+
+
+def pick_device(requested: str | None = None) -> str:
+    """CUDA when available, else CPU; an explicit request wins."""
+    if requested:
+        return requested
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class UltralyticsDetector:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        version: str,
+        untrained: bool,
+        device: str,
+        image_size: int | None = None,
+        confidence: float = 0.25,
+    ) -> None:
+        self._model = model
+        self._version = version
+        self._untrained = untrained
+        self.device = device
+        self.image_size = image_size
+        self.confidence = confidence
+        self.half = device.startswith("cuda")
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def untrained(self) -> bool:
+        return self._untrained
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        if not images:
+            return []
+        # Ultralytics treats numpy arrays as BGR (OpenCV's order); ours are RGB.
+        bgr = [np.ascontiguousarray(img[:, :, ::-1]) for img in images]
+        # No image size: the model's own (what it was trained at), else Ultralytics' 640.
+        size = {"imgsz": self.image_size} if self.image_size else {}
+        results = self._model.predict(
+            bgr,
+            **size,
+            conf=self.confidence,
+            device=self.device,
+            quantize=16 if self.half else None,
+            verbose=False,
+        )
+        predictions = []
+        for image, result in zip(images, results, strict=True):
+            names = result.names
+            boxes = result.boxes
+            xyxy = boxes.xyxy.cpu().numpy().tolist()
+            confs = boxes.conf.cpu().numpy().tolist()
+            classes = boxes.cls.cpu().numpy().astype(int).tolist()
+            detections = [
+                Detection(
+                    class_id=c,
+                    label=str(names.get(c, c)) if isinstance(names, dict) else str(names[c]),
+                    confidence=round(float(p), 5),
+                    x1=round(b[0], 2),
+                    y1=round(b[1], 2),
+                    x2=round(b[2], 2),
+                    y2=round(b[3], 2),
+                )
+                for b, p, c in zip(xyxy, confs, classes, strict=True)
+            ]
+            predictions.append(Prediction(width=image.shape[1], height=image.shape[0], detections=detections))
+        return predictions
+
+
+def load_detector(
+    spec: str,
+    *,
+    device: str | None = None,
+    image_size: int | None = None,
+    confidence: float = 0.25,
+    seed: int = 0,
+) -> UltralyticsDetector:
+    """Load a YOLO model from a weights path, an Ultralytics model name, or a model yaml.
+
+    A yaml builds the untrained architecture (seeded, so every process builds the same one).
+    A name whose weights are not on disk is downloaded by Ultralytics where there is network;
+    where there is none, this fails with a message saying how to supply the weights.
+    """
+    from ultralytics import YOLO  # type: ignore[attr-defined]
+
+    device = pick_device(device)
+    untrained = spec.endswith((".yaml", ".yml"))
+    started = time.perf_counter()
+    if untrained:
+        import torch
+
+        torch.manual_seed(seed)
+        model = YOLO(spec, task="detect")
+        version = f"{Path(spec).name}@seed{seed}"
+    else:
+        try:
+            model = YOLO(spec, task="detect")
+        except Exception as exc:  # Ultralytics raises plain exceptions for failed downloads
+            raise ModelUnavailable(_how_to_supply(spec) + f" ({type(exc).__name__}: {exc})") from exc
+        weights = Path(getattr(model, "ckpt_path", None) or spec)
+        version = f"{weights.name}@{_file_digest(weights)}" if weights.exists() else weights.name
+    model.to(device)
+    network: Any = model.model
+    network.eval()
+    logger.info(
+        "model loaded: %s on %s in %.0f ms%s",
+        version,
+        device,
+        (time.perf_counter() - started) * 1000,
+        " (UNTRAINED architecture: detections are meaningless)" if untrained else "",
+    )
+    return UltralyticsDetector(
+        model, version=version, untrained=untrained, device=device, image_size=image_size, confidence=confidence
+    )
+
+
+def _how_to_supply(spec: str) -> str:
+    return (
+        f"model weights {spec!r} are not on disk and cannot be downloaded here. Supply them: "
+        f"download {spec} on a machine with network and pass its path with --model/VISIONQ_MODEL, "
+        "or choose an untrained architecture explicitly (e.g. --model yolo11n.yaml) for a smoke test."
+    )
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

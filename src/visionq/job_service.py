@@ -1,0 +1,90 @@
+"""What the HTTP functions do: create a job with its upload ticket, look jobs up."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from visionq.config import IMAGE_CONTENT_TYPES, ApiSettings
+from visionq.errors import InvalidRequest
+from visionq.jobs import Job, JobStatus, new_job_id, ttl_from_now, upload_key, utc_now_iso
+from visionq.stores.job_store import JobStore
+from visionq.stores.object_store import PresignedPost, presign_upload_post
+
+_EXTENSIONS = {
+    "image/jpeg": (".jpg", ".jpeg"),
+    "image/png": (".png",),
+    "image/webp": (".webp",),
+    "image/bmp": (".bmp",),
+    "image/tiff": (".tif", ".tiff"),
+}
+_SAFE_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class UploadTicket:
+    job: Job
+    upload: PresignedPost
+    expires_at: str
+
+
+def create_upload_job(
+    *, filename: str, content_type: str, settings: ApiSettings, jobs: JobStore, s3_client: Any
+) -> UploadTicket:
+    """Record a PENDING job, then hand back a presigned POST for exactly its object key."""
+    filename = validate_filename(filename, content_type)
+    job_id = new_job_id()
+    now = time.time()
+    job = Job(
+        job_id=job_id,
+        status=JobStatus.PENDING,
+        bucket=settings.bucket,
+        key=upload_key(settings.upload_prefix, job_id, filename),
+        created_at=utc_now_iso(now),
+        updated_at=utc_now_iso(now),
+        expires_at=ttl_from_now(settings.job_ttl_days, now),
+        model=settings.model,
+        filename=filename,
+        content_type=content_type,
+    )
+    # The job is written before the client can upload, so the worker always finds it.
+    jobs.create(job)
+    upload = presign_upload_post(
+        s3_client,
+        bucket=settings.bucket,
+        key=job.key,
+        content_type=content_type,
+        max_bytes=settings.max_upload_bytes,
+        expires_in=settings.upload_expiry_seconds,
+    )
+    return UploadTicket(job=job, upload=upload, expires_at=utc_now_iso(now + settings.upload_expiry_seconds))
+
+
+def validate_filename(filename: str, content_type: str) -> str:
+    if content_type not in IMAGE_CONTENT_TYPES:
+        raise InvalidRequest(
+            f"content_type {content_type!r} is not accepted; use one of: " + ", ".join(sorted(IMAGE_CONTENT_TYPES)),
+            code="unsupported_content_type",
+        )
+    name = filename.strip()
+    if not _SAFE_FILENAME.match(name) or ".." in name:
+        raise InvalidRequest(
+            "filename must be a plain file name (letters, digits, space, . _ - ( ) +; at most 200 characters; no path)",
+            code="invalid_filename",
+        )
+    if not name.lower().endswith(_EXTENSIONS[content_type]):
+        raise InvalidRequest(
+            f"filename {name!r} does not end in an extension for {content_type} ("
+            + ", ".join(_EXTENSIONS[content_type])
+            + ")",
+            code="extension_mismatch",
+        )
+    return name
+
+
+def find_job_by_key(key: str, *, settings: ApiSettings, jobs: JobStore) -> Job:
+    if not key.startswith(settings.upload_prefix) or ".." in key.split("/"):
+        raise InvalidRequest(f"key must lie under the upload prefix {settings.upload_prefix!r}", code="invalid_key")
+    return jobs.find_by_object(settings.bucket, key)

@@ -1,0 +1,109 @@
+"""Jobs: their states, the forward-only transition rule, and how objects map to job ids."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    PENDING = "PENDING"  # created through the API, awaiting upload
+    QUEUED = "QUEUED"  # the object's event was seen
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+_RANK = {
+    JobStatus.PENDING: 0,
+    JobStatus.QUEUED: 1,
+    JobStatus.RUNNING: 2,
+    JobStatus.SUCCEEDED: 3,
+    JobStatus.FAILED: 3,
+}
+
+
+def allowed_predecessors(target: JobStatus) -> tuple[JobStatus, ...]:
+    """States from which a job may move to ``target``.
+
+    Transitions only move forward. The one repeat allowed is RUNNING -> RUNNING: a worker that
+    died mid-job leaves it RUNNING, and the redelivered message must be able to run it again.
+    QUEUED -> QUEUED is allowed too, so a duplicate event is a no-op rather than an error.
+    """
+    return tuple(
+        s for s in JobStatus if _RANK[s] < _RANK[target] or (s == target and s in (JobStatus.QUEUED, JobStatus.RUNNING))
+    )
+
+
+# The namespace for ids of jobs created from objects put into the bucket directly: the id is a
+# pure function of the object's identity, so duplicate events agree on it without coordination.
+_DIRECT_UPLOAD_NAMESPACE = uuid.UUID("6f1d9a52-4d3b-4f4e-9a38-0c1b7f6f2a11")
+_JOB_KEY = re.compile(r"^(?P<job_id>[0-9a-f]{32})/[^/]+$")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def direct_upload_job_id(bucket: str, key: str, etag: str) -> str:
+    return uuid.uuid5(_DIRECT_UPLOAD_NAMESPACE, f"{bucket}/{key}#{etag}").hex
+
+
+def upload_key(prefix: str, job_id: str, filename: str) -> str:
+    """The object key a job's upload must use: ``<prefix><job_id>/<filename>``."""
+    return f"{prefix}{job_id}/{filename}"
+
+
+def job_id_in_key(prefix: str, key: str) -> str | None:
+    """The job id embedded in a key made by :func:`upload_key`, or None for any other key."""
+    if not key.startswith(prefix):
+        return None
+    match = _JOB_KEY.match(key[len(prefix) :])
+    return match.group("job_id") if match else None
+
+
+def object_id(bucket: str, key: str) -> str:
+    """The jobs table's index key for 'which job is this object?'."""
+    return f"{bucket}/{key}"
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+
+
+@dataclass
+class Job:
+    job_id: str
+    status: JobStatus
+    bucket: str
+    key: str
+    created_at: str  # ISO 8601, UTC
+    updated_at: str
+    expires_at: int
+    model: str | None = None
+    etag: str | None = None
+    filename: str | None = None
+    content_type: str | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+
+
+def ttl_from_now(days: int, now: float | None = None) -> int:
+    return int((now if now is not None else time.time()) + days * 86400)
+
+
+def utc_now_iso(now: float | None = None) -> str:
+    """Millisecond ISO 8601 in UTC: sortable as a string, which the by-object index relies on."""
+    ts = now if now is not None else time.time()
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

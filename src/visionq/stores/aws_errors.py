@@ -1,0 +1,63 @@
+"""Translating botocore errors into the project's error types, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from visionq.errors import (
+    ConfigError,
+    ObjectMissing,
+    TransientError,
+    TransitionRejected,
+    VisionqError,
+)
+
+_THROTTLING = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "RequestThrottled",
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalServerError",
+    "InternalFailure",
+    "TransactionConflictException",
+}
+_MISSING_RESOURCE = {
+    "ResourceNotFoundException",
+    "NoSuchBucket",
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+}
+_MISSING_OBJECT = {"NoSuchKey", "404", "NotFound"}
+
+
+def translate_client_error(exc: ClientError, what: str) -> VisionqError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code == "ConditionalCheckFailedException":
+        return TransitionRejected(f"{what}: condition not met")
+    if code in _MISSING_OBJECT:
+        return ObjectMissing(f"{what}: the object no longer exists")
+    if code in _MISSING_RESOURCE:
+        return ConfigError(f"{what}: resource does not exist ({code}); run `visionq bootstrap`")
+    if code in _THROTTLING or status >= 500:
+        return TransientError(f"{what}: AWS is unavailable or throttling ({code or status})")
+    return VisionqError(f"{what}: AWS rejected the request ({code or status})")
+
+
+@contextmanager
+def aws_errors(what: str) -> Iterator[None]:
+    """Re-raise botocore errors met inside the block as VisionqError subclasses."""
+    try:
+        yield
+    except ClientError as exc:
+        raise translate_client_error(exc, what) from exc
+    except BotoCoreError as exc:  # connection refused, timeouts, ...
+        raise TransientError(f"{what}: cannot reach AWS ({type(exc).__name__})") from exc

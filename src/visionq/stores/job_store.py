@@ -1,0 +1,187 @@
+"""The jobs table (DynamoDB): one item per job, status changes as conditional writes.
+
+Every status change names the states it may come from, so a late or duplicate message can never
+move a job backwards (see ``jobs.allowed_predecessors``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from visionq.errors import JobNotFound, TransitionRejected
+from visionq.jobs import Job, JobError, JobStatus, allowed_predecessors, object_id, utc_now_iso
+from visionq.stores.aws_errors import aws_errors
+
+BY_OBJECT_INDEX = "by_object"
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+class JobStore(Protocol):
+    def create(self, job: Job) -> None: ...
+    def get(self, job_id: str) -> Job: ...
+    def find_by_object(self, bucket: str, key: str) -> Job: ...
+    def mark_queued(self, job_id: str, *, bucket: str, key: str, etag: str, model: str, expires_at: int) -> Job: ...
+    def mark_running(self, job_id: str) -> None: ...
+    def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None: ...
+    def mark_failed(self, job_id: str, error: JobError) -> None: ...
+
+
+class DynamoJobStore:
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    def create(self, job: Job) -> None:
+        item = {
+            "job_id": job.job_id,
+            "status": str(job.status),
+            "bucket": job.bucket,
+            "object_key": job.key,
+            "object_id": object_id(job.bucket, job.key),
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "expires_at": job.expires_at,
+            "model": job.model,
+            "filename": job.filename,
+            "content_type": job.content_type,
+        }
+        with aws_errors("create job"):
+            self._client.put_item(
+                TableName=self._table,
+                Item=_to_item(item),
+                ConditionExpression="attribute_not_exists(job_id)",
+            )
+
+    def get(self, job_id: str) -> Job:
+        with aws_errors("read job"):
+            response = self._client.get_item(TableName=self._table, Key={"job_id": {"S": job_id}}, ConsistentRead=True)
+        if "Item" not in response:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return _job_from_item(response["Item"])
+
+    def find_by_object(self, bucket: str, key: str) -> Job:
+        """The newest job for an object key (a key overwritten later gets a job of its own)."""
+        with aws_errors("find job by object"):
+            response = self._client.query(
+                TableName=self._table,
+                IndexName=BY_OBJECT_INDEX,
+                KeyConditionExpression="object_id = :oid",
+                ExpressionAttributeValues={":oid": {"S": object_id(bucket, key)}},
+                ScanIndexForward=False,
+                Limit=1,
+            )
+        items = response.get("Items", [])
+        if not items:
+            raise JobNotFound(f"no job for object {key!r}")
+        # The index projects keys only; read the item itself for a consistent, complete view.
+        return self.get(items[0]["job_id"]["S"])
+
+    def mark_queued(self, job_id: str, *, bucket: str, key: str, etag: str, model: str, expires_at: int) -> Job:
+        """Record that the object was seen, creating the job if it was put into the bucket directly.
+
+        Returns the job as it now stands; if it had already moved past QUEUED (a duplicate or
+        redelivered event), it is returned unchanged for the caller to decide.
+        """
+        now = utc_now_iso()
+        allowed = allowed_predecessors(JobStatus.QUEUED)
+        values = {
+            ":queued": "QUEUED",
+            ":bucket": bucket,
+            ":key": key,
+            ":oid": object_id(bucket, key),
+            ":etag": etag,
+            ":model": model,
+            ":now": now,
+            ":ttl": expires_at,
+            **{f":p{i}": str(s) for i, s in enumerate(allowed)},
+        }
+        condition = (
+            "attribute_not_exists(job_id) OR #status IN (" + ", ".join(f":p{i}" for i in range(len(allowed))) + ")"
+        )
+        try:
+            with aws_errors("queue job"):
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key={"job_id": {"S": job_id}},
+                    UpdateExpression=(
+                        "SET #status = :queued, #bucket = :bucket, object_key = :key, object_id = :oid,"
+                        " etag = :etag, #model = :model, updated_at = :now,"
+                        " created_at = if_not_exists(created_at, :now),"
+                        " expires_at = if_not_exists(expires_at, :ttl)"
+                    ),
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames={"#status": "status", "#bucket": "bucket", "#model": "model"},
+                    ExpressionAttributeValues=_to_values(values),
+                    ReturnValues="ALL_NEW",
+                )
+        except TransitionRejected:
+            return self.get(job_id)
+        return _job_from_item(response["Attributes"])
+
+    def mark_running(self, job_id: str) -> None:
+        self._transition(job_id, JobStatus.RUNNING, {})
+
+    def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
+        self._transition(job_id, JobStatus.SUCCEEDED, {"result": json.dumps(result, separators=(",", ":"))})
+
+    def mark_failed(self, job_id: str, error: JobError) -> None:
+        self._transition(job_id, JobStatus.FAILED, {"error_code": error.code, "error_message": error.message})
+
+    def _transition(self, job_id: str, target: JobStatus, fields: dict[str, Any]) -> None:
+        """Move ``job_id`` to ``target`` if its current state allows; else TransitionRejected."""
+        allowed = allowed_predecessors(target)
+        names = {"#status": "status"}
+        values: dict[str, Any] = {":target": str(target), ":now": utc_now_iso()}
+        sets = ["#status = :target", "updated_at = :now"]
+        for i, (name, value) in enumerate(fields.items()):
+            names[f"#f{i}"] = name
+            values[f":f{i}"] = value
+            sets.append(f"#f{i} = :f{i}")
+        for i, state in enumerate(allowed):
+            values[f":p{i}"] = str(state)
+        with aws_errors(f"mark job {target}"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": {"S": job_id}},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="attribute_exists(job_id) AND #status IN ("
+                + ", ".join(f":p{i}" for i in range(len(allowed)))
+                + ")",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_values(values),
+            )
+
+
+def _to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in values.items() if v is not None}
+
+
+def _to_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in values.items()}
+
+
+def _job_from_item(item: dict[str, Any]) -> Job:
+    data = {k: _deserializer.deserialize(v) for k, v in item.items()}
+    error = None
+    if data.get("error_code"):
+        error = JobError(code=str(data["error_code"]), message=str(data.get("error_message", "")))
+    return Job(
+        job_id=str(data["job_id"]),
+        status=JobStatus(str(data["status"])),
+        bucket=str(data["bucket"]),
+        key=str(data["object_key"]),
+        created_at=str(data["created_at"]),
+        updated_at=str(data["updated_at"]),
+        expires_at=int(data.get("expires_at", 0)),
+        model=data.get("model"),
+        etag=data.get("etag"),
+        filename=data.get("filename"),
+        content_type=data.get("content_type"),
+        result=json.loads(data["result"]) if data.get("result") else None,
+        error=error,
+    )

@@ -1,0 +1,228 @@
+"""Fixtures shared by the tiers.
+
+Integration and end-to-end tests use real servers: moto in server mode (HTTP) and an embedded
+PostgreSQL server (TCP), each started once per test session on free ports; every test starts
+from empty resources (moto reset + bootstrap, tables truncated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+SHAPES_WEIGHTS = ASSETS / "shapes_detector.pt"
+BUCKET = "visionq-test-uploads"
+QUEUE = "visionq-test-jobs"
+TABLE = "visionq-test-jobs"
+
+# No test may reach a hub; Ultralytics must not try either.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def load_shapes_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_shapes_detector", ASSETS / "make_shapes_detector.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def draw_scene() -> Callable[..., Any]:
+    """``draw_scene(seed, size)`` -> (PIL image, [(class_id, x1, y1, x2, y2), ...])."""
+    fn: Callable[..., Any] = load_shapes_module().draw_scene
+    return fn
+
+
+@pytest.fixture(scope="session")
+def shapes_detector() -> Any:
+    from visionq.detector import load_detector
+
+    return load_detector(str(SHAPES_WEIGHTS), device="cpu")
+
+
+# --- real servers, once per session -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from visionq.local_stack import LOCAL_AWS_CREDENTIALS, MotoServer
+
+    os.environ.update(LOCAL_AWS_CREDENTIALS)
+    server = MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``DATABASE_URL`` if set (any server), else an embedded PostgreSQL server of our own."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    from visionq.local_stack import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata").start()
+    yield server.url
+    server.stop()
+
+
+@dataclass
+class Stack:
+    endpoint: str
+    database_url: str
+    queue_url: str
+    dlq_url: str
+    s3: Any
+    sqs: Any
+    dynamodb: Any
+
+    def api_settings(self) -> Any:
+        from visionq.config import ApiSettings
+
+        return ApiSettings(bucket=BUCKET, jobs_table=TABLE, aws_endpoint_url=self.endpoint, aws_region="us-east-1")
+
+    def worker_settings(self, **overrides: Any) -> Any:
+        from visionq.config import WorkerSettings
+
+        values: dict[str, Any] = {
+            "queue_url": self.queue_url,
+            "jobs_table": TABLE,
+            "database_url": self.database_url,
+            "aws_endpoint_url": self.endpoint,
+            "aws_region": "us-east-1",
+            "poll_wait_seconds": 1,
+            "visibility_timeout": 30,
+        }
+        values.update(overrides)
+        return WorkerSettings(**values)
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute(query, params).fetchall()
+
+
+@pytest.fixture
+def stack(moto_server: Any, database_url: str) -> Stack:
+    """Empty resources for one test: moto reset and bootstrapped again, result tables truncated."""
+    from infra.bootstrap import StackNames, bootstrap_aws, bootstrap_database
+    from visionq.aws import boto3_client
+    from visionq.config import AwsSettings
+
+    moto_server.reset()
+    aws = AwsSettings(aws_endpoint_url=moto_server.endpoint, aws_region="us-east-1")
+    s3, sqs, dynamodb = (boto3_client(name, aws) for name in ("s3", "sqs", "dynamodb"))
+    resources = bootstrap_aws(
+        StackNames(bucket=BUCKET, queue=QUEUE, jobs_table=TABLE, max_receive_count=3, visibility_timeout=30),
+        s3=s3,
+        sqs=sqs,
+        dynamodb=dynamodb,
+    )
+    bootstrap_database(database_url)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("TRUNCATE results, detections")
+    # Configuring the notification makes S3 send a test event; the worker must cope, but tests
+    # that count messages start from an empty queue.
+    sqs.purge_queue(QueueUrl=resources.queue_url)
+    return Stack(
+        endpoint=moto_server.endpoint,
+        database_url=database_url,
+        queue_url=resources.queue_url,
+        dlq_url=resources.dead_letter_queue_url,
+        s3=s3,
+        sqs=sqs,
+        dynamodb=dynamodb,
+    )
+
+
+@pytest.fixture(scope="session")
+def api_url(moto_server: Any) -> Iterator[str]:
+    """The HTTP API, served by uvicorn over real HTTP, for the whole session (names are fixed)."""
+    import uvicorn
+
+    from functions.http_api import create_app
+    from visionq.config import ApiSettings
+    from visionq.local_stack import free_port, wait_until
+
+    settings = ApiSettings(
+        bucket=BUCKET, jobs_table=TABLE, aws_endpoint_url=moto_server.endpoint, aws_region="us-east-1"
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=30, what="uvicorn")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+class RunningWorker:
+    """``serve_worker`` on a thread of its own, as the process would run it, stoppable."""
+
+    def __init__(self, settings: Any, detector: Any) -> None:
+        self.stop_event: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self.stats: Any = None
+        self._settings = settings
+        self._detector = detector
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from visionq.worker import serve_worker
+
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.stop_event = asyncio.Event()
+            self._ready.set()
+            self.stats = await serve_worker(self._settings, detector=self._detector, stop=self.stop_event)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            self.error = exc
+            self._ready.set()
+
+    def start(self) -> RunningWorker:
+        self.thread.start()
+        self._ready.wait(30)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.loop is not None and self.stop_event is not None and self.alive:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "worker did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def start_worker(stack: Stack, shapes_detector: Any) -> Iterator[Callable[..., RunningWorker]]:
+    workers: list[RunningWorker] = []
+
+    def start(**overrides: Any) -> RunningWorker:
+        worker = RunningWorker(stack.worker_settings(**overrides), shapes_detector).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -1,0 +1,95 @@
+"""The local stack as a user drives it: `visionq up`, `visionq submit --wait`, Ctrl-C; `visionq demo`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import SHAPES_WEIGHTS
+from visionq.local_stack import read_env_file, wait_until
+
+pytestmark = pytest.mark.e2e
+
+VISIONQ = [sys.executable, "-m", "visionq"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VISIONQ_", "AWS_")) and k != "DATABASE_URL"}
+    env["YOLO_OFFLINE"] = "1"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return env
+
+
+def test_up_submit_and_stop_leave_nothing_behind(tmp_path: Path, draw_scene: Callable[..., Any]) -> None:
+    up = subprocess.Popen(
+        [*VISIONQ, "up", "--model", str(SHAPES_WEIGHTS.resolve())],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        env_file = tmp_path / ".visionq" / "local.env"
+        wait_until(lambda: env_file.exists() and up.poll() is None, timeout=120, what="`visionq up` to write local.env")
+        values = read_env_file(env_file)
+        for key in (
+            "API_URL",
+            "AWS_ENDPOINT_URL",
+            "DATABASE_URL",
+            "VISIONQ_BUCKET",
+            "VISIONQ_QUEUE_URL",
+            "VISIONQ_JOBS_TABLE",
+        ):
+            assert values.get(key), key
+        image, truth = draw_scene(10_100, (320, 240))
+        image.save(tmp_path / "shapes.png")
+        (tmp_path / "folder").mkdir()
+        draw_scene(10_101, (320, 240))[0].save(tmp_path / "folder" / "more.png")
+
+        submit = subprocess.run(
+            [*VISIONQ, "submit", "shapes.png", "folder", "--wait", "--timeout", "120"],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        lines = submit.stdout.splitlines()
+        names = {0: "square", 1: "circle", 2: "triangle"}
+        for cls, *_ in truth:
+            assert any(line.startswith("shapes.png") and names[cls] in line for line in lines), submit.stdout
+        assert any(line.startswith("more.png") and "SUCCEEDED" in line for line in lines), submit.stdout
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 3  # emulator, database, API, worker
+    finally:
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=120)
+    assert up.returncode == 0, output
+    _gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.pid for p in alive]
+
+
+def test_demo_runs_offline_and_writes_annotated_images(tmp_path: Path) -> None:
+    demo = subprocess.run(
+        [*VISIONQ, "demo", "--out", str(tmp_path / "annotated")],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    # No network here: the demo says it fell back to the untrained architecture.
+    assert "UNTRAINED" in demo.stdout
+    assert "bus.jpg" in demo.stdout and "zidane.jpg" in demo.stdout
+    assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == ["bus.jpg", "zidane.jpg"]

@@ -1,0 +1,229 @@
+"""The whole flow against real servers: the HTTP API (uvicorn), moto over HTTP, PostgreSQL over TCP,
+and the worker loop as the process runs it, with a small detector whose answers are known."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import BUCKET, TABLE, Stack
+from visionq.client import VisionqClient
+from visionq.local_stack import wait_until
+
+pytestmark = pytest.mark.integration
+
+WAIT = 90  # seconds; a deadline, not a sleep
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def submit_bytes(client: VisionqClient, filename: str, data: bytes, content_type: str) -> str:
+    ticket = client.create_job(filename, content_type)
+    assert ticket["status"] == "PENDING"
+    # A plain multipart POST with the presigned fields, as a browser or curl would send it.
+    response = httpx.post(
+        ticket["upload"]["url"], data=ticket["upload"]["fields"], files={"file": (filename, data, content_type)}
+    )
+    assert response.status_code in (200, 201, 204), response.text
+    job_id: str = ticket["job_id"]
+    return job_id
+
+
+def dynamo_item(stack: Stack, job_id: str) -> dict[str, Any]:
+    item: dict[str, Any] = stack.dynamodb.get_item(TableName=TABLE, Key={"job_id": {"S": job_id}})["Item"]
+    return item
+
+
+def test_client_flow_end_to_end(
+    stack: Stack, api_url: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+) -> None:
+    start_worker()
+    client = VisionqClient(api_url)
+    image, truth = draw_scene(10_001, (320, 240))
+    job_id = submit_bytes(client, "scene.png", png_bytes(image), "image/png")
+
+    job = client.wait([job_id], timeout=WAIT)[job_id]
+
+    assert job["status"] == "SUCCEEDED", job
+    assert job["result"]["image"] == {"width": 320, "height": 240}
+    found = job["result"]["detections"]
+    # every drawn shape is found, with its class, where it was drawn
+    for cls, *box in truth:
+        assert any(d["class_id"] == cls and iou(box, (d["x1"], d["y1"], d["x2"], d["y2"])) > 0.5 for d in found), (
+            truth,
+            found,
+        )
+
+    [(result_id, key, width, height, count, output)] = stack.sql(
+        "SELECT id, key, width, height, detection_count, output FROM results WHERE job_id = %s", job_id
+    )
+    assert key == f"uploads/{job_id}/scene.png"
+    assert (width, height, count) == (320, 240, len(found))
+    rows = stack.sql(
+        "SELECT class_id, label, confidence, x1, y1, x2, y2 FROM detections WHERE result_id = %s ORDER BY idx",
+        result_id,
+    )
+    assert [
+        {"class_id": r[0], "label": r[1], "confidence": r[2], "x1": r[3], "y1": r[4], "x2": r[5], "y2": r[6]}
+        for r in rows
+    ] == found
+    assert output["detections"] == found
+
+    item = dynamo_item(stack, job_id)
+    assert item["status"]["S"] == "SUCCEEDED"
+    assert json.loads(item["result"]["S"])["detections"] == found
+
+
+def test_direct_put_is_processed_and_found_by_key(
+    stack: Stack, api_url: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+) -> None:
+    start_worker()
+    image, truth = draw_scene(10_002, (320, 240))
+    key = "uploads/camera 7/frame+0001.png"
+    stack.s3.put_object(Bucket=BUCKET, Key=key, Body=png_bytes(image), ContentType="image/png")
+    client = VisionqClient(api_url)
+
+    def finished() -> bool:
+        return client.find_job(key)["status"] == "SUCCEEDED"
+
+    wait_until(finished, timeout=WAIT, what="the direct upload's job")
+    job = client.find_job(key)
+    assert job["key"] == key
+    assert len(job["result"]["detections"]) == len(truth)
+    assert stack.sql("SELECT count(*) FROM results WHERE key = %s", key) == [(1,)]
+
+
+def test_corrupt_image_fails_with_a_code_and_the_worker_goes_on(
+    stack: Stack, api_url: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+) -> None:
+    worker = start_worker()
+    client = VisionqClient(api_url)
+    good = png_bytes(draw_scene(10_003)[0])
+    truncated = submit_bytes(client, "broken.png", good[: len(good) // 3], "image/png")
+    not_an_image = submit_bytes(client, "notes.jpg", b"just some text, honestly\n" * 10, "image/jpeg")
+    after = submit_bytes(client, "after.png", good, "image/png")
+
+    jobs = client.wait([truncated, not_an_image, after], timeout=WAIT)
+
+    assert jobs[truncated]["status"] == "FAILED"
+    assert jobs[truncated]["error"]["code"] == "undecodable_image"
+    assert jobs[not_an_image]["status"] == "FAILED"
+    assert jobs[not_an_image]["error"]["code"] == "unsupported_format"
+    assert all(jobs[j]["error"]["message"] for j in (truncated, not_an_image))
+    assert jobs[after]["status"] == "SUCCEEDED"
+    assert worker.alive
+    assert stack.sql("SELECT count(*) FROM results") == [(1,)]
+    # every message was acknowledged: nothing is left to redeliver
+    wait_until(lambda: _queue_depth(stack) == 0, timeout=WAIT, what="an empty queue")
+
+
+def test_stored_boxes_equal_calling_the_model_on_the_file(
+    stack: Stack,
+    api_url: str,
+    start_worker: Callable[..., Any],
+    draw_scene: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Catches channel-order, orientation and scaling mistakes between the pipeline and the model."""
+    from ultralytics import YOLO
+
+    from tests.conftest import SHAPES_WEIGHTS
+
+    start_worker()
+    client = VisionqClient(api_url)
+    # A JPEG stored sideways with an EXIF orientation tag, at a size the model was not trained at.
+    scene, _ = draw_scene(10_004, (480, 640))
+    stored = scene.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    path = tmp_path / "sideways.jpg"
+    stored.save(path, "JPEG", quality=95, exif=exif.tobytes())
+    # ...and a lossless PNG, where both decoders must agree to the pixel.
+    png_path = tmp_path / "scene.png"
+    draw_scene(10_005, (640, 360))[0].save(png_path)
+
+    jobs = {
+        p: submit_bytes(client, p.name, p.read_bytes(), "image/jpeg" if p.suffix == ".jpg" else "image/png")
+        for p in (path, png_path)
+    }
+    done = client.wait(jobs.values(), timeout=WAIT)
+
+    model = YOLO(str(SHAPES_WEIGHTS))
+    for p, job_id in jobs.items():
+        direct = model.predict(str(p), device="cpu", verbose=False)[0]
+        want = sorted(
+            zip(direct.boxes.cls.int().tolist(), direct.boxes.xyxy.tolist(), direct.boxes.conf.tolist(), strict=True)
+        )
+        got = sorted(
+            (d["class_id"], [d["x1"], d["y1"], d["x2"], d["y2"]], d["confidence"])
+            for d in done[job_id]["result"]["detections"]
+        )
+        assert len(got) == len(want) > 0, (p.name, got, want)
+        # JPEG decoders (libjpeg in OpenCV vs Pillow) may differ by a level here and there.
+        tolerance = 2.0 if p.suffix == ".jpg" else 0.05
+        for (gc, gbox, gconf), (wc, wbox, wconf) in zip(got, want, strict=True):
+            assert gc == wc
+            assert np.allclose(gbox, wbox, atol=tolerance), (p.name, gbox, wbox)
+            assert gconf == pytest.approx(wconf, abs=0.02 if p.suffix == ".jpg" else 1e-3)
+    # the displayed (rotated) frame is what the boxes refer to
+    assert done[jobs[path]]["result"]["image"] == {"width": 480, "height": 640}
+
+
+def test_test_events_and_malformed_messages_are_acknowledged(stack: Stack, start_worker: Callable[..., Any]) -> None:
+    worker = start_worker()
+    for body in (
+        json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": BUCKET}),
+        "{this is not json",
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]}),
+    ):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
+    wait_until(lambda: _queue_depth(stack) == 0, timeout=WAIT, what="an empty queue")
+    assert worker.alive
+
+
+def test_duplicate_events_yield_one_result(
+    stack: Stack, api_url: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+) -> None:
+    start_worker()
+    key = "uploads/dup/frame.png"
+    stack.s3.put_object(Bucket=BUCKET, Key=key, Body=png_bytes(draw_scene(10_006)[0]))
+    client = VisionqClient(api_url)
+    wait_until(lambda: client.find_job(key)["status"] == "SUCCEEDED", timeout=WAIT, what="the first delivery")
+    etag = stack.s3.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+    record = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": BUCKET}, "object": {"key": "uploads/dup/frame.png", "size": 1, "eTag": etag}},
+    }
+    for _ in range(2):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps({"Records": [record]}))
+    wait_until(lambda: _queue_depth(stack) == 0, timeout=WAIT, what="the duplicates to be acknowledged")
+    assert stack.sql("SELECT count(*) FROM results WHERE key = %s", key) == [(1,)]
+    assert client.find_job(key)["status"] == "SUCCEEDED"
+
+
+def _queue_depth(stack: Stack) -> int:
+    attrs = stack.sqs.get_queue_attributes(
+        QueueUrl=stack.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
