@@ -16,10 +16,13 @@ CREATE TABLE IF NOT EXISTS results (
     total_ms        double precision,
     timings         jsonb       NOT NULL DEFAULT '{}'::jsonb,
     output          jsonb       NOT NULL,
+    object_created_at timestamptz,            -- when S3 saw the object (from the event)
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT results_identity UNIQUE (bucket, key, etag, model)
 );
+-- Columns added after the first release, for databases created before them.
+ALTER TABLE results ADD COLUMN IF NOT EXISTS object_created_at timestamptz;
 CREATE INDEX IF NOT EXISTS results_job_id ON results (job_id);
 CREATE INDEX IF NOT EXISTS results_created_at ON results (created_at);
 

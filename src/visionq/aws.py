@@ -40,3 +40,19 @@ def aio_client_kwargs(service: str, settings: AwsSettings, **config: Any) -> dic
         "region_name": settings.aws_region,
         "config": client_config(settings, **config),
     }
+
+
+def count_requests(client: Any, counts: dict[str, int]) -> Any:
+    """Count every HTTP request ``client`` sends (retries included) into ``counts`` by operation.
+
+    Each request is billed in the cloud and costs CPU in a local emulator; the worker reports
+    these counts when it stops, and the benchmark divides them by the images processed.
+    """
+
+    def on_send(event_name: str, **_: Any) -> None:
+        # event_name is "before-send.<service>.<Operation>"
+        key = event_name.split(".", 1)[-1]
+        counts[key] = counts.get(key, 0) + 1
+
+    client.meta.events.register("before-send", on_send)
+    return client

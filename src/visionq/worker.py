@@ -1,29 +1,36 @@
-"""The worker loop: receive ▸ fetch ▸ decode ▸ batch ▸ infer ▸ write ▸ acknowledge.
+"""The worker loop: receive ▸ fetch ▸ decode ▸ batch ▸ infer ▸ write ▸ acknowledge, overlapped.
 
-Each received SQS message carries one or more S3 records. Every object becomes a ``WorkItem``
-that ends in one of three outcomes:
+Stages run concurrently, joined by bounded queues, so the model never waits on a network round
+trip: while one batch is in the forward pass, the next is being fetched and decoded and the one
+before is being written.
 
-- done: its job reached a terminal state (or already had one: a duplicate) — the message may go;
-- retry: a store was unavailable — the message stays and comes back after a backoff;
-- (a message is acknowledged only when all its items are done, and only after their writes
-  committed, so a crash anywhere before the delete means redelivery, never loss).
+    receivers (long-polls) ─▶ prepare (claim job, GET, decode in a pool) ─▶ ready queue
+        ─▶ batcher (full, or oldest waited max_wait_ms, or nothing else coming) ─▶ infer thread
+        ─▶ writer (one PostgreSQL transaction, one DynamoDB request per batch) ─▶ acknowledger
 
-Results are written with the object's identity as a unique key, so redelivery rewrites the
-same row instead of adding one.
+Every object in a message is a ``WorkItem`` that ends DONE (its job is terminal, or already was)
+or RETRY (a store was unavailable). A message is deleted only when all its items are DONE, and
+only after their writes committed; otherwise it is put back after a backoff. The worker never
+holds more than ``prefetch`` messages, which bounds memory and the time a message waits.
+
+``naive`` mode (one message at a time, batch of one) is the same code with the concurrency
+turned off: prefetch 1, one receiver, max_batch 1, no wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
+from visionq.batching import MicroBatcher
 from visionq.config import WorkerSettings
 from visionq.detector import Detector, Prediction
 from visionq.errors import PermanentError, TransientError, TransitionRejected
@@ -37,6 +44,8 @@ from visionq.stores.result_store import ResultRecord, ResultStore
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # DynamoDB items are capped at 400 KB; the full list always lands in PostgreSQL.
 MAX_SUMMARY_DETECTIONS = 300
 
@@ -48,15 +57,50 @@ class Outcome(Enum):
 
 
 @dataclass
-class WorkItem:
+class Pipeline:
+    """The knobs, resolved: naive mode is the pipelined one with the concurrency set to one."""
+
+    max_batch: int
+    max_wait: float  # seconds
+    prefetch: int
+    receivers: int
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> Pipeline:
+        if settings.naive:
+            return cls(max_batch=1, max_wait=0.0, prefetch=1, receivers=1)
+        return cls(
+            max_batch=settings.max_batch,
+            max_wait=settings.max_wait_ms / 1000,
+            prefetch=max(settings.prefetch, settings.max_batch),
+            receivers=settings.receivers,
+        )
+
+
+@dataclass
+class InFlight:
+    """A received message and the items it carries; settled once all of them are."""
+
     message: Message
+    remaining: int
+    retry: bool = False
+
+
+@dataclass
+class WorkItem:
+    flight: InFlight
     obj: ObjectCreated
     job_id: str = ""
+    claimed: bool = False  # this item holds the job's place in Worker._active_jobs
     outcome: Outcome = Outcome.PENDING
     image: DecodedImage | None = None
     etag: str = ""
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def message(self) -> Message:
+        return self.flight.message
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
         return {"job_id": self.job_id, "key": self.obj.key, **more}
@@ -69,6 +113,10 @@ class WorkerStats:
     failed: int = 0
     duplicates: int = 0
     retried: int = 0
+    batches: int = 0
+    batched_images: int = 0
+    model_seconds: float = 0.0
+    aws_requests: dict[str, int] = field(default_factory=dict)  # by "service.Operation"
 
 
 class Worker:
@@ -85,6 +133,7 @@ class Worker:
         detector: Detector,
     ) -> None:
         self.settings = settings
+        self.pipeline = Pipeline.from_settings(settings)
         self.queue = queue
         self.objects = objects
         self.jobs = jobs
@@ -92,214 +141,346 @@ class Worker:
         self.detector = detector
         self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         self.stats = WorkerStats()
-        # Decoding is CPU work: keep it off the event loop. Store calls are blocking boto3/psycopg.
-        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
-        self._store_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
+        # Decoding is CPU work and store calls block (boto3, psycopg): both stay off the event loop.
+        # The model gets a thread of its own, so forward passes never queue behind anything else.
+        self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self._store_pool = ThreadPoolExecutor(8, thread_name_prefix="store")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._free_slots = self.pipeline.prefetch
+        self._slots_changed = asyncio.Condition()
+        self._preparing = 0  # items between receive and the ready queue
+        self._batcher: MicroBatcher[WorkItem] = MicroBatcher(
+            max_batch=self.pipeline.max_batch, max_wait=self.pipeline.max_wait, more_coming=lambda: self._preparing > 0
+        )
+        self._to_write: asyncio.Queue[tuple[list[WorkItem], list[Prediction]]] = asyncio.Queue(maxsize=2)
+        self._to_delete: list[Message] = []
+        self._delete_wanted = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active_jobs: set[str] = set()  # claimed here and not yet finished
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Receive and process until ``stop`` is set; work already received is finished first."""
-        logger.info("worker started: queue=%s model=%s", self.queue.url, self.detector.version)
+        """Process until ``stop`` is set; then take no more, finish what is held, and return."""
+        logger.info(
+            "worker started: queue=%s model=%s pipeline=%s", self.queue.url, self.detector.version, self.pipeline
+        )
+        stages = [
+            asyncio.create_task(self._batch_loop(), name="batcher"),
+            asyncio.create_task(self._write_loop(), name="writer"),
+            asyncio.create_task(self._delete_loop(), name="acknowledger"),
+        ]
+        receivers = [
+            asyncio.create_task(self._receive_loop(stop), name=f"receiver-{i}") for i in range(self.pipeline.receivers)
+        ]
+        try:
+            await asyncio.gather(*receivers)
+            await self._drain(self.settings.shutdown_grace_seconds)
+        finally:
+            for task in stages + receivers:
+                task.cancel()
+            await asyncio.gather(*stages, *receivers, return_exceptions=True)
+        logger.info("worker stopped")
+
+    def close(self) -> None:
+        for pool in (self._decode_pool, self._infer_pool, self._store_pool):
+            pool.shutdown(wait=True)
+        self.results.close()
+
+    # --- receive -------------------------------------------------------------------------------
+
+    async def _receive_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            wanted = await self._take_slots(stop)
+            if not wanted:
+                return
             receive = asyncio.ensure_future(
                 self.queue.receive(
-                    max_messages=10,
+                    max_messages=wanted,
                     wait_seconds=self.settings.poll_wait_seconds,
                     visibility_timeout=self.settings.visibility_timeout,
                 )
             )
             stopping = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
-            if receive not in done:
-                # Messages this poll may have taken reappear after their visibility timeout.
+            if not receive.done():
+                # Whatever this poll took reappears after its visibility timeout.
                 receive.cancel()
-                break
+                await self._give_slots(wanted)
+                return
             try:
                 messages = receive.result()
             except TransientError as exc:
+                await self._give_slots(wanted)
                 logger.warning("receive failed, backing off: %s", exc)
                 await _sleep_unless(stop, 2.0)
                 continue
-            if messages:
-                await self.process(messages)
-        logger.info("worker stopped: %s", self.stats)
+            await self._give_slots(wanted - len(messages))
+            for message in messages:
+                self._accept(message)
 
-    def close(self) -> None:
-        self._decode_pool.shutdown(wait=True)
-        self._store_pool.shutdown(wait=True)
-        self.results.close()
-
-    async def process(self, messages: Sequence[Message]) -> None:
-        """Take one received batch of messages to the point where each is deleted or left to retry."""
-        self.stats.messages += len(messages)
-        items: list[WorkItem] = []
-        ack_now: list[Message] = []
-        for message in messages:
-            try:
-                objects = parse_s3_event(message.body)
-            except PermanentError as exc:
-                logger.error("dropping malformed message %s: %s", message.message_id, exc)
-                ack_now.append(message)
-                continue
-            if not objects:  # s3:TestEvent or a non-create event: nothing to do
-                ack_now.append(message)
-            items.extend(WorkItem(message=message, obj=obj) for obj in objects)
-
-        await asyncio.gather(*(self._prepare(item) for item in items))
-        ready = [item for item in items if item.outcome is Outcome.PENDING and item.image is not None]
-        for start in range(0, len(ready), self.settings.max_batch):
-            await self._infer_and_record(ready[start : start + self.settings.max_batch])
-        await self._settle(messages=[*ack_now], items=items)
+    def _accept(self, message: Message) -> None:
+        """Turn a message into work items and start preparing them."""
+        self.stats.messages += 1
+        try:
+            objects = parse_s3_event(message.body)
+        except PermanentError as exc:
+            logger.error("dropping malformed message %s: %s", message.message_id, exc)
+            objects = []
+        flight = InFlight(message=message, remaining=len(objects))
+        if not objects:  # s3:TestEvent, a non-create event, or unparseable: nothing to do
+            self._settle(flight)
+            return
+        for obj in objects:
+            self._preparing += 1
+            self._spawn(self._prepare(WorkItem(flight=flight, obj=obj)))
 
     async def _prepare(self, item: WorkItem) -> None:
-        """Identify the job, move it to RUNNING, fetch and decode the object."""
+        """Claim the job (QUEUED), fetch and decode the object, hand it to the batcher."""
+        try:
+            if await self._claim(item):
+                started = time.perf_counter()
+                data, item.etag = await self.objects.read(
+                    item.obj.bucket, item.obj.key, max_bytes=self.limits.max_bytes
+                )
+                item.timings["fetch_ms"] = _ms_since(started)
+                started = time.perf_counter()
+                item.image = await self._in(self._decode_pool, decode_image, data, self.limits)
+                item.timings["decode_ms"] = _ms_since(started)
+                self._batcher.put(item)
+        except PermanentError as exc:
+            await self._fail(item, JobError(code=exc.code, message=exc.message))
+        except Exception as exc:  # noqa: BLE001 - any other fault: retry, then a terminal state
+            await self._retry_or_fail(item, exc)
+        finally:
+            self._preparing -= 1
+            self._batcher.poke()  # the batcher may stop waiting for company
+
+    async def _claim(self, item: WorkItem) -> bool:
+        """Record the object as seen; False (and the item done) when there is nothing to run."""
         obj = item.obj
         prefix = self.settings.upload_prefix
         if not obj.key.startswith(prefix):
             logger.warning("ignoring object outside the upload prefix %r: %s", prefix, obj.key)
-            item.outcome = Outcome.DONE
-            return
+            self._finish(item, Outcome.DONE)
+            return False
         item.job_id = job_id_in_key(prefix, obj.key) or direct_upload_job_id(obj.bucket, obj.key, obj.version)
-        try:
-            job = await self._store(
-                self.jobs.mark_queued,
-                item.job_id,
-                bucket=obj.bucket,
-                key=obj.key,
-                etag=obj.version,
-                model=self.detector.version,
-                expires_at=ttl_from_now(self.settings.job_ttl_days),
-            )
-            if job.status is JobStatus.QUEUED:
-                self._log_state(item, JobStatus.QUEUED)
-            if job.status.terminal:
-                logger.info("duplicate event for a finished job", extra=item.log_extra(status=str(job.status)))
-                self.stats.duplicates += 1
-                item.outcome = Outcome.DONE
-                return
-            await self._store(self.jobs.mark_running, item.job_id)
-            self._log_state(item, JobStatus.RUNNING)
-            started = time.perf_counter()
-            data, item.etag = await self.objects.read(obj.bucket, obj.key, max_bytes=self.limits.max_bytes)
-            item.timings["fetch_ms"] = _ms_since(started)
-            started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            item.image = await loop.run_in_executor(self._decode_pool, decode_image, data, self.limits)
-            item.timings["decode_ms"] = _ms_since(started)
-        except TransitionRejected:
-            # Another delivery of the same object finished it between our two writes.
+        if item.job_id in self._active_jobs:
+            # Another delivery of this object is in hand here; it alone will finish the job. Safe to
+            # acknowledge this one now: the other's message stays until its result is committed.
             self.stats.duplicates += 1
-            item.outcome = Outcome.DONE
-        except PermanentError as exc:
-            await self._fail(item, JobError(code=exc.code, message=exc.message))
-        except Exception as exc:  # noqa: BLE001 - any other fault: retry, then give up with a terminal state
-            await self._retry_or_fail(item, exc)
+            self._finish(item, Outcome.DONE)
+            return False
+        self._active_jobs.add(item.job_id)
+        item.claimed = True
+        job = await self._in(
+            self._store_pool,
+            self.jobs.mark_queued,
+            item.job_id,
+            bucket=obj.bucket,
+            key=obj.key,
+            etag=obj.version,
+            model=self.detector.version,
+            expires_at=ttl_from_now(self.settings.job_ttl_days),
+        )
+        if job.status.terminal:
+            logger.info("duplicate event for a finished job", extra=item.log_extra(status=str(job.status)))
+            self.stats.duplicates += 1
+            self._finish(item, Outcome.DONE)
+            return False
+        self._log_state(item, job.status)
+        return True
 
-    async def _infer_and_record(self, batch: list[WorkItem]) -> None:
-        images = [item.image.rgb for item in batch if item.image is not None]
+    # --- batch and infer -----------------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._infer(await self._batcher.next_batch())
+
+    async def _infer(self, batch: list[WorkItem]) -> None:
+        rejected = await self._in(
+            self._store_pool, self.jobs.mark_many, JobStatus.RUNNING, {i.job_id: {} for i in batch}
+        )
+        running = []
+        for item in batch:
+            if item.job_id in rejected:  # finished by another delivery meanwhile
+                self.stats.duplicates += 1
+                self._finish(item, Outcome.DONE)
+            else:
+                self._log_state(item, JobStatus.RUNNING)
+                running.append(item)
+        if not running:
+            return
+        images = [item.image.rgb for item in running if item.image is not None]
         started = time.perf_counter()
         try:
-            predictions: list[Prediction] = await asyncio.to_thread(self.detector.predict, images)
+            predictions = await self._in(self._infer_pool, self.detector.predict, images)
         except Exception as exc:  # noqa: BLE001 - a model fault fails or retries the batch's items
-            for item in batch:
+            for item in running:
                 await self._retry_or_fail(item, exc)
             return
-        per_image_ms = _ms_since(started) / len(batch)
-        records = []
-        for item, prediction in zip(batch, predictions, strict=True):
-            item.timings["inference_ms"] = per_image_ms
-            item.timings["batch_size"] = float(len(batch))
-            item.timings["total_ms"] = _ms_since(item.started)
-            item.image = None  # the pixels are no longer needed; let them go before the writes
-            records.append(
-                ResultRecord(
-                    job_id=item.job_id,
-                    bucket=item.obj.bucket,
-                    key=item.obj.key,
-                    etag=item.etag or item.obj.version,
-                    model=self.detector.version,
-                    prediction=prediction,
-                    timings=item.timings,
-                )
-            )
-        try:
-            await self._store(self.results.record_results, records)
-        except Exception as exc:  # noqa: BLE001 - nothing committed: every item of the batch retries
-            for item in batch:
-                await self._retry_or_fail(item, exc)
-            return
-        await asyncio.gather(*(self._succeed(item, record) for item, record in zip(batch, records, strict=True)))
+        elapsed = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.batched_images += len(running)
+        self.stats.model_seconds += elapsed
+        for item in running:
+            item.image = None  # the pixels are no longer needed
+            item.timings["inference_ms"] = elapsed * 1000 / len(running)
+            item.timings["batch_size"] = float(len(running))
+        await self._to_write.put((running, predictions))
 
-    async def _succeed(self, item: WorkItem, record: ResultRecord) -> None:
-        summary = record.prediction.as_dict()
-        summary["detection_count"] = len(record.prediction.detections)
-        summary["detections"] = summary["detections"][:MAX_SUMMARY_DETECTIONS]
-        summary["truncated"] = summary["detection_count"] > MAX_SUMMARY_DETECTIONS
-        summary["model"] = record.model
-        summary["inference_ms"] = round(item.timings["inference_ms"], 2)
+    # --- write and acknowledge -----------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch, predictions = await self._to_write.get()
+            await self._write(batch, predictions)
+
+    async def _write(self, batch: list[WorkItem], predictions: list[Prediction]) -> None:
+        records = [
+            ResultRecord(
+                job_id=item.job_id,
+                bucket=item.obj.bucket,
+                key=item.obj.key,
+                etag=item.etag or item.obj.version,
+                model=self.detector.version,
+                prediction=prediction,
+                timings={**item.timings, "total_ms": _ms_since(item.started)},
+                object_created_at=item.obj.event_time,
+            )
+            for item, prediction in zip(batch, predictions, strict=True)
+        ]
         try:
-            await self._store(self.jobs.mark_succeeded, item.job_id, summary)
-        except TransitionRejected:
-            item.outcome = Outcome.DONE  # finished by another delivery; our row is identical
+            # One transaction for the batch: all its rows commit, or none do and all retry.
+            await self._in(self._store_pool, self.results.record_results, records)
+            summaries = {
+                item.job_id: {"result": _summary(item, record)} for item, record in zip(batch, records, strict=True)
+            }
+            rejected = await self._in(self._store_pool, self.jobs.mark_many, JobStatus.SUCCEEDED, summaries)
+        except Exception as exc:  # noqa: BLE001 - redelivery rewrites the same rows
+            for item in batch:
+                await self._retry_or_fail(item, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - the result is committed; redelivery rewrites it
-            await self._retry_or_fail(item, exc)
+        for item, record in zip(batch, records, strict=True):
+            if item.job_id in rejected:
+                self.stats.duplicates += 1
+            else:
+                self.stats.succeeded += 1
+                self._log_state(item, JobStatus.SUCCEEDED, detections=len(record.prediction.detections))
+            self._finish(item, Outcome.DONE)
+
+    async def _delete_loop(self) -> None:
+        """Delete settled messages, up to ten per request, as soon as any are waiting."""
+        while True:
+            await self._delete_wanted.wait()
+            self._delete_wanted.clear()
+            while self._to_delete:
+                chunk, self._to_delete = self._to_delete[:10], self._to_delete[10:]
+                try:
+                    failed = await self.queue.delete(chunk)
+                except TransientError as exc:
+                    # They come back after their visibility timeout; results are idempotent.
+                    logger.warning("could not delete %d messages: %s", len(chunk), exc)
+                    failed = []
+                if failed:
+                    logger.warning("SQS did not delete %d messages; they will be redelivered", len(failed))
+                await self._give_slots(len(chunk))
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    def _finish(self, item: WorkItem, outcome: Outcome) -> None:
+        if item.outcome is not Outcome.PENDING:
             return
-        item.outcome = Outcome.DONE
-        self.stats.succeeded += 1
-        self._log_state(item, JobStatus.SUCCEEDED, detections=summary["detection_count"])
+        item.outcome = outcome
+        item.image = None
+        if item.claimed:
+            self._active_jobs.discard(item.job_id)
+        flight = item.flight
+        flight.retry |= outcome is Outcome.RETRY
+        flight.remaining -= 1
+        if flight.remaining == 0:
+            self._settle(flight)
+
+    def _settle(self, flight: InFlight) -> None:
+        if flight.retry:
+            self.stats.retried += 1
+            self._spawn(self._release(flight.message))
+        else:
+            self._to_delete.append(flight.message)
+            self._delete_wanted.set()
+
+    async def _release(self, message: Message) -> None:
+        try:
+            await self.queue.release([message], delay_seconds=_backoff_seconds(message.receive_count))
+        except TransientError as exc:
+            logger.warning("could not release a message for retry: %s", exc)
+        finally:
+            await self._give_slots(1)
 
     async def _fail(self, item: WorkItem, error: JobError) -> None:
         try:
-            await self._store(self.jobs.mark_failed, item.job_id, error)
+            await self._in(self._store_pool, self.jobs.mark_failed, item.job_id, error)
         except TransitionRejected:
-            item.outcome = Outcome.DONE
+            self._finish(item, Outcome.DONE)
             return
         except Exception as exc:  # noqa: BLE001
             logger.warning("could not record failure, will retry: %s", exc, extra=item.log_extra())
-            item.outcome = Outcome.RETRY
+            self._finish(item, Outcome.RETRY)
             return
-        item.outcome = Outcome.DONE
         self.stats.failed += 1
         self._log_state(item, JobStatus.FAILED, error_code=error.code, error_message=error.message)
+        self._finish(item, Outcome.DONE)
 
     async def _retry_or_fail(self, item: WorkItem, exc: Exception) -> None:
-        """Transient or unexpected fault: retry with backoff, until the attempts are spent."""
-        if item.message.receive_count >= self.settings.max_attempts:
-            logger.error("giving up after %d attempts: %s", item.message.receive_count, exc, extra=item.log_extra())
+        """Transient or unexpected fault: retry with backoff until the attempts are spent."""
+        attempts = item.message.receive_count
+        if attempts >= self.settings.max_attempts:
+            logger.error("giving up after %d attempts: %s", attempts, exc, extra=item.log_extra())
             code = "store_unavailable" if isinstance(exc, TransientError) else "processing_error"
-            await self._fail(
-                item, JobError(code=code, message=f"processing failed after {item.message.receive_count} attempts")
-            )
+            await self._fail(item, JobError(code=code, message=f"processing failed after {attempts} attempts"))
             return
         log = logger.warning if isinstance(exc, TransientError) else logger.exception
-        log("attempt %d failed, will retry: %s", item.message.receive_count, exc, extra=item.log_extra())
-        item.outcome = Outcome.RETRY
+        log("attempt %d failed, will retry: %s", attempts, exc, extra=item.log_extra())
+        self._finish(item, Outcome.RETRY)
 
-    async def _settle(self, *, messages: list[Message], items: Sequence[WorkItem]) -> None:
-        """Delete messages whose items are all done; put the others back after a backoff."""
-        by_message: dict[str, list[WorkItem]] = {}
-        for item in items:
-            by_message.setdefault(item.message.message_id, []).append(item)
-        retry: list[Message] = []
-        for group in by_message.values():
-            if all(i.outcome is Outcome.DONE for i in group):
-                messages.append(group[0].message)
-            else:
-                retry.append(group[0].message)
-        try:
-            if messages:
-                await self.queue.delete(messages)
-            for message in retry:
-                self.stats.retried += 1
-                await self.queue.release([message], delay_seconds=_backoff_seconds(message.receive_count))
-        except TransientError as exc:
-            # Undeleted messages come back after their visibility timeout; results are idempotent.
-            logger.warning("could not settle messages: %s", exc)
+    # --- plumbing ------------------------------------------------------------------------------
 
-    async def _store(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._store_pool, lambda: fn(*args, **kwargs))
+    async def _take_slots(self, stop: asyncio.Event) -> int:
+        """Wait for room to hold more messages; take up to ten slots (0 when stopping)."""
+        async with self._slots_changed:
+            while self._free_slots == 0 and not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slots_changed.wait(), timeout=1.0)
+            if stop.is_set():
+                return 0
+            taken = min(10, self._free_slots)
+            self._free_slots -= taken
+            return taken
+
+    async def _give_slots(self, count: int) -> None:
+        if count:
+            async with self._slots_changed:
+                self._free_slots += count
+                self._slots_changed.notify_all()
+
+    async def _drain(self, grace: float) -> None:
+        """Wait for every held message to settle, at most ``grace`` seconds."""
+        deadline = time.monotonic() + grace
+        while self._free_slots < self.pipeline.prefetch and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._free_slots < self.pipeline.prefetch:
+            logger.warning(
+                "shutdown grace of %.0fs passed with %d messages unsettled; they will be redelivered",
+                grace,
+                self.pipeline.prefetch - self._free_slots,
+            )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, lambda: fn(*args, **kwargs))
 
     def _log_state(self, item: WorkItem, status: JobStatus, **more: Any) -> None:
         logger.info(
@@ -307,6 +488,20 @@ class Worker:
             status,
             extra=item.log_extra(status=str(status), elapsed_ms=round(_ms_since(item.started), 1), **more),
         )
+
+
+def _summary(item: WorkItem, record: ResultRecord) -> str:
+    """The result as the jobs table keeps it (what GET /v1/jobs/{id} returns)."""
+    summary = record.prediction.as_dict()
+    count = len(record.prediction.detections)
+    summary["detections"] = summary["detections"][:MAX_SUMMARY_DETECTIONS]
+    summary.update(
+        detection_count=count,
+        truncated=count > MAX_SUMMARY_DETECTIONS,
+        model=record.model,
+        inference_ms=round(item.timings["inference_ms"], 2),
+    )
+    return json.dumps(summary, separators=(",", ":"))
 
 
 def _backoff_seconds(receive_count: int) -> int:
@@ -327,13 +522,13 @@ async def serve_worker(
 ) -> WorkerStats:
     """Build the worker's resources once (model, clients, stores), run until stopped, clean up.
 
-    SIGTERM and SIGINT stop the receiving; work already received is finished before returning.
+    SIGTERM and SIGINT stop the receiving; messages already held are finished first.
     """
     import signal
 
     from aiobotocore.session import get_session
 
-    from visionq.aws import aio_client_kwargs, boto3_client
+    from visionq.aws import aio_client_kwargs, boto3_client, count_requests
     from visionq.detector import load_detector
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.result_store import PostgresResultStore
@@ -344,6 +539,10 @@ async def serve_worker(
         # Only possible in the main thread of a POSIX process; tests run the worker on a thread.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     if detector is None:
         detector = await asyncio.to_thread(
             load_detector,
@@ -353,15 +552,19 @@ async def serve_worker(
             confidence=settings.confidence,
         )
     session = get_session()
+    requests: dict[str, int] = {}
     async with (
-        session.create_client(**aio_client_kwargs("sqs", settings)) as sqs,
-        session.create_client(**aio_client_kwargs("s3", settings, max_pool_connections=32)) as s3,
+        session.create_client(**aio_client_kwargs("sqs", settings, max_pool_connections=16)) as sqs,
+        session.create_client(**aio_client_kwargs("s3", settings, max_pool_connections=64)) as s3,
     ):
+        dynamodb = boto3_client("dynamodb", settings, max_pool_connections=16)
+        for client in (sqs, s3, dynamodb):
+            count_requests(client, requests)
         worker = Worker(
             settings=settings,
             queue=SqsQueue(sqs, settings.queue_url),
             objects=S3ObjectReader(s3),
-            jobs=DynamoJobStore(boto3_client("dynamodb", settings, max_pool_connections=16), settings.jobs_table),
+            jobs=DynamoJobStore(dynamodb, settings.jobs_table),
             results=PostgresResultStore(settings.database_url),
             detector=detector,
         )
@@ -369,4 +572,6 @@ async def serve_worker(
             await worker.run(stop)
         finally:
             worker.close()
+            worker.stats.aws_requests = dict(sorted(requests.items()))
+            logger.info("worker totals", extra={"stats": vars(worker.stats)})
     return worker.stats

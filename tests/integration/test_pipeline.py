@@ -179,12 +179,14 @@ def test_stored_boxes_equal_calling_the_model_on_the_file(
             for d in done[job_id]["result"]["detections"]
         )
         assert len(got) == len(want) > 0, (p.name, got, want)
-        # JPEG decoders (libjpeg in OpenCV vs Pillow) may differ by a level here and there.
-        tolerance = 2.0 if p.suffix == ".jpg" else 0.05
+        # Channel-order, orientation or scaling mistakes move boxes by tens of pixels or change the
+        # class. What may legitimately differ: JPEG decoders (OpenCV's libjpeg vs Pillow's) by a level
+        # here and there, and the padding when the worker batches images of different shapes.
+        tolerance = 2.0 if p.suffix == ".jpg" else 1.0
         for (gc, gbox, gconf), (wc, wbox, wconf) in zip(got, want, strict=True):
             assert gc == wc
             assert np.allclose(gbox, wbox, atol=tolerance), (p.name, gbox, wbox)
-            assert gconf == pytest.approx(wconf, abs=0.02 if p.suffix == ".jpg" else 1e-3)
+            assert gconf == pytest.approx(wconf, abs=0.03)
     # the displayed (rotated) frame is what the boxes refer to
     assert done[jobs[path]]["result"]["image"] == {"width": 480, "height": 640}
 

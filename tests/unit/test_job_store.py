@@ -93,3 +93,19 @@ def test_creating_twice_is_refused_and_unknown_ids_are_not_found(store: DynamoJo
         store.get("c" * 32)
     with pytest.raises(TransitionRejected):
         store.mark_running("c" * 32)
+
+
+def test_mark_many_moves_a_batch_and_reports_only_the_rejected(store: DynamoJobStore) -> None:
+    ids = [c * 32 for c in "abcd"]
+    for job_id in ids:
+        store.create(pending(job_id))
+    assert store.mark_many(JobStatus.RUNNING, {job_id: {} for job_id in ids}) == set()
+    store.mark_failed(ids[1], JobError("x", "finished elsewhere"))
+    rejected = store.mark_many(JobStatus.SUCCEEDED, {job_id: {"result": "{}"} for job_id in ids})
+    assert rejected == {ids[1]}
+    assert [store.get(j).status for j in ids] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.SUCCEEDED,
+        JobStatus.SUCCEEDED,
+    ]

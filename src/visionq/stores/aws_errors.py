@@ -41,7 +41,10 @@ def translate_client_error(exc: ClientError, what: str) -> VisionqError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    if code == "ConditionalCheckFailedException":
+    reasons = exc.response.get("CancellationReasons") or []
+    if code == "ConditionalCheckFailedException" or (
+        code == "TransactionCanceledException" and any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
+    ):
         return TransitionRejected(f"{what}: condition not met")
     if code in _MISSING_OBJECT:
         return ObjectMissing(f"{what}: the object no longer exists")

@@ -29,6 +29,7 @@ class JobStore(Protocol):
     def mark_running(self, job_id: str) -> None: ...
     def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None: ...
     def mark_failed(self, job_id: str, error: JobError) -> None: ...
+    def mark_many(self, target: JobStatus, fields: dict[str, dict[str, Any]]) -> set[str]: ...
 
 
 class DynamoJobStore:
@@ -132,8 +133,40 @@ class DynamoJobStore:
     def mark_failed(self, job_id: str, error: JobError) -> None:
         self._transition(job_id, JobStatus.FAILED, {"error_code": error.code, "error_message": error.message})
 
+    def mark_many(self, target: JobStatus, fields: dict[str, dict[str, Any]]) -> set[str]:
+        """Move several jobs to ``target`` in one request; return the ids whose move was rejected.
+
+        One TransactWriteItems for a whole batch instead of a request per job. Its conditions are
+        all-or-nothing, so if any job had already moved on (a duplicate delivery finished it), the
+        batch falls back to one conditional write per job and only those jobs are rejected.
+        """
+        if not fields:
+            return set()
+        if len(fields) > 1:
+            try:
+                with aws_errors(f"mark jobs {target}"):
+                    self._client.transact_write_items(
+                        TransactItems=[
+                            {"Update": self._update_request(job_id, target, extra)} for job_id, extra in fields.items()
+                        ]
+                    )
+                return set()
+            except TransitionRejected:
+                pass  # some condition failed: find which, one by one
+        rejected = set()
+        for job_id, extra in fields.items():
+            try:
+                self._transition(job_id, target, extra)
+            except TransitionRejected:
+                rejected.add(job_id)
+        return rejected
+
     def _transition(self, job_id: str, target: JobStatus, fields: dict[str, Any]) -> None:
         """Move ``job_id`` to ``target`` if its current state allows; else TransitionRejected."""
+        with aws_errors(f"mark job {target}"):
+            self._client.update_item(**self._update_request(job_id, target, fields))
+
+    def _update_request(self, job_id: str, target: JobStatus, fields: dict[str, Any]) -> dict[str, Any]:
         allowed = allowed_predecessors(target)
         names = {"#status": "status"}
         values: dict[str, Any] = {":target": str(target), ":now": utc_now_iso()}
@@ -144,17 +177,16 @@ class DynamoJobStore:
             sets.append(f"#f{i} = :f{i}")
         for i, state in enumerate(allowed):
             values[f":p{i}"] = str(state)
-        with aws_errors(f"mark job {target}"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"job_id": {"S": job_id}},
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression="attribute_exists(job_id) AND #status IN ("
-                + ", ".join(f":p{i}" for i in range(len(allowed)))
-                + ")",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=_to_values(values),
-            )
+        return {
+            "TableName": self._table,
+            "Key": {"job_id": {"S": job_id}},
+            "UpdateExpression": "SET " + ", ".join(sets),
+            "ConditionExpression": "attribute_exists(job_id) AND #status IN ("
+            + ", ".join(f":p{i}" for i in range(len(allowed)))
+            + ")",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": _to_values(values),
+        }
 
 
 def _to_item(values: dict[str, Any]) -> dict[str, Any]:

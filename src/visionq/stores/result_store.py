@@ -28,6 +28,7 @@ class ResultRecord:
     model: str
     prediction: Prediction
     timings: dict[str, float] = field(default_factory=dict)
+    object_created_at: float | None = None  # epoch seconds, from the S3 event
 
 
 class ResultStore(Protocol):
@@ -37,12 +38,13 @@ class ResultStore(Protocol):
 
 _UPSERT_RESULT = """
 INSERT INTO results (job_id, bucket, key, etag, model, width, height, detection_count,
-                     inference_ms, total_ms, timings, output)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                     inference_ms, total_ms, timings, output, object_created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))
 ON CONFLICT ON CONSTRAINT results_identity DO UPDATE SET
     job_id = EXCLUDED.job_id, width = EXCLUDED.width, height = EXCLUDED.height,
     detection_count = EXCLUDED.detection_count, inference_ms = EXCLUDED.inference_ms,
     total_ms = EXCLUDED.total_ms, timings = EXCLUDED.timings, output = EXCLUDED.output,
+    object_created_at = EXCLUDED.object_created_at,
     updated_at = now()
 RETURNING id
 """
@@ -83,6 +85,7 @@ class PostgresResultStore:
                         record.timings.get("total_ms"),
                         Jsonb(record.timings),
                         Jsonb(p.as_dict()),
+                        record.object_created_at,
                     ),
                 )
                 row = cur.fetchone()

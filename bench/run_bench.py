@@ -1,0 +1,402 @@
+"""Throughput, latency, requests and memory of the worker, against the raw model, in one run.
+
+    scripts/bench                      # defaults: yolo11n architecture at 640, N=200
+    scripts/bench --n 400 --memory-n 2000
+
+Phases, all on this machine, one after another:
+  (a) raw model: the loaded detector on images already decoded in memory, batch sizes 1..max;
+  (b) pipeline: N images already in the bucket with their events queued; a `visionq worker`
+      process is started and timed from "worker started" (model loaded) to the last result
+      committed in PostgreSQL and DynamoDB;
+  (c) naive: the same N through the same worker with VISIONQ_NAIVE=1;
+  (d) latency: the pipelined worker under a low arrival rate; object created -> result committed;
+  (e) memory: resident memory of the worker after 200 and after --memory-n images.
+The emulator (moto) and PostgreSQL run on the same machine, as they do under `visionq up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+from PIL import Image, ImageEnhance
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infra.bootstrap import StackNames, bootstrap_aws, bootstrap_database  # noqa: E402
+from visionq.aws import boto3_client  # noqa: E402
+from visionq.config import AwsSettings  # noqa: E402
+from visionq.images import ImageLimits, decode_image  # noqa: E402
+from visionq.local_stack import LOCAL_AWS_CREDENTIALS, EmbeddedPostgres, MotoServer, wait_until  # noqa: E402
+
+NAMES = StackNames(bucket="visionq-bench", queue="visionq-bench", jobs_table="visionq-bench", visibility_timeout=300)
+
+
+@dataclass
+class RunFigures:
+    images: int
+    seconds: float
+    images_per_second: float
+    worker_cpu_seconds: float
+    cpu_ms_per_image: float
+    cpu_ms_per_image_outside_model: float
+    aws_requests: dict[str, int]
+    aws_requests_per_image: float
+    peak_rss_mb: float
+    emulator_cpu_ms_per_image: float
+    postgres_cpu_ms_per_image: float
+    worker_stats: dict[str, Any] = field(default_factory=dict)
+
+
+def make_images(n: int, seed: int = 0) -> list[bytes]:
+    """N distinct JPEGs made from Ultralytics' sample photos: crops, flips, lighting."""
+    from ultralytics.utils import ASSETS
+
+    sources = [Image.open(p).convert("RGB") for p in sorted(Path(ASSETS).glob("*.jpg"))]
+    rng = random.Random(seed)
+    images = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        w, h = src.size
+        scale = rng.uniform(0.75, 1.0)
+        cw, ch = int(w * scale), int(h * scale)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        img = src.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        images.append(buf.getvalue())
+    return images
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system + getattr(t, "children_user", 0) + getattr(t, "children_system", 0))
+
+
+def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> dict[str, Any]:
+    """The loaded model on decoded images: img/s and CPU per image at each batch size."""
+    from visionq.detector import load_detector
+
+    detector = load_detector(model, device=os.environ.get("VISIONQ_DEVICE"))
+    decoded = [decode_image(b, ImageLimits()).rgb for b in images]
+    me = psutil.Process()
+    detector.predict(decoded[:2])  # warm-up
+    by_batch: dict[int, dict[str, float]] = {}
+    sizes = sorted({1, 2, 4, max_batch} | ({8} if max_batch >= 8 else set()))
+    for size in sizes:
+        total = max(repeats, size * 2)
+        started, cpu0 = time.perf_counter(), cpu_seconds(me)
+        done = 0
+        while done < total:
+            batch = [decoded[(done + k) % len(decoded)] for k in range(size)]
+            detector.predict(batch)
+            done += size
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds(me) - cpu0
+        by_batch[size] = {
+            "images_per_second": done / elapsed,
+            "ms_per_image": elapsed * 1000 / done,
+            "cpu_ms_per_image": cpu * 1000 / done,
+        }
+        print(f"  raw batch {size}: {by_batch[size]['images_per_second']:.2f} img/s", flush=True)
+    best = max(by_batch, key=lambda b: by_batch[b]["images_per_second"])
+    return {"by_batch": by_batch, "best_batch": best, **by_batch[best], "version": detector.version}
+
+
+class BenchStack:
+    def __init__(self, state: Path) -> None:
+        os.environ.update(LOCAL_AWS_CREDENTIALS)
+        self.moto = MotoServer(log_path=state / "moto.log").start()
+        self.pg = EmbeddedPostgres(state / "pgdata").start()
+        aws = AwsSettings(aws_endpoint_url=self.moto.endpoint, aws_region="us-east-1")
+        self.s3, self.sqs, self.dynamodb = (boto3_client(s, aws) for s in ("s3", "sqs", "dynamodb"))
+        self.queue_url = ""
+
+    def reset(self) -> None:
+        self.moto.reset()
+        resources = bootstrap_aws(NAMES, s3=self.s3, sqs=self.sqs, dynamodb=self.dynamodb)
+        self.queue_url = resources.queue_url
+        bootstrap_database(self.pg.url)
+        with psycopg.connect(self.pg.url) as conn:
+            conn.execute("TRUNCATE results, detections")
+        self.sqs.purge_queue(QueueUrl=self.queue_url)  # the notification's s3:TestEvent
+
+    def put(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=NAMES.bucket, Key=key, Body=data, ContentType="image/jpeg")
+
+    def committed(self) -> int:
+        with psycopg.connect(self.pg.url) as conn:
+            row = conn.execute("SELECT count(*) FROM results").fetchone()
+        return int(row[0]) if row else 0
+
+    def succeeded_in_dynamodb(self) -> int:
+        pages = self.dynamodb.get_paginator("scan").paginate(
+            TableName=NAMES.jobs_table,
+            Select="COUNT",
+            FilterExpression="#s = :s",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":s": {"S": "SUCCEEDED"}},
+        )
+        return sum(int(p["Count"]) for p in pages)
+
+    def latencies_ms(self) -> list[float]:
+        with psycopg.connect(self.pg.url) as conn:
+            rows = conn.execute(
+                "SELECT extract(epoch FROM created_at - object_created_at) * 1000 FROM results"
+                " WHERE object_created_at IS NOT NULL"
+            ).fetchall()
+        return [float(r[0]) for r in rows]
+
+    def services(self) -> list[psutil.Process]:
+        procs = []
+        for server in (self.moto, self.pg):
+            assert server.proc is not None
+            proc = psutil.Process(server.proc.pid)
+            procs.append(proc)
+        return procs
+
+    def stop(self) -> None:
+        self.moto.stop()
+        self.pg.stop()
+
+
+class WorkerProcess:
+    def __init__(self, stack: BenchStack, model: str, log: Path, extra_env: dict[str, str]) -> None:
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": stack.moto.endpoint,
+            "DATABASE_URL": stack.pg.url,
+            "VISIONQ_QUEUE_URL": stack.queue_url,
+            "VISIONQ_JOBS_TABLE": NAMES.jobs_table,
+            "VISIONQ_MODEL": model,
+            "VISIONQ_VISIBILITY_TIMEOUT": "300",
+            **extra_env,
+        }
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "visionq", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb")
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        wait_until(lambda: "worker started" in log.read_text(), timeout=180, interval=0.02, what="worker start")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return self.ps.memory_info().rss / 2**20
+
+    def rss_mb(self) -> float:
+        return float(self.ps.memory_info().rss) / 2**20
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.terminate()
+        self.proc.wait(120)
+        for line in reversed(self.log.read_text().splitlines()):
+            if '"worker totals"' in line:
+                stats: dict[str, Any] = json.loads(line)["stats"]
+                return stats
+        raise RuntimeError(f"no totals in {self.log}")
+
+
+def throughput_run(
+    stack: BenchStack, images: list[bytes], model: str, raw_cpu_ms: float, log: Path, env: dict[str, str]
+) -> RunFigures:
+    stack.reset()
+    for i, data in enumerate(images):
+        stack.put(f"uploads/bench/{i:06d}.jpg", data)
+    worker = WorkerProcess(stack, model, log, env)
+    services = stack.services()
+    services_cpu0 = [cpu_seconds(p) for p in services]
+    started, cpu0 = time.perf_counter(), cpu_seconds(worker.ps)
+    n = len(images)
+    wait_until(lambda: stack.committed() >= n, timeout=3600, interval=0.2, what="all results in PostgreSQL")
+    wait_until(lambda: stack.succeeded_in_dynamodb() >= n, timeout=600, interval=0.2, what="all jobs SUCCEEDED")
+    elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(worker.ps) - cpu0
+    services_cpu = [cpu_seconds(p) - c0 for p, c0 in zip(services, services_cpu0, strict=True)]
+    peak = worker.peak_rss_mb()
+    stats = worker.stop()
+    requests = stats.get("aws_requests", {})
+    return RunFigures(
+        images=n,
+        seconds=elapsed,
+        images_per_second=n / elapsed,
+        worker_cpu_seconds=cpu,
+        cpu_ms_per_image=cpu * 1000 / n,
+        cpu_ms_per_image_outside_model=cpu * 1000 / n - raw_cpu_ms,
+        aws_requests=requests,
+        aws_requests_per_image=sum(requests.values()) / n,
+        peak_rss_mb=peak,
+        emulator_cpu_ms_per_image=services_cpu[0] * 1000 / n,
+        postgres_cpu_ms_per_image=services_cpu[1] * 1000 / n,
+        worker_stats=stats,
+    )
+
+
+def latency_run(stack: BenchStack, images: list[bytes], model: str, interval: float, log: Path) -> dict[str, Any]:
+    stack.reset()
+    worker = WorkerProcess(stack, model, log, {})
+    for i, data in enumerate(images):
+        stack.put(f"uploads/latency/{i:06d}.jpg", data)
+        time.sleep(interval)
+    wait_until(lambda: stack.committed() >= len(images), timeout=600, interval=0.2, what="latency results")
+    worker.stop()
+    lat = sorted(stack.latencies_ms())
+    return {
+        "images": len(lat),
+        "arrival_interval_s": interval,
+        "p50_ms": statistics.median(lat),
+        "p95_ms": lat[max(0, round(0.95 * len(lat)) - 1)],
+        "max_ms": lat[-1],
+    }
+
+
+def memory_run(stack: BenchStack, images: list[bytes], total: int, model: str, log: Path) -> dict[str, Any]:
+    stack.reset()
+    for i in range(total):
+        stack.put(f"uploads/soak/{i:06d}.jpg", images[i % len(images)])
+    worker = WorkerProcess(stack, model, log, {})
+    checkpoints: dict[int, float] = {}
+    for mark in (200, total):
+        wait_until(lambda m=mark: stack.committed() >= m, timeout=7200, interval=0.5, what=f"{mark} results")
+        checkpoints[mark] = worker.rss_mb()
+        print(f"  memory after {mark}: {checkpoints[mark]:.0f} MB", flush=True)
+    worker.stop()
+    return {
+        "rss_mb": {str(k): round(v, 1) for k, v in checkpoints.items()},
+        "growth": checkpoints[total] / checkpoints[200] - 1,
+    }
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    info["torch"] = torch.__version__
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="yolo11n.yaml", help="weights, name or yaml (same compute as trained)")
+    parser.add_argument("--n", type=int, default=200, help="images for the throughput runs")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--latency-n", type=int, default=30)
+    parser.add_argument("--memory-n", type=int, default=0, help="images for the memory soak (0: skip)")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = parser.parse_args(argv)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = args.out / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    command = "scripts/bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    report: dict[str, Any] = {"command": command.strip(), "machine": machine(), "model": args.model, "n": args.n}
+    print(f"images: making {args.n}", flush=True)
+    images = make_images(args.n)
+
+    print("(a) raw model", flush=True)
+    raw = raw_model(args.model, images[:32], args.max_batch, repeats=32)
+    report["raw"] = raw
+    stack = BenchStack(state)
+    try:
+        env = {"VISIONQ_MAX_BATCH": str(args.max_batch)}
+        print("(b) pipeline", flush=True)
+        cpu_at = raw["by_batch"].get(args.max_batch, raw)["cpu_ms_per_image"]
+        pipeline = throughput_run(stack, images, args.model, cpu_at, args.out / "worker-pipeline.log", env)
+        report["pipeline"] = asdict(pipeline)
+        print(f"  {pipeline.images_per_second:.2f} img/s", flush=True)
+        if not args.skip_naive:
+            print("(c) naive", flush=True)
+            naive = throughput_run(
+                stack,
+                images,
+                args.model,
+                raw["by_batch"][1]["cpu_ms_per_image"],
+                args.out / "worker-naive.log",
+                {"VISIONQ_NAIVE": "1"},
+            )
+            report["naive"] = asdict(naive)
+            print(f"  {naive.images_per_second:.2f} img/s", flush=True)
+            report["pipeline_over_naive"] = pipeline.images_per_second / naive.images_per_second
+        report["pipeline_over_raw"] = pipeline.images_per_second / raw["images_per_second"]
+        single = raw["by_batch"][1]["ms_per_image"]
+        print("(d) latency at a low arrival rate", flush=True)
+        interval = max(0.5, 3 * single / 1000)
+        report["latency"] = latency_run(
+            stack, images[: args.latency_n], args.model, interval, args.out / "worker-latency.log"
+        )
+        report["latency"]["model_single_image_ms"] = single
+        report["latency"]["target_p50_ms"] = single + 50
+        if args.memory_n:
+            print(f"(e) memory over {args.memory_n} images", flush=True)
+            report["memory"] = memory_run(stack, images, args.memory_n, args.model, args.out / "worker-memory.log")
+    finally:
+        stack.stop()
+    report["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    print(summary(report))
+    print(f"\nwritten: {args.out / 'results.json'}")
+    return 0
+
+
+def summary(r: dict[str, Any]) -> str:
+    p, raw = r["pipeline"], r["raw"]
+    lines = [
+        f"machine: {r['machine']}",
+        f"model: {r['model']} ({raw['version']}), N={r['n']}",
+        f"(a) raw model, best batch {raw['best_batch']}: {raw['images_per_second']:.2f} img/s",
+        f"(b) pipeline: {p['images_per_second']:.2f} img/s  ({p['seconds']:.1f} s)",
+    ]
+    if "naive" in r:
+        lines.append(f"(c) naive:    {r['naive']['images_per_second']:.2f} img/s  ({r['naive']['seconds']:.1f} s)")
+        lines.append(f"b/c = {r['pipeline_over_naive']:.2f}")
+    lines += [
+        f"b/a = {r['pipeline_over_raw']:.3f}",
+        f"worker CPU per image: {p['cpu_ms_per_image']:.1f} ms, outside the model: "
+        f"{p['cpu_ms_per_image_outside_model']:.1f} ms",
+        f"AWS requests per image: {p['aws_requests_per_image']:.2f}  {p['aws_requests']}",
+        f"emulator CPU per image: {p['emulator_cpu_ms_per_image']:.1f} ms; PostgreSQL: "
+        f"{p['postgres_cpu_ms_per_image']:.1f} ms",
+        f"worker peak RSS: {p['peak_rss_mb']:.0f} MB",
+        f"latency at 1 image / {r['latency']['arrival_interval_s']:.2f} s: p50 {r['latency']['p50_ms']:.0f} ms,"
+        f" p95 {r['latency']['p95_ms']:.0f} ms (model alone: {r['latency']['model_single_image_ms']:.0f} ms)",
+    ]
+    if "memory" in r:
+        lines.append(f"memory: {r['memory']['rss_mb']} MB, growth {100 * r['memory']['growth']:.1f}%")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
