@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.set_defaults(func=cmd_api)
 
+    dlq = sub.add_parser("dlq", help="the dead-letter queue: list parked messages, or send them back")
+    dlq.add_argument("action", choices=["list", "redrive"])
+    dlq.set_defaults(func=cmd_dlq)
+
     boot = sub.add_parser("bootstrap", help="create the bucket, queues, table and schema (idempotent)")
     boot.add_argument("--bucket", default=os.environ.get("VISIONQ_BUCKET"))
     boot.add_argument("--queue", default=os.environ.get("VISIONQ_QUEUE_NAME"), help="queue name")
@@ -179,6 +183,42 @@ def cmd_api(args: argparse.Namespace) -> int:
     configure_logging(os.environ.get("VISIONQ_LOG_LEVEL", "INFO"))
     app = create_app(load_settings(ApiSettings))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aiobotocore.session import get_session
+
+    from visionq import dead_letters
+    from visionq.aws import aio_client_kwargs, boto3_client
+    from visionq.config import DeadLetterSettings, load_settings
+    from visionq.local_stack import read_env_file
+    from visionq.stores.job_store import DynamoJobStore
+    from visionq.stores.queue import SqsQueue
+
+    for key, value in read_env_file(LOCAL_ENV_FILE).items():
+        os.environ.setdefault(key, value)  # the local stack's names, unless the environment has others
+    settings = load_settings(DeadLetterSettings)
+    jobs = DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table)
+
+    async def run() -> None:
+        async with get_session().create_client(**aio_client_kwargs("sqs", settings)) as sqs:
+            dlq, queue = SqsQueue(sqs, settings.dlq_url), SqsQueue(sqs, settings.queue_url)
+            if args.action == "list":
+                letters = await dead_letters.peek(dlq, settings.upload_prefix)
+                for letter in letters:
+                    print(
+                        f"{letter.message.message_id}  received {letter.message.receive_count}x  "
+                        f"jobs {','.join(letter.job_ids) or '-'}  keys {','.join(letter.keys) or '-'}"
+                    )
+                print(f"{len(letters)} message(s) in the dead-letter queue")
+            else:
+                moved = await dead_letters.redrive(dlq, queue, jobs, settings.upload_prefix)
+                print(f"sent {moved} message(s) back to the work queue")
+
+    asyncio.run(run())
     return 0
 
 

@@ -77,8 +77,22 @@ class WorkerSettings(AwsSettings):
     # maxReceiveCount so the job has its terminal state before SQS moves the message to the DLQ.
     max_attempts: int = Field(default=4, validation_alias="VISIONQ_MAX_ATTEMPTS")
     poll_wait_seconds: int = Field(default=20, validation_alias="VISIONQ_POLL_WAIT_SECONDS")
+    # The dead-letter queue to sweep (jobs of parked messages become FAILED); unset: no sweeping.
+    dlq_url: str | None = Field(default=None, validation_alias="VISIONQ_DLQ_URL")
+    dlq_sweep_seconds: float = Field(default=30.0, validation_alias="VISIONQ_DLQ_SWEEP_SECONDS")
+    # A job still unfinished this long after its message arrived is FAILED (deadline_exceeded).
+    job_deadline_seconds: float = Field(default=600.0, validation_alias="VISIONQ_JOB_DEADLINE_SECONDS")
     shutdown_grace_seconds: float = Field(default=30.0, validation_alias="VISIONQ_SHUTDOWN_GRACE_SECONDS")
     job_ttl_days: int = Field(default=7, validation_alias="VISIONQ_JOB_TTL_DAYS")
+
+
+class DeadLetterSettings(AwsSettings):
+    """What `visionq dlq` needs."""
+
+    queue_url: str = Field(validation_alias="VISIONQ_QUEUE_URL")
+    dlq_url: str = Field(validation_alias="VISIONQ_DLQ_URL")
+    jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
+    upload_prefix: str = Field(default="uploads/", validation_alias="VISIONQ_UPLOAD_PREFIX")
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -58,6 +58,11 @@ def direct_upload_job_id(bucket: str, key: str, etag: str) -> str:
     return uuid.uuid5(_DIRECT_UPLOAD_NAMESPACE, f"{bucket}/{key}#{etag}").hex
 
 
+def job_id_for_object(prefix: str, bucket: str, key: str, version: str) -> str:
+    """The job an object belongs to: named in its key by the API, else derived from its identity."""
+    return job_id_in_key(prefix, key) or direct_upload_job_id(bucket, key, version)
+
+
 def upload_key(prefix: str, job_id: str, filename: str) -> str:
     """The object key a job's upload must use: ``<prefix><job_id>/<filename>``."""
     return f"{prefix}{job_id}/{filename}"

@@ -30,13 +30,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+from visionq import dead_letters
 from visionq.batching import MicroBatcher
 from visionq.config import WorkerSettings
 from visionq.detector import Detector, Prediction
 from visionq.errors import PermanentError, TransientError, TransitionRejected
 from visionq.events import ObjectCreated, parse_s3_event
+from visionq.faults import Failpoints
 from visionq.images import DecodedImage, ImageLimits, decode_image
-from visionq.jobs import JobError, JobStatus, direct_upload_job_id, job_id_in_key, ttl_from_now
+from visionq.jobs import JobError, JobStatus, job_id_for_object, ttl_from_now
 from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import S3ObjectReader
 from visionq.stores.queue import Message, SqsQueue
@@ -84,6 +86,8 @@ class InFlight:
     message: Message
     remaining: int
     retry: bool = False
+    received_at: float = field(default_factory=time.monotonic)
+    items: list[WorkItem] = field(default_factory=list)
 
 
 @dataclass
@@ -131,8 +135,12 @@ class Worker:
         jobs: JobStore,
         results: ResultStore,
         detector: Detector,
+        failpoints: Failpoints | None = None,
+        dead_letters: SqsQueue | None = None,
     ) -> None:
         self.settings = settings
+        self.failpoints = failpoints or Failpoints()
+        self.dead_letters = dead_letters
         self.pipeline = Pipeline.from_settings(settings)
         self.queue = queue
         self.objects = objects
@@ -157,6 +165,7 @@ class Worker:
         self._delete_wanted = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._active_jobs: set[str] = set()  # claimed here and not yet finished
+        self._held: dict[str, InFlight] = {}  # by message id: received, not yet settled
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; then take no more, finish what is held, and return."""
@@ -167,7 +176,10 @@ class Worker:
             asyncio.create_task(self._batch_loop(), name="batcher"),
             asyncio.create_task(self._write_loop(), name="writer"),
             asyncio.create_task(self._delete_loop(), name="acknowledger"),
+            asyncio.create_task(self._lease_loop(), name="leases"),
         ]
+        if self.dead_letters is not None:
+            stages.append(asyncio.create_task(self._sweep_loop(self.dead_letters), name="dlq-sweeper"))
         receivers = [
             asyncio.create_task(self._receive_loop(stop), name=f"receiver-{i}") for i in range(self.pipeline.receivers)
         ]
@@ -215,6 +227,8 @@ class Worker:
                 await _sleep_unless(stop, 2.0)
                 continue
             await self._give_slots(wanted - len(messages))
+            if messages:
+                self.failpoints.hit("after_receive")
             for message in messages:
                 self._accept(message)
 
@@ -230,14 +244,18 @@ class Worker:
         if not objects:  # s3:TestEvent, a non-create event, or unparseable: nothing to do
             self._settle(flight)
             return
+        self._held[message.message_id] = flight
         for obj in objects:
+            item = WorkItem(flight=flight, obj=obj)
+            flight.items.append(item)
             self._preparing += 1
-            self._spawn(self._prepare(WorkItem(flight=flight, obj=obj)))
+            self._spawn(self._prepare(item))
 
     async def _prepare(self, item: WorkItem) -> None:
         """Claim the job (QUEUED), fetch and decode the object, hand it to the batcher."""
         try:
             if await self._claim(item):
+                self.failpoints.check_key(item.obj.key)
                 started = time.perf_counter()
                 data, item.etag = await self.objects.read(
                     item.obj.bucket, item.obj.key, max_bytes=self.limits.max_bytes
@@ -263,7 +281,7 @@ class Worker:
             logger.warning("ignoring object outside the upload prefix %r: %s", prefix, obj.key)
             self._finish(item, Outcome.DONE)
             return False
-        item.job_id = job_id_in_key(prefix, obj.key) or direct_upload_job_id(obj.bucket, obj.key, obj.version)
+        item.job_id = job_id_for_object(prefix, obj.bucket, obj.key, obj.version)
         if item.job_id in self._active_jobs:
             # Another delivery of this object is in hand here; it alone will finish the job. Safe to
             # acknowledge this one now: the other's message stays until its result is committed.
@@ -336,6 +354,7 @@ class Worker:
             await self._write(batch, predictions)
 
     async def _write(self, batch: list[WorkItem], predictions: list[Prediction]) -> None:
+        self.failpoints.hit("after_inference")
         records = [
             ResultRecord(
                 job_id=item.job_id,
@@ -360,6 +379,7 @@ class Worker:
             for item in batch:
                 await self._retry_or_fail(item, exc)
             return
+        self.failpoints.hit("after_write")
         for item, record in zip(batch, records, strict=True):
             if item.job_id in rejected:
                 self.stats.duplicates += 1
@@ -385,6 +405,43 @@ class Worker:
                     logger.warning("SQS did not delete %d messages; they will be redelivered", len(failed))
                 await self._give_slots(len(chunk))
 
+    async def _lease_loop(self) -> None:
+        """Keep held messages invisible while their work goes on; fail jobs past their deadline.
+
+        Without this, a long batch would outlive the visibility timeout and SQS would hand the
+        same message to another worker mid-run.
+        """
+        interval = max(1.0, self.settings.visibility_timeout / 3)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            extend = []
+            for flight in list(self._held.values()):
+                if now - flight.received_at > self.settings.job_deadline_seconds:
+                    for item in flight.items:
+                        if item.outcome is Outcome.PENDING:
+                            error = JobError(
+                                code="deadline_exceeded",
+                                message=f"not finished within {self.settings.job_deadline_seconds:.0f} s",
+                            )
+                            await self._fail(item, error)
+                else:
+                    extend.append(flight.message)
+            if extend:
+                try:
+                    await self.queue.release(extend, delay_seconds=self.settings.visibility_timeout)
+                except TransientError as exc:
+                    logger.warning("could not extend %d leases: %s", len(extend), exc)
+
+    async def _sweep_loop(self, dlq: SqsQueue) -> None:
+        """Give the jobs of messages SQS parked in the dead-letter queue their terminal state."""
+        while True:
+            try:
+                await dead_letters.sweep(dlq, self.jobs, self.settings.upload_prefix)
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive store outages
+                logger.warning("dead-letter sweep failed: %s", exc)
+            await asyncio.sleep(self.settings.dlq_sweep_seconds)
+
     # --- outcomes ------------------------------------------------------------------------------
 
     def _finish(self, item: WorkItem, outcome: Outcome) -> None:
@@ -401,6 +458,7 @@ class Worker:
             self._settle(flight)
 
     def _settle(self, flight: InFlight) -> None:
+        self._held.pop(flight.message.message_id, None)
         if flight.retry:
             self.stats.retried += 1
             self._spawn(self._release(flight.message))
@@ -463,16 +521,15 @@ class Worker:
                 self._slots_changed.notify_all()
 
     async def _drain(self, grace: float) -> None:
-        """Wait for every held message to settle, at most ``grace`` seconds."""
+        """Wait for every held message to settle, at most ``grace`` seconds; release the rest."""
         deadline = time.monotonic() + grace
         while self._free_slots < self.pipeline.prefetch and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self._free_slots < self.pipeline.prefetch:
-            logger.warning(
-                "shutdown grace of %.0fs passed with %d messages unsettled; they will be redelivered",
-                grace,
-                self.pipeline.prefetch - self._free_slots,
-            )
+        unsettled = [flight.message for flight in self._held.values()]
+        if unsettled:
+            logger.warning("shutdown grace of %.0fs passed; releasing %d messages", grace, len(unsettled))
+            with contextlib.suppress(TransientError):  # if SQS is down they return after their timeout
+                await self.queue.release(unsettled, delay_seconds=0)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -567,6 +624,8 @@ async def serve_worker(
             jobs=DynamoJobStore(dynamodb, settings.jobs_table),
             results=PostgresResultStore(settings.database_url),
             detector=detector,
+            failpoints=Failpoints.from_env(),
+            dead_letters=SqsQueue(sqs, settings.dlq_url) if settings.dlq_url else None,
         )
         try:
             await worker.run(stop)

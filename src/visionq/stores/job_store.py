@@ -30,6 +30,7 @@ class JobStore(Protocol):
     def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None: ...
     def mark_failed(self, job_id: str, error: JobError) -> None: ...
     def mark_many(self, target: JobStatus, fields: dict[str, dict[str, Any]]) -> set[str]: ...
+    def reopen(self, job_id: str, error_code: str) -> None: ...
 
 
 class DynamoJobStore:
@@ -160,6 +161,23 @@ class DynamoJobStore:
             except TransitionRejected:
                 rejected.add(job_id)
         return rejected
+
+    def reopen(self, job_id: str, error_code: str) -> None:
+        """FAILED (with ``error_code``) -> QUEUED: the one backward move, an operator's redrive.
+
+        Conditional like every other change, so only a job that failed for that reason reopens.
+        """
+        with aws_errors("reopen job"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": {"S": job_id}},
+                UpdateExpression="SET #status = :queued, updated_at = :now REMOVE error_code, error_message",
+                ConditionExpression="#status = :failed AND error_code = :code",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=_to_values(
+                    {":queued": "QUEUED", ":failed": "FAILED", ":code": error_code, ":now": utc_now_iso()}
+                ),
+            )
 
     def _transition(self, job_id: str, target: JobStatus, fields: dict[str, Any]) -> None:
         """Move ``job_id`` to ``target`` if its current state allows; else TransitionRejected."""

@@ -66,3 +66,7 @@ class SqsQueue:
                         for i, m in enumerate(chunk)
                     ],
                 )
+
+    async def send(self, body: str) -> None:
+        with aws_errors("send message"):
+            await self._client.send_message(QueueUrl=self.url, MessageBody=body)

@@ -1,0 +1,112 @@
+"""The dead-letter queue: messages SQS gave up on after maxReceiveCount deliveries.
+
+A message lands there when its work kept failing without the worker recording a result — most
+often because its image crashes the worker process. ``sweep`` gives each such job its terminal
+state (FAILED, ``poison_message``) and leaves the message parked for inspection; ``redrive``
+reopens those jobs and sends their messages back to the work queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from visionq.errors import JobNotFound, PermanentError, TransitionRejected
+from visionq.events import ObjectCreated, parse_s3_event
+from visionq.jobs import JobError, job_id_for_object, ttl_from_now
+from visionq.stores.job_store import JobStore
+from visionq.stores.queue import Message, SqsQueue
+
+logger = logging.getLogger(__name__)
+
+POISON = "poison_message"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message: Message
+    objects: list[ObjectCreated]
+    job_ids: list[str]
+
+    @property
+    def keys(self) -> list[str]:
+        return [o.key for o in self.objects]
+
+
+def describe(message: Message, upload_prefix: str) -> DeadLetter:
+    try:
+        objects = parse_s3_event(message.body)
+    except PermanentError:
+        objects = []
+    return DeadLetter(
+        message=message,
+        objects=objects,
+        job_ids=[job_id_for_object(upload_prefix, o.bucket, o.key, o.version) for o in objects],
+    )
+
+
+async def peek(dlq: SqsQueue, upload_prefix: str, *, hide_seconds: int = 30, limit: int = 100) -> list[DeadLetter]:
+    """Up to ``limit`` parked messages; they stay parked (hidden ``hide_seconds`` from other readers)."""
+    found: dict[str, DeadLetter] = {}
+    while len(found) < limit:
+        batch = await dlq.receive(max_messages=10, wait_seconds=1, visibility_timeout=hide_seconds)
+        fresh = [m for m in batch if m.message_id not in found]
+        if not fresh:
+            break
+        for message in fresh:
+            found[message.message_id] = describe(message, upload_prefix)
+    return list(found.values())
+
+
+async def sweep(dlq: SqsQueue, jobs: JobStore, upload_prefix: str, *, hide_seconds: int = 300) -> int:
+    """Mark the jobs of parked messages FAILED; return how many changed."""
+    failed = 0
+    for letter in await peek(dlq, upload_prefix, hide_seconds=hide_seconds):
+        error = JobError(
+            code=POISON,
+            message=(
+                f"delivered {letter.message.receive_count} times without finishing (the image may crash"
+                " the worker); parked in the dead-letter queue"
+            ),
+        )
+        for obj, job_id in zip(letter.objects, letter.job_ids, strict=True):
+            if await asyncio.to_thread(_fail_job, jobs, job_id, obj, error):
+                failed += 1
+                logger.warning("job FAILED: %s", POISON, extra={"job_id": job_id, "key": obj.key, "status": "FAILED"})
+    return failed
+
+
+def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) -> bool:
+    """FAILED, creating the job first if the worker died before it could record it."""
+    try:
+        jobs.mark_failed(job_id, error)
+        return True
+    except TransitionRejected:
+        pass
+    try:
+        jobs.get(job_id)
+        return False  # exists, so already terminal: finished, or swept before
+    except JobNotFound:
+        pass
+    jobs.mark_queued(job_id, bucket=obj.bucket, key=obj.key, etag=obj.version, model="", expires_at=ttl_from_now(7))
+    try:
+        jobs.mark_failed(job_id, error)
+        return True
+    except TransitionRejected:
+        return False
+
+
+async def redrive(dlq: SqsQueue, queue: SqsQueue, jobs: JobStore, upload_prefix: str) -> int:
+    """Send every parked message back to the work queue, reopening its poison-failed jobs."""
+    moved = 0
+    for letter in await peek(dlq, upload_prefix, hide_seconds=60, limit=10_000):
+        for job_id in letter.job_ids:
+            # A job that finished some other way, or was never swept, stays as it is.
+            with contextlib.suppress(TransitionRejected):
+                await asyncio.to_thread(jobs.reopen, job_id, POISON)
+        await queue.send(letter.message.body)
+        await dlq.delete([letter.message])
+        moved += 1
+    return moved
