@@ -8,15 +8,17 @@ Lambda behind an API Gateway HTTP API (``handler``, through Mangum).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visionq import __version__
+from visionq.api_keys import ApiKey, ApiKeyStore, Unauthorized
 from visionq.aws import boto3_client
 from visionq.config import ApiSettings, load_settings
 from visionq.errors import (
@@ -26,7 +28,7 @@ from visionq.errors import (
     TransientError,
     VisionqError,
 )
-from visionq.job_service import create_upload_job, find_job_by_key
+from visionq.job_service import create_upload_job, find_job_by_key, get_job
 from visionq.jobs import Job
 from visionq.stores.job_store import DynamoJobStore, JobStore
 
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 # subclass gets its parent's answer without another branch anywhere.
 ERROR_RESPONSES: dict[type[Exception], tuple[int, str | None]] = {
     InvalidRequest: (400, None),
+    Unauthorized: (401, "unauthorized"),
     JobNotFound: (404, "job_not_found"),
     TransientError: (503, "service_unavailable"),
     ConfigError: (500, "internal_error"),
@@ -100,26 +103,59 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
 
 
-def create_app(settings: ApiSettings | None = None, *, jobs: JobStore | None = None, s3_client: Any = None) -> FastAPI:
+MAX_BODY_BYTES = 16 * 1024  # a job request is a filename and a content type
+API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="a key from `visionq keys create`")
+
+
+def caller(request: Request, presented: Annotated[str | None, Depends(API_KEY_HEADER)]) -> ApiKey:
+    """The API key the request came with, authenticated (the dependency of every job route)."""
+    keys: ApiKeyStore = request.app.state.keys
+    return keys.authenticate(presented)
+
+
+Caller = Annotated[ApiKey, Depends(caller)]
+
+
+def create_app(
+    settings: ApiSettings | None = None,
+    *,
+    jobs: JobStore | None = None,
+    keys: ApiKeyStore | None = None,
+    s3_client: Any = None,
+) -> FastAPI:
     settings = settings or load_settings(ApiSettings)
-    jobs = jobs or DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table)
+    if jobs is None or keys is None:
+        dynamodb = boto3_client("dynamodb", settings)
+        jobs = jobs or DynamoJobStore(dynamodb, settings.jobs_table)
+        keys = keys or ApiKeyStore(dynamodb, settings.jobs_table)
     s3_client = s3_client or boto3_client("s3", settings)
 
     app = FastAPI(title="visionq", version=__version__, description="Asynchronous computer vision on object storage.")
+    app.state.keys = keys
     error_responses: dict[int | str, dict[str, Any]] = {
-        400: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
+        status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)
     }
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error_response(413, "request_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     @app.post("/v1/jobs", status_code=201, response_model=JobCreated, responses=error_responses)
-    def create_job(body: CreateJobRequest) -> JobCreated:
+    def create_job(body: CreateJobRequest, key: Caller) -> JobCreated:
         ticket = create_upload_job(
-            filename=body.filename, content_type=body.content_type, settings=settings, jobs=jobs, s3_client=s3_client
+            filename=body.filename,
+            content_type=body.content_type,
+            owner=key.key_id,
+            settings=settings,
+            jobs=jobs,
+            s3_client=s3_client,
         )
         return JobCreated(
             job_id=ticket.job.job_id,
@@ -130,14 +166,15 @@ def create_app(settings: ApiSettings | None = None, *, jobs: JobStore | None = N
         )
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=error_responses)
-    def get_job(job_id: str) -> JobView:
-        if not (len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)):
-            raise JobNotFound(f"no job with id {job_id!r}")
-        return job_view(jobs.get(job_id))
+    def read_job(job_id: str, key: Caller) -> JobView:
+        return job_view(get_job(job_id, owner=key.key_id, jobs=jobs))
 
     @app.get("/v1/jobs", response_model=JobView, responses=error_responses)
-    def find_job(key: str = Query(min_length=1, max_length=1024, description="the object key")) -> JobView:
-        return job_view(find_job_by_key(key, settings=settings, jobs=jobs))
+    def find_job(
+        caller_key: Caller,
+        key: Annotated[str, Query(min_length=1, max_length=1024, description="the object key")],
+    ) -> JobView:
+        return job_view(find_job_by_key(key, owner=caller_key.key_id, settings=settings, jobs=jobs))
 
     install_error_handlers(app)
     return app

@@ -174,6 +174,15 @@ def api_url(moto_server: Any) -> Iterator[str]:
     thread.join(10)
 
 
+@pytest.fixture
+def api_key(stack: Stack) -> str:
+    """A fresh API key (each test starts from an empty table)."""
+    from visionq.api_keys import ApiKeyStore
+
+    key, _ = ApiKeyStore(stack.dynamodb, TABLE).create("tests")
+    return key
+
+
 class RunningWorker:
     """``serve_worker`` on a thread of its own, as the process would run it, stoppable."""
 

@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.set_defaults(func=cmd_api)
 
+    keys = sub.add_parser("keys", help="API keys: create (printed once), list, revoke")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("target", nargs="?", help="create: a name for the key; revoke: the key id")
+    keys.set_defaults(func=cmd_keys)
+
     dlq = sub.add_parser("dlq", help="the dead-letter queue: list parked messages, or send them back")
     dlq.add_argument("action", choices=["list", "redrive"])
     dlq.set_defaults(func=cmd_dlq)
@@ -138,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from visionq.client import VisionqClient, expand_image_paths
 
-    client = VisionqClient(_api_url())
+    client = VisionqClient(*_api())
     submitted = [client.submit_file(path) for path in expand_image_paths(args.paths)]
     for item in submitted:
         print(f"{item.job_id}  {item.path}")
@@ -152,7 +157,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from visionq.client import VisionqClient
 
-    print(json.dumps(VisionqClient(_api_url()).get_job(args.job_id), indent=2))
+    print(json.dumps(VisionqClient(*_api()).get_job(args.job_id), indent=2))
     return 0
 
 
@@ -186,6 +191,31 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from visionq.api_keys import ApiKeyStore
+    from visionq.aws import boto3_client
+    from visionq.config import KeySettings, load_settings
+
+    _local_env_defaults()
+    settings = load_settings(KeySettings)
+    store = ApiKeyStore(boto3_client("dynamodb", settings), settings.jobs_table)
+    if args.action == "create":
+        key, record = store.create(args.target or "unnamed")
+        print(f"created key {record.key_id} ({record.name}); it is shown only now:\n{key}")
+    elif args.action == "list":
+        for record in store.list_keys():
+            state = "revoked" if record.revoked else "active"
+            print(f"{record.key_id}  {state:<8} {record.created_at}  {record.name}")
+    else:
+        if not args.target:
+            raise ConfigError("revoke needs the key id (see `visionq keys list`)")
+        if not store.revoke(args.target):
+            print(f"visionq: no key {args.target!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.target}")
+    return 0
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -194,12 +224,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from visionq import dead_letters
     from visionq.aws import aio_client_kwargs, boto3_client
     from visionq.config import DeadLetterSettings, load_settings
-    from visionq.local_stack import read_env_file
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.queue import SqsQueue
 
-    for key, value in read_env_file(LOCAL_ENV_FILE).items():
-        os.environ.setdefault(key, value)  # the local stack's names, unless the environment has others
+    _local_env_defaults()
     settings = load_settings(DeadLetterSettings)
     jobs = DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table)
 
@@ -274,13 +302,23 @@ def format_results(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def _api_url() -> str:
+def _api() -> tuple[str, str | None]:
+    """The API's URL and key: from the environment, else from the local stack's local.env."""
     from visionq.local_stack import read_env_file
 
-    url = os.environ.get("API_URL") or read_env_file(LOCAL_ENV_FILE).get("API_URL")
+    local = read_env_file(LOCAL_ENV_FILE)
+    url = os.environ.get("API_URL") or local.get("API_URL")
     if not url:
         raise ConfigError("API_URL is not set and .visionq/local.env does not exist: run `visionq up` first")
-    return url
+    return url, os.environ.get("VISIONQ_API_KEY") or local.get("VISIONQ_API_KEY")
+
+
+def _local_env_defaults() -> None:
+    """Operator commands: the local stack's names, unless the environment gives others."""
+    from visionq.local_stack import read_env_file
+
+    for key, value in read_env_file(LOCAL_ENV_FILE).items():
+        os.environ.setdefault(key, value)
 
 
 def _console_logging() -> None:

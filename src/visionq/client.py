@@ -30,8 +30,9 @@ class Submitted:
 
 
 class VisionqClient:
-    def __init__(self, api_url: str, *, timeout: float = 30.0) -> None:
-        self._http = httpx.Client(base_url=api_url, timeout=timeout)
+    def __init__(self, api_url: str, api_key: str | None = None, *, timeout: float = 30.0) -> None:
+        headers = {"x-api-key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=api_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()

@@ -86,6 +86,12 @@ class WorkerSettings(AwsSettings):
     job_ttl_days: int = Field(default=7, validation_alias="VISIONQ_JOB_TTL_DAYS")
 
 
+class KeySettings(AwsSettings):
+    """What `visionq keys` needs: the table the keys live in."""
+
+    jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
+
+
 class DeadLetterSettings(AwsSettings):
     """What `visionq dlq` needs."""
 

@@ -90,7 +90,7 @@ def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) 
         return False  # exists, so already terminal: finished, or swept before
     except JobNotFound:
         pass
-    jobs.mark_queued(job_id, bucket=obj.bucket, key=obj.key, etag=obj.version, model="", expires_at=ttl_from_now(7))
+    jobs.claim(job_id, bucket=obj.bucket, key=obj.key, etag=obj.version, model="", expires_at=ttl_from_now(7))
     try:
         jobs.mark_failed(job_id, error)
         return True

@@ -51,7 +51,7 @@ def run_demo(*, model: str, images: list[Path], out_dir: Path, state_dir: Path) 
         stack.start()
         env = stack.env
         print(f"stack up in {time.monotonic() - started:.1f}s: API {env['API_URL']}, AWS {env['AWS_ENDPOINT_URL']}")
-        client = VisionqClient(stack.env["API_URL"])
+        client = VisionqClient(env["API_URL"], env["VISIONQ_API_KEY"])
         submitted = [client.submit_file(path) for path in paths]
         print(f"submitted {len(submitted)} image(s); waiting for the worker...")
         jobs = client.wait([s.job_id for s in submitted], timeout=600)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from visionq.config import IMAGE_CONTENT_TYPES, ApiSettings
-from visionq.errors import InvalidRequest
+from visionq.errors import InvalidRequest, JobNotFound
 from visionq.jobs import Job, JobStatus, new_job_id, ttl_from_now, upload_key, utc_now_iso
 from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import PresignedPost, presign_upload_post
@@ -31,7 +31,7 @@ class UploadTicket:
 
 
 def create_upload_job(
-    *, filename: str, content_type: str, settings: ApiSettings, jobs: JobStore, s3_client: Any
+    *, filename: str, content_type: str, owner: str, settings: ApiSettings, jobs: JobStore, s3_client: Any
 ) -> UploadTicket:
     """Record a PENDING job, then hand back a presigned POST for exactly its object key."""
     filename = validate_filename(filename, content_type)
@@ -48,6 +48,7 @@ def create_upload_job(
         model=settings.model,
         filename=filename,
         content_type=content_type,
+        owner=owner,
     )
     # The job is written before the client can upload, so the worker always finds it.
     jobs.create(job)
@@ -84,7 +85,21 @@ def validate_filename(filename: str, content_type: str) -> str:
     return name
 
 
-def find_job_by_key(key: str, *, settings: ApiSettings, jobs: JobStore) -> Job:
+def get_job(job_id: str, *, owner: str, jobs: JobStore) -> Job:
+    """The job, if ``owner`` may see it: its creator's, or a direct upload (no owner)."""
+    if not (len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)):
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return _visible(jobs.get(job_id), owner)
+
+
+def find_job_by_key(key: str, *, owner: str, settings: ApiSettings, jobs: JobStore) -> Job:
     if not key.startswith(settings.upload_prefix) or ".." in key.split("/"):
         raise InvalidRequest(f"key must lie under the upload prefix {settings.upload_prefix!r}", code="invalid_key")
-    return jobs.find_by_object(settings.bucket, key)
+    return _visible(jobs.find_by_object(settings.bucket, key), owner)
+
+
+def _visible(job: Job, owner: str) -> Job:
+    # Another key's job answers exactly like a job that does not exist.
+    if job.owner is not None and job.owner != owner:
+        raise JobNotFound(f"no job with id {job.job_id!r}")
+    return job

@@ -102,6 +102,7 @@ class Job:
     content_type: str | None = None
     result: dict[str, Any] | None = None
     error: JobError | None = None
+    owner: str | None = None  # the API key id that created it; None for direct uploads
 
 
 def ttl_from_now(days: int, now: float | None = None) -> int:

@@ -244,6 +244,7 @@ class LocalStack:
 
     def start(self, *, with_api: bool = True, with_worker: bool = True) -> LocalStack:
         from infra.bootstrap import StackNames, bootstrap_aws, bootstrap_database
+        from visionq.api_keys import ApiKeyStore
         from visionq.aws import boto3_client
         from visionq.config import AwsSettings
 
@@ -261,6 +262,7 @@ class LocalStack:
                 names, s3=boto3_client("s3", aws), sqs=boto3_client("sqs", aws), dynamodb=boto3_client("dynamodb", aws)
             )
             bootstrap_database(self.database_url)
+            api_key, _ = ApiKeyStore(boto3_client("dynamodb", aws), names.jobs_table).create("local")
             self.env = {
                 "API_URL": f"http://127.0.0.1:{self.api_port}",
                 "AWS_ENDPOINT_URL": self.moto.endpoint,
@@ -272,6 +274,7 @@ class LocalStack:
                 "VISIONQ_JOBS_TABLE": resources.jobs_table,
                 "VISIONQ_UPLOAD_PREFIX": names.upload_prefix,
                 "VISIONQ_MODEL": self.model,
+                "VISIONQ_API_KEY": api_key,
             }
             if with_api:
                 self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.api_port))

@@ -6,7 +6,7 @@ before is being written.
 
     receivers (long-polls) ─▶ prepare (claim job, GET, decode in a pool) ─▶ ready queue
         ─▶ batcher (full, or oldest waited max_wait_ms, or nothing else coming) ─▶ infer thread
-        ─▶ writer (one PostgreSQL transaction, one DynamoDB request per batch) ─▶ acknowledger
+        ─▶ writer (one PostgreSQL transaction per batch, then the jobs SUCCEEDED) ─▶ acknowledger
 
 Every object in a message is a ``WorkItem`` that ends DONE (its job is terminal, or already was)
 or RETRY (a store was unavailable). A message is deleted only when all its items are DONE, and
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -252,7 +251,7 @@ class Worker:
             self._spawn(self._prepare(item))
 
     async def _prepare(self, item: WorkItem) -> None:
-        """Claim the job (QUEUED), fetch and decode the object, hand it to the batcher."""
+        """Claim the job (RUNNING), fetch and decode the object, hand it to the batcher."""
         try:
             if await self._claim(item):
                 self.failpoints.check_key(item.obj.key)
@@ -292,7 +291,7 @@ class Worker:
         item.claimed = True
         job = await self._in(
             self._store_pool,
-            self.jobs.mark_queued,
+            self.jobs.claim,
             item.job_id,
             bucket=obj.bucket,
             key=obj.key,
@@ -314,20 +313,7 @@ class Worker:
         while True:
             await self._infer(await self._batcher.next_batch())
 
-    async def _infer(self, batch: list[WorkItem]) -> None:
-        rejected = await self._in(
-            self._store_pool, self.jobs.mark_many, JobStatus.RUNNING, {i.job_id: {} for i in batch}
-        )
-        running = []
-        for item in batch:
-            if item.job_id in rejected:  # finished by another delivery meanwhile
-                self.stats.duplicates += 1
-                self._finish(item, Outcome.DONE)
-            else:
-                self._log_state(item, JobStatus.RUNNING)
-                running.append(item)
-        if not running:
-            return
+    async def _infer(self, running: list[WorkItem]) -> None:
         images = [item.image.rgb for item in running if item.image is not None]
         started = time.perf_counter()
         try:
@@ -371,22 +357,25 @@ class Worker:
         try:
             # One transaction for the batch: all its rows commit, or none do and all retry.
             await self._in(self._store_pool, self.results.record_results, records)
-            summaries = {
-                item.job_id: {"result": _summary(item, record)} for item, record in zip(batch, records, strict=True)
-            }
-            rejected = await self._in(self._store_pool, self.jobs.mark_many, JobStatus.SUCCEEDED, summaries)
-        except Exception as exc:  # noqa: BLE001 - redelivery rewrites the same rows
+        except Exception as exc:  # noqa: BLE001 - nothing committed: redelivery writes the same rows
             for item in batch:
                 await self._retry_or_fail(item, exc)
             return
+        await asyncio.gather(*(self._succeed(item, record) for item, record in zip(batch, records, strict=True)))
         self.failpoints.hit("after_write")
-        for item, record in zip(batch, records, strict=True):
-            if item.job_id in rejected:
-                self.stats.duplicates += 1
-            else:
-                self.stats.succeeded += 1
-                self._log_state(item, JobStatus.SUCCEEDED, detections=len(record.prediction.detections))
-            self._finish(item, Outcome.DONE)
+
+    async def _succeed(self, item: WorkItem, record: ResultRecord) -> None:
+        try:
+            await self._in(self._store_pool, self.jobs.mark_succeeded, item.job_id, _summary(item, record))
+        except TransitionRejected:
+            self.stats.duplicates += 1  # finished by another delivery meanwhile; our row is the same
+        except Exception as exc:  # noqa: BLE001 - the row is committed; redelivery rewrites it
+            await self._retry_or_fail(item, exc)
+            return
+        else:
+            self.stats.succeeded += 1
+            self._log_state(item, JobStatus.SUCCEEDED, detections=len(record.prediction.detections))
+        self._finish(item, Outcome.DONE)
 
     async def _delete_loop(self) -> None:
         """Delete settled messages, up to ten per request, as soon as any are waiting."""
@@ -547,7 +536,7 @@ class Worker:
         )
 
 
-def _summary(item: WorkItem, record: ResultRecord) -> str:
+def _summary(item: WorkItem, record: ResultRecord) -> dict[str, Any]:
     """The result as the jobs table keeps it (what GET /v1/jobs/{id} returns)."""
     summary = record.prediction.as_dict()
     count = len(record.prediction.detections)
@@ -558,7 +547,7 @@ def _summary(item: WorkItem, record: ResultRecord) -> str:
         model=record.model,
         inference_ms=round(item.timings["inference_ms"], 2),
     )
-    return json.dumps(summary, separators=(",", ":"))
+    return summary
 
 
 def _backoff_seconds(receive_count: int) -> int:

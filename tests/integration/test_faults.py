@@ -73,8 +73,9 @@ def test_kill_9_at_every_boundary(
     wait_for(lambda: queue_depth(fault_stack, fault_stack.queue_url) == 0, timeout=60, what="an empty queue")
     assert sup.stop() == 0
     figures = check_invariants(fault_stack, work)
-    assert sum(sup.kills.values()) == KILLS, sup.kills  # every kill happened, at a boundary
-    assert set(sup.kills) == {"after_receive", "after_inference", "after_write"} or KILLS < 3, sup.kills
+    # Kills happened at each boundary (armed in turn; the last may find no work left to kill).
+    assert set(sup.kills) == {"after_receive", "after_inference", "after_write"}, sup.kills
+    assert sum(sup.kills.values()) <= KILLS
     assert queue_depth(fault_stack, fault_stack.dlq_url) == 0
     record("kill_9", {**figures, "kills": dict(sup.kills), "worker_starts": sup.starts})
 

@@ -55,10 +55,10 @@ def dynamo_item(stack: Stack, job_id: str) -> dict[str, Any]:
 
 
 def test_client_flow_end_to_end(
-    stack: Stack, api_url: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+    stack: Stack, api_url: str, api_key: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
 ) -> None:
     start_worker()
-    client = VisionqClient(api_url)
+    client = VisionqClient(api_url, api_key)
     image, truth = draw_scene(10_001, (320, 240))
     job_id = submit_bytes(client, "scene.png", png_bytes(image), "image/png")
 
@@ -95,13 +95,13 @@ def test_client_flow_end_to_end(
 
 
 def test_direct_put_is_processed_and_found_by_key(
-    stack: Stack, api_url: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+    stack: Stack, api_url: str, api_key: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
 ) -> None:
     start_worker()
     image, truth = draw_scene(10_002, (320, 240))
     key = "uploads/camera 7/frame+0001.png"
     stack.s3.put_object(Bucket=BUCKET, Key=key, Body=png_bytes(image), ContentType="image/png")
-    client = VisionqClient(api_url)
+    client = VisionqClient(api_url, api_key)
 
     def finished() -> bool:
         return client.find_job(key)["status"] == "SUCCEEDED"
@@ -114,10 +114,10 @@ def test_direct_put_is_processed_and_found_by_key(
 
 
 def test_corrupt_image_fails_with_a_code_and_the_worker_goes_on(
-    stack: Stack, api_url: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+    stack: Stack, api_url: str, api_key: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
 ) -> None:
     worker = start_worker()
-    client = VisionqClient(api_url)
+    client = VisionqClient(api_url, api_key)
     good = png_bytes(draw_scene(10_003)[0])
     truncated = submit_bytes(client, "broken.png", good[: len(good) // 3], "image/png")
     not_an_image = submit_bytes(client, "notes.jpg", b"just some text, honestly\n" * 10, "image/jpeg")
@@ -140,6 +140,7 @@ def test_corrupt_image_fails_with_a_code_and_the_worker_goes_on(
 def test_stored_boxes_equal_calling_the_model_on_the_file(
     stack: Stack,
     api_url: str,
+    api_key: str,
     start_worker: Callable[..., Any],
     draw_scene: Callable[..., Any],
     tmp_path: Path,
@@ -150,7 +151,7 @@ def test_stored_boxes_equal_calling_the_model_on_the_file(
     from tests.conftest import SHAPES_WEIGHTS
 
     start_worker()
-    client = VisionqClient(api_url)
+    client = VisionqClient(api_url, api_key)
     # A JPEG stored sideways with an EXIF orientation tag, at a size the model was not trained at.
     scene, _ = draw_scene(10_004, (480, 640))
     stored = scene.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
@@ -204,12 +205,12 @@ def test_test_events_and_malformed_messages_are_acknowledged(stack: Stack, start
 
 
 def test_duplicate_events_yield_one_result(
-    stack: Stack, api_url: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+    stack: Stack, api_url: str, api_key: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
 ) -> None:
     start_worker()
     key = "uploads/dup/frame.png"
     stack.s3.put_object(Bucket=BUCKET, Key=key, Body=png_bytes(draw_scene(10_006)[0]))
-    client = VisionqClient(api_url)
+    client = VisionqClient(api_url, api_key)
     wait_until(lambda: client.find_job(key)["status"] == "SUCCEEDED", timeout=WAIT, what="the first delivery")
     etag = stack.s3.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
     record = {

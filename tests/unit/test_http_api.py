@@ -12,6 +12,7 @@ from moto import mock_aws
 
 from functions.http_api import create_app
 from infra.bootstrap import _ensure_jobs_table
+from visionq.api_keys import ApiKey, ApiKeyStore
 from visionq.config import ApiSettings
 from visionq.errors import TransientError
 from visionq.stores.job_store import DynamoJobStore
@@ -23,17 +24,31 @@ def settings() -> ApiSettings:
 
 
 @pytest.fixture
-def client(settings: ApiSettings, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiKeyStore]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
         dynamodb = boto3.client("dynamodb", region_name="us-east-1")
         _ensure_jobs_table(dynamodb, "jobs")
-        app = create_app(
-            settings, jobs=DynamoJobStore(dynamodb, "jobs"), s3_client=boto3.client("s3", region_name="us-east-1")
-        )
-        yield TestClient(app, raise_server_exceptions=False)
+        yield ApiKeyStore(dynamodb, "jobs", cache_seconds=0)
+
+
+@pytest.fixture
+def app(settings: ApiSettings, keys: ApiKeyStore) -> Any:
+    dynamodb = keys._client
+    return create_app(
+        settings,
+        jobs=DynamoJobStore(dynamodb, "jobs"),
+        keys=keys,
+        s3_client=boto3.client("s3", region_name="us-east-1"),
+    )
+
+
+@pytest.fixture
+def client(app: Any, keys: ApiKeyStore) -> TestClient:
+    key, _ = keys.create("tests")
+    return TestClient(app, raise_server_exceptions=False, headers={"x-api-key": key})
 
 
 def assert_error(response: Any, status: int, code: str) -> None:
@@ -85,12 +100,17 @@ def test_unknown_job_is_a_404(client: TestClient) -> None:
     assert_error(client.get("/nowhere"), 404, "not_found")
 
 
+class AnyKey:
+    def authenticate(self, presented: str | None) -> ApiKey:
+        return ApiKey(key_id="k", name="k", created_at="")
+
+
 def test_store_outage_is_a_503_without_internal_text(settings: ApiSettings) -> None:
     class DownStore:
         def get(self, job_id: str) -> Any:
             raise TransientError("DynamoDB endpoint http://10.0.0.1 refused: secret detail")
 
-    app = create_app(settings, jobs=DownStore(), s3_client=object())  # type: ignore[arg-type]
+    app = create_app(settings, jobs=DownStore(), keys=AnyKey(), s3_client=object())  # type: ignore[arg-type]
     response = TestClient(app, raise_server_exceptions=False).get("/v1/jobs/" + "a" * 32)
     assert_error(response, 503, "service_unavailable")
     assert "secret detail" not in response.text
@@ -101,7 +121,7 @@ def test_unexpected_errors_are_a_generic_500(settings: ApiSettings) -> None:
         def get(self, job_id: str) -> Any:
             raise RuntimeError("boom at line 42")
 
-    app = create_app(settings, jobs=BrokenStore(), s3_client=object())  # type: ignore[arg-type]
+    app = create_app(settings, jobs=BrokenStore(), keys=AnyKey(), s3_client=object())  # type: ignore[arg-type]
     response = TestClient(app, raise_server_exceptions=False).get("/v1/jobs/" + "a" * 32)
     assert_error(response, 500, "internal_error")
     assert "boom" not in response.text
@@ -110,3 +130,40 @@ def test_unexpected_errors_are_a_generic_500(settings: ApiSettings) -> None:
 def test_openapi_document_is_served(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/healthz"} <= set(paths)
+
+
+def test_requests_without_a_valid_key_are_401(app: Any, keys: ApiKeyStore) -> None:
+    anonymous = TestClient(app, raise_server_exceptions=False)
+    body = {"filename": "a.jpg", "content_type": "image/jpeg"}
+    assert_error(anonymous.post("/v1/jobs", json=body), 401, "unauthorized")
+    assert_error(anonymous.get("/v1/jobs/" + "a" * 32), 401, "unauthorized")
+    for wrong in ("nonsense", "vq_abc_def", "vq__", "vq_" + "0" * 12 + "_guess"):
+        assert_error(anonymous.post("/v1/jobs", json=body, headers={"x-api-key": wrong}), 401, "unauthorized")
+    key, record = keys.create("soon revoked")
+    assert anonymous.post("/v1/jobs", json=body, headers={"x-api-key": key}).status_code == 201
+    keys.revoke(record.key_id)
+    assert_error(anonymous.post("/v1/jobs", json=body, headers={"x-api-key": key}), 401, "unauthorized")
+    assert anonymous.get("/healthz").status_code == 200  # health needs no key
+
+
+def test_another_keys_job_is_a_404(app: Any, keys: ApiKeyStore, client: TestClient) -> None:
+    job = client.post("/v1/jobs", json={"filename": "a.jpg", "content_type": "image/jpeg"}).json()
+    other_key, _ = keys.create("someone else")
+    other = TestClient(app, raise_server_exceptions=False, headers={"x-api-key": other_key})
+    assert_error(other.get(f"/v1/jobs/{job['job_id']}"), 404, "job_not_found")
+    assert_error(other.get("/v1/jobs", params={"key": job["key"]}), 404, "job_not_found")
+    assert client.get(f"/v1/jobs/{job['job_id']}").status_code == 200
+
+
+def test_keys_are_stored_hashed(keys: ApiKeyStore) -> None:
+    key, record = keys.create("x")
+    item = keys._client.get_item(TableName="jobs", Key={"job_id": {"S": "apikey#" + record.key_id}})["Item"]
+    assert key.split("_", 2)[2] not in str(item)
+    assert [k.key_id for k in keys.list_keys()] == [record.key_id]
+
+
+def test_large_bodies_are_refused(client: TestClient) -> None:
+    response = client.post(
+        "/v1/jobs", content=b"{" + b" " * 20_000 + b"}", headers={"content-type": "application/json"}
+    )
+    assert_error(response, 413, "request_too_large")

@@ -39,16 +39,15 @@ def pending(job_id: str = "a" * 32) -> Job:
     )
 
 
-def queue(store: DynamoJobStore, job_id: str, key: str | None = None) -> Job:
-    return store.mark_queued(
+def claim(store: DynamoJobStore, job_id: str, key: str | None = None) -> Job:
+    return store.claim(
         job_id, bucket="bkt", key=key or f"uploads/{job_id}/x.jpg", etag="e1", model="m", expires_at=2_000_000_000
     )
 
 
 def test_full_lifecycle(store: DynamoJobStore) -> None:
     store.create(pending())
-    assert queue(store, "a" * 32).status is JobStatus.QUEUED
-    store.mark_running("a" * 32)
+    assert claim(store, "a" * 32).status is JobStatus.RUNNING
     store.mark_succeeded("a" * 32, {"detections": [{"label": "x", "confidence": 0.5}]})
     job = store.get("a" * 32)
     assert job.status is JobStatus.SUCCEEDED
@@ -65,7 +64,7 @@ def test_a_finished_job_never_moves_back(store: DynamoJobStore) -> None:
     with pytest.raises(TransitionRejected):
         store.mark_succeeded("a" * 32, {})
     # a late duplicate event gets the finished job back, unchanged
-    job = queue(store, "a" * 32)
+    job = claim(store, "a" * 32)
     assert job.status is JobStatus.FAILED
     assert job.error == JobError("invalid_image", "bad")
 
@@ -74,12 +73,12 @@ def test_a_redelivered_message_may_rerun_a_running_job(store: DynamoJobStore) ->
     store.create(pending())
     store.mark_running("a" * 32)
     store.mark_running("a" * 32)  # the first worker died; no error
-    assert queue(store, "a" * 32).status is JobStatus.RUNNING
+    assert claim(store, "a" * 32).status is JobStatus.RUNNING
 
 
 def test_direct_uploads_create_their_job_and_are_found_by_key(store: DynamoJobStore) -> None:
-    job = queue(store, "b" * 32, key="uploads/cam/frame 1.jpg")
-    assert job.status is JobStatus.QUEUED
+    job = claim(store, "b" * 32, key="uploads/cam/frame 1.jpg")
+    assert job.status is JobStatus.RUNNING
     assert store.find_by_object("bkt", "uploads/cam/frame 1.jpg").job_id == "b" * 32
     with pytest.raises(JobNotFound):
         store.find_by_object("bkt", "uploads/cam/other.jpg")
@@ -95,17 +94,12 @@ def test_creating_twice_is_refused_and_unknown_ids_are_not_found(store: DynamoJo
         store.mark_running("c" * 32)
 
 
-def test_mark_many_moves_a_batch_and_reports_only_the_rejected(store: DynamoJobStore) -> None:
-    ids = [c * 32 for c in "abcd"]
-    for job_id in ids:
-        store.create(pending(job_id))
-    assert store.mark_many(JobStatus.RUNNING, {job_id: {} for job_id in ids}) == set()
-    store.mark_failed(ids[1], JobError("x", "finished elsewhere"))
-    rejected = store.mark_many(JobStatus.SUCCEEDED, {job_id: {"result": "{}"} for job_id in ids})
-    assert rejected == {ids[1]}
-    assert [store.get(j).status for j in ids] == [
-        JobStatus.SUCCEEDED,
-        JobStatus.FAILED,
-        JobStatus.SUCCEEDED,
-        JobStatus.SUCCEEDED,
-    ]
+def test_reopen_only_undoes_the_named_failure(store: DynamoJobStore) -> None:
+    store.create(pending())
+    store.mark_failed("a" * 32, JobError("poison_message", "parked"))
+    with pytest.raises(TransitionRejected):
+        store.reopen("a" * 32, "invalid_image")
+    store.reopen("a" * 32, "poison_message")
+    job = store.get("a" * 32)
+    assert job.status is JobStatus.QUEUED
+    assert job.error is None

@@ -25,11 +25,10 @@ class JobStore(Protocol):
     def create(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job: ...
     def find_by_object(self, bucket: str, key: str) -> Job: ...
-    def mark_queued(self, job_id: str, *, bucket: str, key: str, etag: str, model: str, expires_at: int) -> Job: ...
+    def claim(self, job_id: str, *, bucket: str, key: str, etag: str, model: str, expires_at: int) -> Job: ...
     def mark_running(self, job_id: str) -> None: ...
     def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None: ...
     def mark_failed(self, job_id: str, error: JobError) -> None: ...
-    def mark_many(self, target: JobStatus, fields: dict[str, dict[str, Any]]) -> set[str]: ...
     def reopen(self, job_id: str, error_code: str) -> None: ...
 
 
@@ -51,6 +50,7 @@ class DynamoJobStore:
             "model": job.model,
             "filename": job.filename,
             "content_type": job.content_type,
+            "owner": job.owner,
         }
         with aws_errors("create job"):
             self._client.put_item(
@@ -83,16 +83,17 @@ class DynamoJobStore:
         # The index projects keys only; read the item itself for a consistent, complete view.
         return self.get(items[0]["job_id"]["S"])
 
-    def mark_queued(self, job_id: str, *, bucket: str, key: str, etag: str, model: str, expires_at: int) -> Job:
-        """Record that the object was seen, creating the job if it was put into the bucket directly.
+    def claim(self, job_id: str, *, bucket: str, key: str, etag: str, model: str, expires_at: int) -> Job:
+        """A worker takes the object: the job becomes RUNNING, created first if the object was put
+        into the bucket directly. One conditional write, so one request per image.
 
-        Returns the job as it now stands; if it had already moved past QUEUED (a duplicate or
-        redelivered event), it is returned unchanged for the caller to decide.
+        Returns the job as it now stands; a job already finished (a duplicate or redelivered
+        event) is returned unchanged, for the caller to acknowledge without running it again.
         """
         now = utc_now_iso()
-        allowed = allowed_predecessors(JobStatus.QUEUED)
+        allowed = allowed_predecessors(JobStatus.RUNNING)
         values = {
-            ":queued": "QUEUED",
+            ":running": "RUNNING",
             ":bucket": bucket,
             ":key": key,
             ":oid": object_id(bucket, key),
@@ -106,12 +107,12 @@ class DynamoJobStore:
             "attribute_not_exists(job_id) OR #status IN (" + ", ".join(f":p{i}" for i in range(len(allowed))) + ")"
         )
         try:
-            with aws_errors("queue job"):
+            with aws_errors("claim job"):
                 response = self._client.update_item(
                     TableName=self._table,
                     Key={"job_id": {"S": job_id}},
                     UpdateExpression=(
-                        "SET #status = :queued, #bucket = :bucket, object_key = :key, object_id = :oid,"
+                        "SET #status = :running, #bucket = :bucket, object_key = :key, object_id = :oid,"
                         " etag = :etag, #model = :model, updated_at = :now,"
                         " created_at = if_not_exists(created_at, :now),"
                         " expires_at = if_not_exists(expires_at, :ttl)"
@@ -134,34 +135,6 @@ class DynamoJobStore:
     def mark_failed(self, job_id: str, error: JobError) -> None:
         self._transition(job_id, JobStatus.FAILED, {"error_code": error.code, "error_message": error.message})
 
-    def mark_many(self, target: JobStatus, fields: dict[str, dict[str, Any]]) -> set[str]:
-        """Move several jobs to ``target`` in one request; return the ids whose move was rejected.
-
-        One TransactWriteItems for a whole batch instead of a request per job. Its conditions are
-        all-or-nothing, so if any job had already moved on (a duplicate delivery finished it), the
-        batch falls back to one conditional write per job and only those jobs are rejected.
-        """
-        if not fields:
-            return set()
-        if len(fields) > 1:
-            try:
-                with aws_errors(f"mark jobs {target}"):
-                    self._client.transact_write_items(
-                        TransactItems=[
-                            {"Update": self._update_request(job_id, target, extra)} for job_id, extra in fields.items()
-                        ]
-                    )
-                return set()
-            except TransitionRejected:
-                pass  # some condition failed: find which, one by one
-        rejected = set()
-        for job_id, extra in fields.items():
-            try:
-                self._transition(job_id, target, extra)
-            except TransitionRejected:
-                rejected.add(job_id)
-        return rejected
-
     def reopen(self, job_id: str, error_code: str) -> None:
         """FAILED (with ``error_code``) -> QUEUED: the one backward move, an operator's redrive.
 
@@ -181,10 +154,6 @@ class DynamoJobStore:
 
     def _transition(self, job_id: str, target: JobStatus, fields: dict[str, Any]) -> None:
         """Move ``job_id`` to ``target`` if its current state allows; else TransitionRejected."""
-        with aws_errors(f"mark job {target}"):
-            self._client.update_item(**self._update_request(job_id, target, fields))
-
-    def _update_request(self, job_id: str, target: JobStatus, fields: dict[str, Any]) -> dict[str, Any]:
         allowed = allowed_predecessors(target)
         names = {"#status": "status"}
         values: dict[str, Any] = {":target": str(target), ":now": utc_now_iso()}
@@ -195,16 +164,20 @@ class DynamoJobStore:
             sets.append(f"#f{i} = :f{i}")
         for i, state in enumerate(allowed):
             values[f":p{i}"] = str(state)
-        return {
-            "TableName": self._table,
-            "Key": {"job_id": {"S": job_id}},
-            "UpdateExpression": "SET " + ", ".join(sets),
-            "ConditionExpression": "attribute_exists(job_id) AND #status IN ("
-            + ", ".join(f":p{i}" for i in range(len(allowed)))
-            + ")",
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": _to_values(values),
-        }
+        # Plain conditional writes, not TransactWriteItems: a transaction is all-or-nothing, and
+        # moto's emulation of one rolls back by restoring a copy of the whole table, silently
+        # undoing concurrent writes (seen as lost jobs under the fault-injection suite).
+        with aws_errors(f"mark job {target}"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": {"S": job_id}},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="attribute_exists(job_id) AND #status IN ("
+                + ", ".join(f":p{i}" for i in range(len(allowed)))
+                + ")",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_values(values),
+            )
 
 
 def _to_item(values: dict[str, Any]) -> dict[str, Any]:
@@ -234,4 +207,5 @@ def _job_from_item(item: dict[str, Any]) -> Job:
         content_type=data.get("content_type"),
         result=json.loads(data["result"]) if data.get("result") else None,
         error=error,
+        owner=data.get("owner"),
     )
