@@ -100,7 +100,7 @@ def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> 
     me = psutil.Process()
     detector.predict(decoded[:2])  # warm-up
     by_batch: dict[int, dict[str, float]] = {}
-    sizes = sorted({1, 2, 4, max_batch} | ({8} if max_batch >= 8 else set()))
+    sizes = sorted({1, 2, 4, 8, max_batch})
     for size in sizes:
         total = max(repeats, size * 2)
         started, cpu0 = time.perf_counter(), cpu_seconds(me)
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="yolo11n.yaml", help="weights, name or yaml (same compute as trained)")
     parser.add_argument("--n", type=int, default=200, help="images for the throughput runs")
-    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=None, help="the worker's batch (default: raw model's best)")
     parser.add_argument("--latency-n", type=int, default=30)
     parser.add_argument("--memory-n", type=int, default=0, help="images for the memory soak (0: skip)")
     parser.add_argument("--skip-naive", action="store_true")
@@ -327,13 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     images = make_images(args.n)
 
     print("(a) raw model", flush=True)
-    raw = raw_model(args.model, images[:32], args.max_batch, repeats=32)
+    raw = raw_model(args.model, images[:32], args.max_batch or 8, repeats=32)
+    batch = args.max_batch or raw["best_batch"]
+    report["worker_max_batch"] = batch
     report["raw"] = raw
     stack = BenchStack(state)
     try:
-        env = {"VISIONQ_MAX_BATCH": str(args.max_batch)}
+        env = {"VISIONQ_MAX_BATCH": str(batch)}
         print("(b) pipeline", flush=True)
-        cpu_at = raw["by_batch"].get(args.max_batch, raw)["cpu_ms_per_image"]
+        cpu_at = raw["by_batch"][batch]["cpu_ms_per_image"]
         pipeline = throughput_run(stack, images, args.model, cpu_at, args.out / "worker-pipeline.log", env)
         report["pipeline"] = asdict(pipeline)
         print(f"  {pipeline.images_per_second:.2f} img/s", flush=True)

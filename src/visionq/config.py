@@ -64,7 +64,8 @@ class WorkerSettings(AwsSettings):
     max_image_pixels: int = Field(default=50_000_000, validation_alias="VISIONQ_MAX_IMAGE_PIXELS")
     # Throughput knobs (see the README): a batch runs when full or when its oldest image has
     # waited max_wait_ms, and at once when nothing else is on its way.
-    max_batch: int = Field(default=8, ge=1, validation_alias="VISIONQ_MAX_BATCH")
+    # None: 8 on a GPU; 1 on a CPU, where batching was measured to lose (bench/RESULTS.md).
+    max_batch: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_MAX_BATCH")
     max_wait_ms: float = Field(default=20.0, ge=0, validation_alias="VISIONQ_MAX_WAIT_MS")
     prefetch: int = Field(default=32, ge=1, validation_alias="VISIONQ_PREFETCH")  # messages held at once
     receivers: int = Field(default=2, ge=1, validation_alias="VISIONQ_RECEIVERS")  # concurrent long-polls

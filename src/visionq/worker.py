@@ -65,16 +65,26 @@ class Pipeline:
     max_wait: float  # seconds
     prefetch: int
     receivers: int
+    # Requests are billed (and cost the emulator CPU): poll only when room for several messages
+    # has freed up, and let settled messages linger briefly so deletes go ten at a time. Results
+    # are committed before this wait, so it delays no answer, only the delete.
+    min_receive: int = field(init=False, default=1)
+    delete_linger: float = 0.0  # seconds
+
+    def __post_init__(self) -> None:
+        self.min_receive = max(1, min(10, self.prefetch // 3))
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> Pipeline:
+    def from_settings(cls, settings: WorkerSettings, device: str) -> Pipeline:
         if settings.naive:
             return cls(max_batch=1, max_wait=0.0, prefetch=1, receivers=1)
+        max_batch = settings.max_batch or (8 if device.startswith("cuda") else 1)
         return cls(
-            max_batch=settings.max_batch,
+            max_batch=max_batch,
             max_wait=settings.max_wait_ms / 1000,
-            prefetch=max(settings.prefetch, settings.max_batch),
+            prefetch=max(settings.prefetch, max_batch),
             receivers=settings.receivers,
+            delete_linger=0.5,
         )
 
 
@@ -140,7 +150,7 @@ class Worker:
         self.settings = settings
         self.failpoints = failpoints or Failpoints()
         self.dead_letters = dead_letters
-        self.pipeline = Pipeline.from_settings(settings)
+        self.pipeline = Pipeline.from_settings(settings, detector.device)
         self.queue = queue
         self.objects = objects
         self.jobs = jobs
@@ -165,6 +175,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active_jobs: set[str] = set()  # claimed here and not yet finished
         self._held: dict[str, InFlight] = {}  # by message id: received, not yet settled
+        self._draining = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; then take no more, finish what is held, and return."""
@@ -184,6 +195,8 @@ class Worker:
         ]
         try:
             await asyncio.gather(*receivers)
+            self._draining = True
+            self._delete_wanted.set()
             await self._drain(self.settings.shutdown_grace_seconds)
         finally:
             for task in stages + receivers:
@@ -378,10 +391,15 @@ class Worker:
         self._finish(item, Outcome.DONE)
 
     async def _delete_loop(self) -> None:
-        """Delete settled messages, up to ten per request, as soon as any are waiting."""
+        """Delete settled messages, ten per request, or fewer once the first has lingered."""
         while True:
             await self._delete_wanted.wait()
             self._delete_wanted.clear()
+            lingering_until = time.monotonic() + self.pipeline.delete_linger
+            while len(self._to_delete) < 10 and not self._draining and time.monotonic() < lingering_until:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._delete_wanted.wait(), lingering_until - time.monotonic())
+                self._delete_wanted.clear()
             while self._to_delete:
                 chunk, self._to_delete = self._to_delete[:10], self._to_delete[10:]
                 try:
@@ -492,9 +510,16 @@ class Worker:
     # --- plumbing ------------------------------------------------------------------------------
 
     async def _take_slots(self, stop: asyncio.Event) -> int:
-        """Wait for room to hold more messages; take up to ten slots (0 when stopping)."""
+        """Wait for room to hold more messages; take up to ten slots (0 when stopping).
+
+        While messages are held, wait until room for ``min_receive`` has freed up; when none are
+        held, poll at once, so a lone message never waits for company.
+        """
         async with self._slots_changed:
-            while self._free_slots == 0 and not stop.is_set():
+            while not stop.is_set() and (
+                self._free_slots == 0
+                or (self._free_slots < self.pipeline.min_receive and self._free_slots < self.pipeline.prefetch)
+            ):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slots_changed.wait(), timeout=1.0)
             if stop.is_set():
@@ -585,10 +610,6 @@ async def serve_worker(
         # Only possible in the main thread of a POSIX process; tests run the worker on a thread.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     if detector is None:
         detector = await asyncio.to_thread(
             load_detector,
@@ -597,6 +618,11 @@ async def serve_worker(
             image_size=settings.image_size,
             confidence=settings.confidence,
         )
+    if settings.torch_threads:
+        import torch
+
+        # After loading: Ultralytics sets torch to cpu_count - 1 threads when it builds its predictor.
+        torch.set_num_threads(settings.torch_threads)
     session = get_session()
     requests: dict[str, int] = {}
     async with (

@@ -12,6 +12,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from tests.conftest import Stack
+from tests.integration.fault_harness import record
 
 pytestmark = pytest.mark.integration
 
@@ -42,3 +43,4 @@ def test_no_input_gets_a_server_error(api_url: str, api_key: str, stack: Stack) 
         except Unsatisfiable:
             assert mode is GenerationMode.NEGATIVE  # nothing to break (no parameters, no body)
     assert calls > 100
+    record("api_fuzz", {"requests": calls, "server_errors": 0})

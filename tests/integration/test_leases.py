@@ -1,0 +1,98 @@
+"""Leases, deadlines and graceful shutdown, with a model slower than the visibility timeout."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import BUCKET, TABLE, Stack
+from tests.integration.fault_harness import queue_depth
+from visionq.detector import Prediction
+from visionq.local_stack import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class SlowDetector:
+    """The shapes detector, made to take ``seconds`` per forward pass."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+        self.calls = 0
+
+    version = property(lambda self: self.inner.version)
+    untrained = property(lambda self: self.inner.untrained)
+    device = property(lambda self: self.inner.device)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        self.calls += 1
+        time.sleep(self.seconds)
+        result: list[Prediction] = self.inner.predict(images)
+        return result
+
+
+def put_scene(stack: Stack, draw_scene: Callable[..., Any], key: str) -> None:
+    buf = io.BytesIO()
+    draw_scene(40_000)[0].save(buf, "PNG")
+    stack.s3.put_object(Bucket=BUCKET, Key=key, Body=buf.getvalue())
+
+
+def job_status(stack: Stack, key: str) -> tuple[str, str | None]:
+    items = stack.dynamodb.scan(TableName=TABLE)["Items"]
+    [item] = [i for i in items if i.get("object_key", {}).get("S") == key]
+    return item["status"]["S"], item.get("error_code", {}).get("S")
+
+
+def run_worker(stack: Stack, detector: Any, **settings: Any) -> Any:
+    from tests.conftest import RunningWorker
+
+    return RunningWorker(stack.worker_settings(**settings), detector).start()
+
+
+def test_leases_keep_a_long_job_from_being_redelivered(
+    stack: Stack, shapes_detector: Any, draw_scene: Callable[..., Any]
+) -> None:
+    slow = SlowDetector(shapes_detector, seconds=7)
+    put_scene(stack, draw_scene, "uploads/slow/one.png")
+    worker = run_worker(stack, slow, visibility_timeout=3)
+    wait_until(lambda: job_status(stack, "uploads/slow/one.png")[0] == "SUCCEEDED", timeout=60, what="the slow job")
+    worker.stop()
+    # 7 s of work under a 3 s visibility timeout: received once, run once, thanks to the lease.
+    assert worker.stats.messages == 1
+    assert slow.calls == 1
+    assert stack.sql("SELECT count(*) FROM results") == [(1,)]
+
+
+def test_a_job_past_its_deadline_fails_with_a_code(
+    stack: Stack, shapes_detector: Any, draw_scene: Callable[..., Any]
+) -> None:
+    slow = SlowDetector(shapes_detector, seconds=8)
+    put_scene(stack, draw_scene, "uploads/slow/late.png")
+    worker = run_worker(stack, slow, visibility_timeout=3, job_deadline_seconds=2)
+    wait_until(lambda: job_status(stack, "uploads/slow/late.png")[0] == "FAILED", timeout=60, what="the deadline")
+    assert job_status(stack, "uploads/slow/late.png") == ("FAILED", "deadline_exceeded")
+    wait_until(lambda: queue_depth(stack, stack.queue_url) == 0, timeout=60, what="the message acknowledged")
+    worker.stop()
+    # the late result did not turn the job back into a success
+    assert job_status(stack, "uploads/slow/late.png") == ("FAILED", "deadline_exceeded")
+
+
+def test_shutdown_releases_what_it_cannot_finish_within_the_grace(
+    stack: Stack, shapes_detector: Any, draw_scene: Callable[..., Any]
+) -> None:
+    slow = SlowDetector(shapes_detector, seconds=6)
+    put_scene(stack, draw_scene, "uploads/slow/interrupted.png")
+    worker = run_worker(stack, slow, visibility_timeout=60, shutdown_grace_seconds=1)
+    wait_until(lambda: slow.calls == 1, timeout=60, what="the job to start")
+    started = time.monotonic()
+    worker.stop()
+    assert time.monotonic() - started < 15
+    # Released with visibility 0, not left invisible for the 60 s timeout: another worker gets it now.
+    messages = stack.sqs.receive_message(QueueUrl=stack.queue_url, WaitTimeSeconds=2).get("Messages", [])
+    assert len(messages) == 1
