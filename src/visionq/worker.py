@@ -575,6 +575,28 @@ def _summary(item: WorkItem, record: ResultRecord) -> dict[str, Any]:
     return summary
 
 
+def _arm_exit_watchdog(seconds: float) -> None:
+    """If shutdown has not finished ``seconds`` after the signal, dump every thread's stack and exit.
+
+    Shutdown is bounded by the grace period, but a store call that hangs (a socket with no answer)
+    would hold the process past it; an orchestrator would SIGKILL it then anyway. This makes the
+    end certain, and leaves the stacks in the log for whoever finds out why.
+    """
+    import faulthandler
+    import os
+    import sys
+    import threading
+
+    def expire() -> None:
+        logger.error("shutdown still not finished %.0f s after the signal; dumping stacks and exiting", seconds)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
 def _backoff_seconds(receive_count: int) -> int:
     return int(min(300, 2 ** min(receive_count, 8)))
 
@@ -606,10 +628,15 @@ async def serve_worker(
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        _arm_exit_watchdog(settings.shutdown_grace_seconds + 30)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Only possible in the main thread of a POSIX process; tests run the worker on a thread.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     if detector is None:
         detector = await asyncio.to_thread(
             load_detector,

@@ -19,6 +19,7 @@ from tests.integration.fault_harness import (
     Supervisor,
     all_terminal,
     check_invariants,
+    jobs_by_key,
     make_workload,
     queue_depth,
     record,
@@ -145,7 +146,7 @@ def test_an_image_that_kills_the_worker_is_parked(
     supervisors.append(sup)
 
     wait_for(
-        lambda: stack.sql("SELECT 1") is not None and _status(stack, poison_key) == ("FAILED", "poison_message"),
+        lambda: _status(stack, poison_key) == ("FAILED", "poison_message"),
         timeout=DEADLINE,
         what="the poison job to be FAILED",
     )
@@ -162,8 +163,5 @@ def test_an_image_that_kills_the_worker_is_parked(
 
 
 def _status(stack: Stack, key: str) -> tuple[str, str | None] | None:
-    for page in stack.dynamodb.get_paginator("scan").paginate(TableName=TABLE):
-        for item in page["Items"]:
-            if item["object_key"]["S"] == key:
-                return item["status"]["S"], item.get("error_code", {}).get("S")
-    return None
+    job = jobs_by_key(stack).get(key)
+    return (job["status"], job["error_code"]) if job else None

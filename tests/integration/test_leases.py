@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import BUCKET, TABLE, Stack
-from tests.integration.fault_harness import queue_depth
+from tests.conftest import BUCKET, Stack
+from tests.integration.fault_harness import jobs_by_key, queue_depth
 from visionq.detector import Prediction
 from visionq.local_stack import wait_until
 
@@ -44,9 +44,8 @@ def put_scene(stack: Stack, draw_scene: Callable[..., Any], key: str) -> None:
 
 
 def job_status(stack: Stack, key: str) -> tuple[str, str | None]:
-    items = stack.dynamodb.scan(TableName=TABLE)["Items"]
-    [item] = [i for i in items if i.get("object_key", {}).get("S") == key]
-    return item["status"]["S"], item.get("error_code", {}).get("S")
+    job = jobs_by_key(stack)[key]
+    return job["status"], job["error_code"]
 
 
 def run_worker(stack: Stack, detector: Any, **settings: Any) -> Any:

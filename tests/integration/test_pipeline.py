@@ -198,10 +198,22 @@ def test_test_events_and_malformed_messages_are_acknowledged(stack: Stack, start
         json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": BUCKET}),
         "{this is not json",
         json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]}),
+        # a key outside the upload prefix (S3's filter would not send it; a hand-made event might)
+        json.dumps(
+            {
+                "Records": [
+                    {
+                        "eventName": "ObjectCreated:Put",
+                        "s3": {"bucket": {"name": BUCKET}, "object": {"key": "elsewhere/x.png", "eTag": "e"}},
+                    }
+                ]
+            }
+        ),
     ):
         stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
     wait_until(lambda: _queue_depth(stack) == 0, timeout=WAIT, what="an empty queue")
     assert worker.alive
+    assert stack.dynamodb.scan(TableName=TABLE)["Items"] == []  # no job for any of them
 
 
 def test_duplicate_events_yield_one_result(
