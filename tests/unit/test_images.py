@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.integration.fault_harness import png_header_only
 from visionq.errors import ImageRejected
 from visionq.images import ImageLimits, decode_image, sniff_format
 
@@ -75,23 +74,13 @@ def test_cmyk_colours_survive() -> None:
     assert r > 200 and g < 60 and b < 60
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize(
     ("data", "code"),
     [
         (b"", "empty_object"),
         (b"this is a text file, not a jpeg\n", "unsupported_format"),
         (b"GIF89a" + b"\x00" * 32, "unsupported_format"),  # a real format, not on the allowlist
-        (_png_header_only(30000, 30000), "image_too_large"),
+        (png_header_only(30000, 30000), "image_too_large"),
         (b"\xff\xd8\xff" + b"\x00" * 10_000_000, "object_too_large"),
     ],
 )

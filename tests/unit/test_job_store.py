@@ -57,10 +57,10 @@ def test_full_lifecycle(store: DynamoJobStore) -> None:
 
 def test_a_finished_job_never_moves_back(store: DynamoJobStore) -> None:
     store.create(pending())
-    store.mark_running("a" * 32)
+    claim(store, "a" * 32)
     store.mark_failed("a" * 32, JobError("invalid_image", "bad"))
     with pytest.raises(TransitionRejected):
-        store.mark_running("a" * 32)
+        store.mark_failed("a" * 32, JobError("other", "again"))
     with pytest.raises(TransitionRejected):
         store.mark_succeeded("a" * 32, {})
     # a late duplicate event gets the finished job back, unchanged
@@ -71,8 +71,8 @@ def test_a_finished_job_never_moves_back(store: DynamoJobStore) -> None:
 
 def test_a_redelivered_message_may_rerun_a_running_job(store: DynamoJobStore) -> None:
     store.create(pending())
-    store.mark_running("a" * 32)
-    store.mark_running("a" * 32)  # the first worker died; no error
+    claim(store, "a" * 32)
+    claim(store, "a" * 32)  # the first worker died; no error
     assert claim(store, "a" * 32).status is JobStatus.RUNNING
 
 
@@ -91,7 +91,7 @@ def test_creating_twice_is_refused_and_unknown_ids_are_not_found(store: DynamoJo
     with pytest.raises(JobNotFound):
         store.get("c" * 32)
     with pytest.raises(TransitionRejected):
-        store.mark_running("c" * 32)
+        store.mark_succeeded("c" * 32, {})
 
 
 def test_reopen_only_undoes_the_named_failure(store: DynamoJobStore) -> None:
