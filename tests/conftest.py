@@ -224,6 +224,14 @@ class RunningWorker:
         if self.loop is not None and self.stop_event is not None and self.alive:
             self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(timeout)
+        if self.thread.is_alive():
+            import faulthandler
+            import sys
+
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            if self.loop is not None:
+                for task in asyncio.all_tasks(self.loop):
+                    task.print_stack(file=sys.stderr)
         assert not self.thread.is_alive(), "worker did not stop"
         if self.error is not None:
             raise self.error

@@ -8,11 +8,12 @@ queued) — so a lone image never waits for company that is not coming.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from visionq.waiting import wait_event
 
 T = TypeVar("T")
 
@@ -65,5 +66,4 @@ class MicroBatcher(Generic[T]):
             else:
                 timeout = None
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+            await wait_event(self._changed, timeout)

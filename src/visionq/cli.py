@@ -235,7 +235,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         async with get_session().create_client(**aio_client_kwargs("sqs", settings)) as sqs:
             dlq, queue = SqsQueue(sqs, settings.dlq_url), SqsQueue(sqs, settings.queue_url)
             if args.action == "list":
-                letters = await dead_letters.peek(dlq, settings.upload_prefix)
+                letters = await dead_letters.peek(dlq, settings.upload_prefix, release=True)
                 for letter in letters:
                     print(
                         f"{letter.message.message_id}  received {letter.message.receive_count}x  "

@@ -47,8 +47,11 @@ def describe(message: Message, upload_prefix: str) -> DeadLetter:
     )
 
 
-async def peek(dlq: SqsQueue, upload_prefix: str, *, hide_seconds: int = 30, limit: int = 100) -> list[DeadLetter]:
-    """Up to ``limit`` parked messages; they stay parked (hidden ``hide_seconds`` from other readers)."""
+async def peek(
+    dlq: SqsQueue, upload_prefix: str, *, hide_seconds: int = 10, limit: int = 100, release: bool = False
+) -> list[DeadLetter]:
+    """Up to ``limit`` parked messages. They stay parked: hidden ``hide_seconds`` from other readers
+    (so one pass sees each once), or visible again at once with ``release``."""
     found: dict[str, DeadLetter] = {}
     while len(found) < limit:
         batch = await dlq.receive(max_messages=10, wait_seconds=1, visibility_timeout=hide_seconds)
@@ -57,13 +60,19 @@ async def peek(dlq: SqsQueue, upload_prefix: str, *, hide_seconds: int = 30, lim
             break
         for message in fresh:
             found[message.message_id] = describe(message, upload_prefix)
+    if release and found:
+        await dlq.release([letter.message for letter in found.values()], delay_seconds=0)
     return list(found.values())
 
 
-async def sweep(dlq: SqsQueue, jobs: JobStore, upload_prefix: str, *, hide_seconds: int = 300) -> int:
-    """Mark the jobs of parked messages FAILED; return how many changed."""
+async def sweep(dlq: SqsQueue, jobs: JobStore, upload_prefix: str) -> int:
+    """Mark the jobs of parked messages FAILED; return how many changed.
+
+    The messages are left visible, so `visionq dlq list` sees them; a later sweep finds their
+    jobs already FAILED and changes nothing.
+    """
     failed = 0
-    for letter in await peek(dlq, upload_prefix, hide_seconds=hide_seconds):
+    for letter in await peek(dlq, upload_prefix, release=True):
         error = JobError(
             code=POISON,
             message=(

@@ -42,6 +42,7 @@ from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import S3ObjectReader
 from visionq.stores.queue import Message, SqsQueue
 from visionq.stores.result_store import ResultRecord, ResultStore
+from visionq.waiting import wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,8 @@ class Worker:
         self._store_pool = ThreadPoolExecutor(8, thread_name_prefix="store")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._free_slots = self.pipeline.prefetch
-        self._slots_changed = asyncio.Condition()
+        # Slots are counted on the event loop's one thread, so a counter and an Event suffice.
+        self._slots_freed = asyncio.Event()
         self._preparing = 0  # items between receive and the ready queue
         self._batcher: MicroBatcher[WorkItem] = MicroBatcher(
             max_batch=self.pipeline.max_batch, max_wait=self.pipeline.max_wait, more_coming=lambda: self._preparing > 0
@@ -199,9 +201,7 @@ class Worker:
             self._delete_wanted.set()
             await self._drain(self.settings.shutdown_grace_seconds)
         finally:
-            for task in stages + receivers:
-                task.cancel()
-            await asyncio.gather(*stages, *receivers, return_exceptions=True)
+            await _cancel_all([*stages, *receivers])
         logger.info("worker stopped")
 
     def close(self) -> None:
@@ -229,16 +229,16 @@ class Worker:
             if not receive.done():
                 # Whatever this poll took reappears after its visibility timeout.
                 receive.cancel()
-                await self._give_slots(wanted)
+                self._give_slots(wanted)
                 return
             try:
                 messages = receive.result()
             except TransientError as exc:
-                await self._give_slots(wanted)
+                self._give_slots(wanted)
                 logger.warning("receive failed, backing off: %s", exc)
                 await _sleep_unless(stop, 2.0)
                 continue
-            await self._give_slots(wanted - len(messages))
+            self._give_slots(wanted - len(messages))
             if messages:
                 self.failpoints.hit("after_receive")
             for message in messages:
@@ -397,8 +397,7 @@ class Worker:
             self._delete_wanted.clear()
             lingering_until = time.monotonic() + self.pipeline.delete_linger
             while len(self._to_delete) < 10 and not self._draining and time.monotonic() < lingering_until:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._delete_wanted.wait(), lingering_until - time.monotonic())
+                await wait_event(self._delete_wanted, lingering_until - time.monotonic())
                 self._delete_wanted.clear()
             while self._to_delete:
                 chunk, self._to_delete = self._to_delete[:10], self._to_delete[10:]
@@ -410,7 +409,7 @@ class Worker:
                     failed = []
                 if failed:
                     logger.warning("SQS did not delete %d messages; they will be redelivered", len(failed))
-                await self._give_slots(len(chunk))
+                self._give_slots(len(chunk))
 
     async def _lease_loop(self) -> None:
         """Keep held messages invisible while their work goes on; fail jobs past their deadline.
@@ -479,7 +478,7 @@ class Worker:
         except TransientError as exc:
             logger.warning("could not release a message for retry: %s", exc)
         finally:
-            await self._give_slots(1)
+            self._give_slots(1)
 
     async def _fail(self, item: WorkItem, error: JobError) -> None:
         try:
@@ -515,24 +514,22 @@ class Worker:
         While messages are held, wait until room for ``min_receive`` has freed up; when none are
         held, poll at once, so a lone message never waits for company.
         """
-        async with self._slots_changed:
-            while not stop.is_set() and (
-                self._free_slots == 0
-                or (self._free_slots < self.pipeline.min_receive and self._free_slots < self.pipeline.prefetch)
-            ):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slots_changed.wait(), timeout=1.0)
-            if stop.is_set():
-                return 0
-            taken = min(10, self._free_slots)
-            self._free_slots -= taken
-            return taken
+        while not stop.is_set() and (
+            self._free_slots == 0
+            or (self._free_slots < self.pipeline.min_receive and self._free_slots < self.pipeline.prefetch)
+        ):
+            self._slots_freed.clear()
+            await wait_event(self._slots_freed, 1.0)  # rechecks stop each second
+        if stop.is_set():
+            return 0
+        taken = min(10, self._free_slots)
+        self._free_slots -= taken
+        return taken
 
-    async def _give_slots(self, count: int) -> None:
+    def _give_slots(self, count: int) -> None:
         if count:
-            async with self._slots_changed:
-                self._free_slots += count
-                self._slots_changed.notify_all()
+            self._free_slots += count
+            self._slots_freed.set()
 
     async def _drain(self, grace: float) -> None:
         """Wait for every held message to settle, at most ``grace`` seconds; release the rest."""
@@ -597,6 +594,15 @@ def _arm_exit_watchdog(seconds: float) -> None:
     timer.start()
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again any that swallowed the first request."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+
+
 def _backoff_seconds(receive_count: int) -> int:
     return int(min(300, 2 ** min(receive_count, 8)))
 
@@ -606,8 +612,7 @@ def _ms_since(started: float) -> float:
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    await wait_event(stop, seconds)
 
 
 async def serve_worker(

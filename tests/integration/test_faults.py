@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -160,6 +162,35 @@ def test_an_image_that_kills_the_worker_is_parked(
     check_invariants(stack, others)
     assert sup.kills["poison"] >= 3
     record("poison", {"deliveries_before_parking": sup.kills["poison"], "job": "FAILED poison_message"})
+
+    # The operator's view: `visionq dlq list` shows it; `visionq dlq redrive` reopens and requeues it.
+    # (A sweep the shutdown interrupted may have hidden the message for a few seconds.)
+    wait_for(lambda: _visible(stack, stack.dlq_url) == 1, timeout=60, what="the parked message visible")
+    listed = _visionq(stack, "dlq", "list")
+    assert poison_key in listed and "1 message(s)" in listed
+    assert "sent 1 message(s)" in _visionq(stack, "dlq", "redrive")
+    assert _status(stack, poison_key) == ("QUEUED", None)
+    assert queue_depth(stack, stack.dlq_url) == 0
+    assert queue_depth(stack, stack.queue_url) == 1
+
+
+def _visible(stack: Stack, url: str) -> int:
+    attrs = stack.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+
+def _visionq(stack: Stack, *args: str) -> str:
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": stack.endpoint,
+        "VISIONQ_QUEUE_URL": stack.queue_url,
+        "VISIONQ_DLQ_URL": stack.dlq_url,
+        "VISIONQ_JOBS_TABLE": TABLE,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "visionq", *args], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout
 
 
 def _status(stack: Stack, key: str) -> tuple[str, str | None] | None:
