@@ -51,7 +51,8 @@ def render(figures: dict[str, Any], command: str) -> str:
         lines.append(
             f"| an image that kills the worker every time | 1 (+5 healthy after it) |"
             f" {poison['deliveries_before_parking']} deliveries, each a worker death; then parked in the DLQ,"
-            f" job {poison['job']} | 0 | 0 |"
+            f" job {poison['job']}; `visionq dlq list` shows it, `visionq dlq redrive` reopens and requeues it"
+            " | 0 | 0 |"
         )
     fuzz = figures.get("api_fuzz")
     if fuzz:
