@@ -6,8 +6,6 @@ import logging
 import time
 from pathlib import Path
 
-from visionq.errors import ModelUnavailable
-
 logger = logging.getLogger(__name__)
 
 UNTRAINED_FALLBACK = "yolo11n.yaml"
@@ -20,14 +18,23 @@ def sample_images() -> list[Path]:
 
 
 def choose_model(requested: str) -> tuple[str, bool]:
-    """The model the demo can actually load here, and whether it is an untrained architecture."""
-    from visionq.detector import load_detector
+    """The model the demo can use here, and whether it is an untrained architecture.
 
+    Only makes sure the weights are on disk (downloading them where there is network); the
+    worker is the one process that loads the model.
+    """
+    from pathlib import Path
+
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    if requested.endswith((".yaml", ".yml")):
+        return requested, True
+    if Path(requested).exists():
+        return requested, False
     try:
-        detector = load_detector(requested, device="cpu")
-        return requested, detector.untrained
-    except ModelUnavailable as exc:
-        logger.warning("%s", exc.message)
+        return str(attempt_download_asset(requested)), False
+    except Exception as exc:  # noqa: BLE001 - Ultralytics raises plain exceptions for failed downloads
+        logger.warning("model weights %r cannot be had here (%s)", requested, exc)
         return UNTRAINED_FALLBACK, True
 
 

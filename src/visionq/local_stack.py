@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +35,14 @@ def free_port() -> int:
     return port
 
 
-def wait_until(predicate: object, *, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
-    """Poll ``predicate`` (a callable returning truthy) until it holds or ``timeout`` passes."""
+def wait_until(
+    predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if predicate():  # type: ignore[operator]
+            if predicate():
                 return
         except Exception:  # noqa: BLE001, S110 - not ready yet
             pass
