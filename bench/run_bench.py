@@ -93,7 +93,7 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> dict[str, Any]:
     """The loaded model on decoded images: img/s and CPU per image at each batch size."""
-    from visionq.detector import load_detector
+    from visionq.models.yolo import load_detector
 
     detector = load_detector(model, device=os.environ.get("VISIONQ_DEVICE"))
     decoded = [decode_image(b, ImageLimits()).rgb for b in images]

@@ -28,7 +28,7 @@ from visionq.errors import (
     TransientError,
     VisionqError,
 )
-from visionq.job_service import create_upload_job, find_job_by_key, get_job
+from visionq.job_service import OutputReader, create_upload_job, find_job_by_key, get_job
 from visionq.jobs import Job
 from visionq.stores.job_store import DynamoJobStore, JobStore
 
@@ -122,6 +122,7 @@ def create_app(
     jobs: JobStore | None = None,
     keys: ApiKeyStore | None = None,
     s3_client: Any = None,
+    results: OutputReader | None = None,
 ) -> FastAPI:
     settings = settings or load_settings(ApiSettings)
     if jobs is None or keys is None:
@@ -129,6 +130,10 @@ def create_app(
         jobs = jobs or DynamoJobStore(dynamodb, settings.jobs_table)
         keys = keys or ApiKeyStore(dynamodb, settings.jobs_table)
     s3_client = s3_client or boto3_client("s3", settings)
+    if results is None and settings.database_url:
+        from visionq.stores.result_store import PostgresResultStore
+
+        results = PostgresResultStore(settings.database_url)
 
     app = FastAPI(title="visionq", version=__version__, description="Asynchronous computer vision on object storage.")
     app.state.keys = keys
@@ -167,14 +172,14 @@ def create_app(
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=error_responses)
     def read_job(job_id: str, key: Caller) -> JobView:
-        return job_view(get_job(job_id, owner=key.key_id, jobs=jobs))
+        return job_view(get_job(job_id, owner=key.key_id, jobs=jobs, results=results))
 
     @app.get("/v1/jobs", response_model=JobView, responses=error_responses)
     def find_job(
         caller_key: Caller,
         key: Annotated[str, Query(min_length=1, max_length=1024, description="the object key")],
     ) -> JobView:
-        return job_view(find_job_by_key(key, owner=caller_key.key_id, settings=settings, jobs=jobs))
+        return job_view(find_job_by_key(key, owner=caller_key.key_id, settings=settings, jobs=jobs, results=results))
 
     install_error_handlers(app)
     return app

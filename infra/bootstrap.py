@@ -14,6 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from visionq.config import DEFAULT_MAX_RECEIVE_COUNT, DEFAULT_UPLOAD_PREFIX, DEFAULT_VISIBILITY_TIMEOUT
 from visionq.stores.job_store import BY_OBJECT_INDEX
 from visionq.stores.result_store import PostgresResultStore
 
@@ -27,9 +28,9 @@ class StackNames:
     bucket: str
     queue: str
     jobs_table: str
-    upload_prefix: str = "uploads/"
-    max_receive_count: int = 5
-    visibility_timeout: int = 120
+    upload_prefix: str = DEFAULT_UPLOAD_PREFIX
+    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
 
     @property
     def dead_letter_queue(self) -> str:

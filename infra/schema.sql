@@ -1,7 +1,8 @@
 -- visionq's PostgreSQL destination. Applied by `visionq bootstrap`; every statement is idempotent.
 
--- One row per processed object version and model. The unique key is the result's identity, so a
--- redelivered or duplicated event rewrites the same row instead of adding one.
+-- One row per processed object version and model. The unique key is the result's identity; the
+-- first row written for it stands, so a redelivered or duplicated event adds nothing and changes
+-- nothing, and the job record's summary (made from this row) always agrees with it.
 CREATE TABLE IF NOT EXISTS results (
     id              bigserial PRIMARY KEY,
     job_id          text        NOT NULL,
@@ -9,6 +10,7 @@ CREATE TABLE IF NOT EXISTS results (
     key             text        NOT NULL,
     etag            text        NOT NULL,
     model           text        NOT NULL,
+    kind            text        NOT NULL DEFAULT 'detections',  -- what the output is (outputs.py)
     width           integer     NOT NULL,
     height          integer     NOT NULL,
     detection_count integer     NOT NULL,
@@ -23,10 +25,11 @@ CREATE TABLE IF NOT EXISTS results (
 );
 -- Columns added after the first release, for databases created before them.
 ALTER TABLE results ADD COLUMN IF NOT EXISTS object_created_at timestamptz;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'detections';
 CREATE INDEX IF NOT EXISTS results_job_id ON results (job_id);
 CREATE INDEX IF NOT EXISTS results_created_at ON results (created_at);
 
--- One row per box, in original-image pixels. Replaced as a unit with their result.
+-- One row per box, in original-image pixels, written with their result.
 CREATE TABLE IF NOT EXISTS detections (
     result_id  bigint           NOT NULL REFERENCES results (id) ON DELETE CASCADE,
     idx        integer          NOT NULL,

@@ -47,7 +47,7 @@ def draw_scene() -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def shapes_detector() -> Any:
-    from visionq.detector import load_detector
+    from visionq.models.yolo import load_detector
 
     return load_detector(str(SHAPES_WEIGHTS), device="cpu")
 
@@ -203,7 +203,7 @@ class RunningWorker:
             self.loop = asyncio.get_running_loop()
             self.stop_event = asyncio.Event()
             self._ready.set()
-            self.stats = await serve_worker(self._settings, detector=self._detector, stop=self.stop_event)
+            self.stats = await serve_worker(self._settings, model=self._detector, stop=self.stop_event)
 
         try:
             asyncio.run(main())

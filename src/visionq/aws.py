@@ -12,33 +12,72 @@ from botocore.config import Config
 
 from visionq.config import AwsSettings
 
+# Explicit bounds on every HTTP call, so that no AWS call waits on a silent peer for botocore's
+# default 60 s per attempt (times the retries). The read timeout is per socket read, not per
+# request: a large S3 download that keeps receiving bytes is not cut off by it.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 30.0  # above SQS's longest long poll (20 s), which sends nothing until it ends
 
-def client_config(settings: AwsSettings, **extra: Any) -> Config:
+
+def client_config(
+    settings: AwsSettings,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    **extra: Any,
+) -> Config:
+    """The botocore ``Config`` for every client: region, addressing, retries and timeouts.
+
+    ``extra`` goes to ``Config`` as well (``max_pool_connections=...``). A client that long-polls
+    SQS with ``WaitTimeSeconds=w`` needs ``read_timeout`` above ``w``, or every empty poll fails.
+    """
+    if connect_timeout <= 0 or read_timeout <= 0:
+        # botocore would pass 0 on to the socket as "no timeout" or "non-blocking": neither is a bound.
+        raise ValueError(f"timeouts must be positive (connect {connect_timeout}, read {read_timeout})")
     # Emulators and MinIO serve buckets by path, not by virtual host name.
     s3_options: Any = {"addressing_style": "path"} if settings.aws_endpoint_url else {}
     return Config(
-        region_name=settings.aws_region, s3=s3_options, retries={"mode": "standard", "max_attempts": 3}, **extra
+        region_name=settings.aws_region,
+        s3=s3_options,
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        **extra,
     )
 
 
-def boto3_client(service: str, settings: AwsSettings, **config: Any) -> Any:
+def boto3_client(
+    service: str,
+    settings: AwsSettings,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    **config: Any,
+) -> Any:
     """A boto3 client for ``service`` at the configured endpoint (None means AWS itself)."""
     session: Any = boto3.session.Session()
     return session.client(
         service,
         endpoint_url=settings.aws_endpoint_url,
         region_name=settings.aws_region,
-        config=client_config(settings, **config),
+        config=client_config(settings, connect_timeout=connect_timeout, read_timeout=read_timeout, **config),
     )
 
 
-def aio_client_kwargs(service: str, settings: AwsSettings, **config: Any) -> dict[str, Any]:
+def aio_client_kwargs(
+    service: str,
+    settings: AwsSettings,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    **config: Any,
+) -> dict[str, Any]:
     """Keyword arguments for aiobotocore's ``session.create_client``, with the same choices."""
     return {
         "service_name": service,
         "endpoint_url": settings.aws_endpoint_url,
         "region_name": settings.aws_region,
-        "config": client_config(settings, **config),
+        "config": client_config(settings, connect_timeout=connect_timeout, read_timeout=read_timeout, **config),
     }
 
 

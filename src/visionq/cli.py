@@ -16,7 +16,12 @@ from typing import Any
 import httpx
 
 from visionq.client import ApiError
-from visionq.config import LOCAL_ENV_FILE
+from visionq.config import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    DEFAULT_UPLOAD_PREFIX,
+    DEFAULT_VISIBILITY_TIMEOUT,
+    LOCAL_ENV_FILE,
+)
 from visionq.errors import ConfigError, VisionqError
 
 logger = logging.getLogger("visionq")
@@ -90,9 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--queue", default=os.environ.get("VISIONQ_QUEUE_NAME"), help="queue name")
     boot.add_argument("--table", default=os.environ.get("VISIONQ_JOBS_TABLE"))
     boot.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
-    boot.add_argument("--upload-prefix", default=os.environ.get("VISIONQ_UPLOAD_PREFIX", "uploads/"))
-    boot.add_argument("--max-receive-count", type=int, default=5)
-    boot.add_argument("--visibility-timeout", type=int, default=120)
+    boot.add_argument("--upload-prefix", default=os.environ.get("VISIONQ_UPLOAD_PREFIX", DEFAULT_UPLOAD_PREFIX))
+    boot.add_argument("--max-receive-count", type=int, default=DEFAULT_MAX_RECEIVE_COUNT)
+    boot.add_argument("--visibility-timeout", type=int, default=DEFAULT_VISIBILITY_TIMEOUT)
     boot.set_defaults(func=cmd_bootstrap)
     return parser
 
@@ -175,6 +180,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except VisionqError as exc:
         logger.error("worker cannot start: %s", exc.message)
         return 2
+    except Exception:
+        logger.exception("worker failed")
+        return 1
     return 0
 
 

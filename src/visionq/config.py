@@ -17,6 +17,15 @@ from visionq.errors import ConfigError
 
 LOCAL_ENV_FILE = Path(".visionq/local.env")
 
+# Defaults, in one place: the settings below, `visionq bootstrap` and the local stack use these.
+DEFAULT_UPLOAD_PREFIX = "uploads/"
+DEFAULT_VISIBILITY_TIMEOUT = 120  # seconds; the worker extends it while a job runs
+# Deliveries before SQS parks a message in the dead-letter queue; the worker gives up on a job
+# (FAILED) after DEFAULT_MAX_ATTEMPTS, below this, so the job ends before its message is parked.
+DEFAULT_MAX_RECEIVE_COUNT = 5
+DEFAULT_MAX_ATTEMPTS = 4
+DEFAULT_JOB_TTL_DAYS = 7
+
 # Formats we accept, recognised by their bytes (see images.py); the content types a client may
 # declare for an upload are derived from the same list.
 IMAGE_CONTENT_TYPES = {
@@ -42,11 +51,13 @@ class ApiSettings(AwsSettings):
 
     bucket: str = Field(validation_alias="VISIONQ_BUCKET")
     jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
-    upload_prefix: str = Field(default="uploads/", validation_alias="VISIONQ_UPLOAD_PREFIX")
+    upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, validation_alias="VISIONQ_MAX_UPLOAD_BYTES")
     upload_expiry_seconds: int = Field(default=600, validation_alias="VISIONQ_UPLOAD_EXPIRY_SECONDS")
-    job_ttl_days: int = Field(default=7, validation_alias="VISIONQ_JOB_TTL_DAYS")
+    job_ttl_days: int = Field(default=DEFAULT_JOB_TTL_DAYS, validation_alias="VISIONQ_JOB_TTL_DAYS")
     model: str = Field(default="yolo11n.pt", validation_alias="VISIONQ_MODEL")
+    # Optional: where the full results are, for jobs whose summary in the job record was cut short.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
 
 
 class WorkerSettings(AwsSettings):
@@ -55,7 +66,7 @@ class WorkerSettings(AwsSettings):
     queue_url: str = Field(validation_alias="VISIONQ_QUEUE_URL")
     jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
     database_url: str = Field(validation_alias="DATABASE_URL")
-    upload_prefix: str = Field(default="uploads/", validation_alias="VISIONQ_UPLOAD_PREFIX")
+    upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
     model: str = Field(default="yolo11n.pt", validation_alias="VISIONQ_MODEL")
     device: str | None = Field(default=None, validation_alias="VISIONQ_DEVICE")
     image_size: int | None = Field(default=None, validation_alias="VISIONQ_IMAGE_SIZE")  # None: the model's own
@@ -73,10 +84,10 @@ class WorkerSettings(AwsSettings):
     torch_threads: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_TORCH_THREADS")
     # One message at a time, batch 1, no overlap: the same code path, for comparison.
     naive: bool = Field(default=False, validation_alias="VISIONQ_NAIVE")
-    visibility_timeout: int = Field(default=120, validation_alias="VISIONQ_VISIBILITY_TIMEOUT")
+    visibility_timeout: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT, validation_alias="VISIONQ_VISIBILITY_TIMEOUT")
     # Deliveries after which a job that keeps failing is marked FAILED; keep it below the queue's
     # maxReceiveCount so the job has its terminal state before SQS moves the message to the DLQ.
-    max_attempts: int = Field(default=4, validation_alias="VISIONQ_MAX_ATTEMPTS")
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, validation_alias="VISIONQ_MAX_ATTEMPTS")
     poll_wait_seconds: int = Field(default=20, validation_alias="VISIONQ_POLL_WAIT_SECONDS")
     # The dead-letter queue to sweep (jobs of parked messages become FAILED); unset: no sweeping.
     dlq_url: str | None = Field(default=None, validation_alias="VISIONQ_DLQ_URL")
@@ -84,7 +95,15 @@ class WorkerSettings(AwsSettings):
     # A job still unfinished this long after its message arrived is FAILED (deadline_exceeded).
     job_deadline_seconds: float = Field(default=600.0, validation_alias="VISIONQ_JOB_DEADLINE_SECONDS")
     shutdown_grace_seconds: float = Field(default=30.0, validation_alias="VISIONQ_SHUTDOWN_GRACE_SECONDS")
-    job_ttl_days: int = Field(default=7, validation_alias="VISIONQ_JOB_TTL_DAYS")
+    job_ttl_days: int = Field(default=DEFAULT_JOB_TTL_DAYS, validation_alias="VISIONQ_JOB_TTL_DAYS")
+    # The longest any one store call (S3, DynamoDB, PostgreSQL) may take before it counts as a
+    # transient failure; above PostgreSQL's own statement timeout, so the server's cancel comes first.
+    store_timeout_seconds: float = Field(default=30.0, gt=0, validation_alias="VISIONQ_STORE_TIMEOUT_SECONDS")
+    # Items per list kept in the job record's summary (DynamoDB items are capped at 400 KB); the
+    # whole output is always in PostgreSQL, where the API reads it when the summary is cut short.
+    summary_max_items: int = Field(default=300, ge=1, validation_alias="VISIONQ_SUMMARY_MAX_ITEMS")
+    # Lambda: stop this long before the invocation's end, so the outcome can still be reported.
+    lambda_margin_seconds: float = Field(default=10.0, ge=0, validation_alias="VISIONQ_LAMBDA_MARGIN_SECONDS")
 
 
 class KeySettings(AwsSettings):
@@ -99,7 +118,7 @@ class DeadLetterSettings(AwsSettings):
     queue_url: str = Field(validation_alias="VISIONQ_QUEUE_URL")
     dlq_url: str = Field(validation_alias="VISIONQ_DLQ_URL")
     jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
-    upload_prefix: str = Field(default="uploads/", validation_alias="VISIONQ_UPLOAD_PREFIX")
+    upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -13,15 +13,16 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from visionq.errors import JobNotFound, PermanentError, TransitionRejected
+from visionq.config import DEFAULT_JOB_TTL_DAYS
+from visionq.errors import PermanentError, TransitionRejected
 from visionq.events import ObjectCreated, parse_s3_event
-from visionq.jobs import JobError, job_id_for_object, ttl_from_now
+from visionq.jobs import POISON_MESSAGE, JobError, job_id_for_object, ttl_from_now
 from visionq.stores.job_store import JobStore
-from visionq.stores.queue import Message, SqsQueue
+from visionq.stores.queue import Message, Queue
 
 logger = logging.getLogger(__name__)
 
-POISON = "poison_message"
+POISON = POISON_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def describe(message: Message, upload_prefix: str) -> DeadLetter:
 
 
 async def peek(
-    dlq: SqsQueue, upload_prefix: str, *, hide_seconds: int = 10, limit: int = 100, release: bool = False
+    dlq: Queue, upload_prefix: str, *, hide_seconds: int = 10, limit: int = 100, release: bool = False
 ) -> list[DeadLetter]:
     """Up to ``limit`` parked messages. They stay parked: hidden ``hide_seconds`` from other readers
     (so one pass sees each once), or visible again at once with ``release``."""
@@ -65,7 +66,7 @@ async def peek(
     return list(found.values())
 
 
-async def sweep(dlq: SqsQueue, jobs: JobStore, upload_prefix: str) -> int:
+async def sweep(dlq: Queue, jobs: JobStore, upload_prefix: str) -> int:
     """Mark the jobs of parked messages FAILED; return how many changed.
 
     The messages are left visible, so `visionq dlq list` sees them; a later sweep finds their
@@ -88,33 +89,23 @@ async def sweep(dlq: SqsQueue, jobs: JobStore, upload_prefix: str) -> int:
 
 
 def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) -> bool:
-    """FAILED, creating the job first if the worker died before it could record it."""
+    """FAILED (the record created if the worker died before it could make one); False if it had
+    already ended."""
     try:
-        jobs.mark_failed(job_id, error)
-        return True
-    except TransitionRejected:
-        pass
-    try:
-        jobs.get(job_id)
-        return False  # exists, so already terminal: finished, or swept before
-    except JobNotFound:
-        pass
-    jobs.claim(job_id, bucket=obj.bucket, key=obj.key, etag=obj.version, model="", expires_at=ttl_from_now(7))
-    try:
-        jobs.mark_failed(job_id, error)
-        return True
+        jobs.mark_failed(job_id, error, obj=obj.ref, expires_at=ttl_from_now(DEFAULT_JOB_TTL_DAYS))
     except TransitionRejected:
         return False
+    return True
 
 
-async def redrive(dlq: SqsQueue, queue: SqsQueue, jobs: JobStore, upload_prefix: str) -> int:
+async def redrive(dlq: Queue, queue: Queue, jobs: JobStore, upload_prefix: str) -> int:
     """Send every parked message back to the work queue, reopening its poison-failed jobs."""
     moved = 0
     for letter in await peek(dlq, upload_prefix, hide_seconds=60, limit=10_000):
         for job_id in letter.job_ids:
             # A job that finished some other way, or was never swept, stays as it is.
             with contextlib.suppress(TransitionRejected):
-                await asyncio.to_thread(jobs.reopen, job_id, POISON)
+                await asyncio.to_thread(jobs.reopen, job_id)
         await queue.send(letter.message.body)
         await dlq.delete([letter.message])
         moved += 1

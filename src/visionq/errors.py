@@ -50,6 +50,12 @@ class ObjectMissing(PermanentError):
     code = "object_not_found"
 
 
+class ObjectChanged(PermanentError):
+    """The key holds other bytes than the event announced: it was overwritten since."""
+
+    code = "object_changed"
+
+
 class InvalidRequest(VisionqError):
     """A client sent something we cannot accept (HTTP 4xx)."""
 

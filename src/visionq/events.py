@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from visionq.errors import PermanentError
+from visionq.jobs import ObjectVersion
 
 
 class MalformedEvent(PermanentError):
@@ -30,6 +31,10 @@ class ObjectCreated:
     def version(self) -> str:
         """The object-version part of a result's identity."""
         return self.version_id or self.etag
+
+    @property
+    def ref(self) -> ObjectVersion:
+        return ObjectVersion(bucket=self.bucket, key=self.key, version=self.version)
 
 
 def parse_s3_event(body: str) -> list[ObjectCreated]:

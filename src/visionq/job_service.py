@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from visionq.config import IMAGE_CONTENT_TYPES, ApiSettings
 from visionq.errors import InvalidRequest, JobNotFound
@@ -85,17 +85,33 @@ def validate_filename(filename: str, content_type: str) -> str:
     return name
 
 
-def get_job(job_id: str, *, owner: str, jobs: JobStore) -> Job:
+class OutputReader(Protocol):
+    def read_output(self, job_id: str) -> dict[str, Any] | None: ...
+
+
+def get_job(job_id: str, *, owner: str, jobs: JobStore, results: OutputReader | None = None) -> Job:
     """The job, if ``owner`` may see it: its creator's, or a direct upload (no owner)."""
     if not (len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)):
         raise JobNotFound(f"no job with id {job_id!r}")
-    return _visible(jobs.get(job_id), owner)
+    return _complete(_visible(jobs.get(job_id), owner), results)
 
 
-def find_job_by_key(key: str, *, owner: str, settings: ApiSettings, jobs: JobStore) -> Job:
+def find_job_by_key(
+    key: str, *, owner: str, settings: ApiSettings, jobs: JobStore, results: OutputReader | None = None
+) -> Job:
     if not key.startswith(settings.upload_prefix) or ".." in key.split("/"):
         raise InvalidRequest(f"key must lie under the upload prefix {settings.upload_prefix!r}", code="invalid_key")
-    return _visible(jobs.find_by_object(settings.bucket, key), owner)
+    return _complete(_visible(jobs.find_by_object(settings.bucket, key), owner), results)
+
+
+def _complete(job: Job, results: OutputReader | None) -> Job:
+    """The whole result from PostgreSQL when the job record's summary was cut short."""
+    if results is None or not job.result or not job.result.get("truncated"):
+        return job
+    full = results.read_output(job.job_id)
+    if full is None:
+        return job
+    return replace(job, result={**job.result, **full, "truncated": False})
 
 
 def _visible(job: Job, owner: str) -> Job:

@@ -23,25 +23,39 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
-_RANK = {
-    JobStatus.PENDING: 0,
-    JobStatus.QUEUED: 1,
-    JobStatus.RUNNING: 2,
-    JobStatus.SUCCEEDED: 3,
-    JobStatus.FAILED: 3,
-}
+POISON_MESSAGE = "poison_message"  # the error of a job whose message SQS parked in the dead-letter queue
 
 
-def allowed_predecessors(target: JobStatus) -> tuple[JobStatus, ...]:
-    """States from which a job may move to ``target``.
+@dataclass(frozen=True)
+class Transition:
+    """One allowed change of a job's state. The job table turns each into a conditional write
+    (``stores/job_store.py``), so a late or duplicate message can never move a job backwards."""
 
-    Transitions only move forward. The one repeat allowed is RUNNING -> RUNNING: a worker that
-    died mid-job leaves it RUNNING, and the redelivered message must be able to run it again.
-    QUEUED -> QUEUED is allowed too, so a duplicate event is a no-op rather than an error.
-    """
-    return tuple(
-        s for s in JobStatus if _RANK[s] < _RANK[target] or (s == target and s in (JobStatus.QUEUED, JobStatus.RUNNING))
-    )
+    name: str
+    target: JobStatus
+    sources: frozenset[JobStatus]
+    creates: bool = False  # allowed on a job with no record yet (an object put into the bucket directly)
+    requires_error: str | None = None  # only from a failure with this error code
+
+    def allows(self, current: JobStatus | None, error_code: str | None = None) -> bool:
+        if current is None:
+            return self.creates
+        return current in self.sources and (self.requires_error is None or error_code == self.requires_error)
+
+
+_OPEN = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING})
+
+# The whole state machine. The API creates PENDING jobs; a worker claims a job (PENDING, QUEUED,
+# or no record for a direct upload -> RUNNING; RUNNING again when the worker that held it died),
+# then ends it; FAILED can be recorded before any claim, so every object event ends in a record.
+# QUEUED is entered only by an operator's redrive of a dead-lettered message: a worker goes from
+# PENDING to RUNNING in one write, which saves a request per image.
+CREATE = Transition("create", JobStatus.PENDING, frozenset(), creates=True)
+CLAIM = Transition("claim", JobStatus.RUNNING, _OPEN, creates=True)
+SUCCEED = Transition("succeed", JobStatus.SUCCEEDED, frozenset({JobStatus.RUNNING}))
+FAIL = Transition("fail", JobStatus.FAILED, _OPEN, creates=True)
+REOPEN = Transition("reopen", JobStatus.QUEUED, frozenset({JobStatus.FAILED}), requires_error=POISON_MESSAGE)
+TRANSITIONS = (CREATE, CLAIM, SUCCEED, FAIL, REOPEN)
 
 
 # The namespace for ids of jobs created from objects put into the bucket directly: the id is a
@@ -79,6 +93,15 @@ def job_id_in_key(prefix: str, key: str) -> str | None:
 def object_id(bucket: str, key: str) -> str:
     """The jobs table's index key for 'which job is this object?'."""
     return f"{bucket}/{key}"
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of one object: what a job made from an S3 event is about."""
+
+    bucket: str
+    key: str
+    version: str  # the version id in a versioned bucket, else the ETag
 
 
 @dataclass(frozen=True)

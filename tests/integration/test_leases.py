@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import BUCKET, Stack
 from tests.integration.fault_harness import jobs_by_key, queue_depth
-from visionq.detector import Prediction
 from visionq.local_stack import wait_until
+from visionq.outputs import ModelOutput
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +29,12 @@ class SlowDetector:
     version = property(lambda self: self.inner.version)
     untrained = property(lambda self: self.inner.untrained)
     device = property(lambda self: self.inner.device)
+    input_size = property(lambda self: self.inner.input_size)
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+    def predict(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
         self.calls += 1
         time.sleep(self.seconds)
-        result: list[Prediction] = self.inner.predict(images)
+        result: list[ModelOutput] = self.inner.predict(images)
         return result
 
 

@@ -242,3 +242,70 @@ def _queue_depth(stack: Stack) -> int:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_a_summary_cut_short_is_completed_from_postgres(
+    stack: Stack, api_key: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from functions.http_api import create_app
+    from visionq.config import ApiSettings
+
+    start_worker(summary_max_items=1)
+    image, truth = next(s for s in (draw_scene(seed, (320, 240)) for seed in range(10_100, 10_200)) if len(s[1]) >= 3)
+    key = "uploads/many/scene.png"
+    stack.s3.put_object(Bucket=BUCKET, Key=key, Body=png_bytes(image))
+    settings = ApiSettings(
+        bucket=BUCKET,
+        jobs_table=TABLE,
+        aws_endpoint_url=stack.endpoint,
+        aws_region="us-east-1",
+        database_url=stack.database_url,
+    )
+    with TestClient(create_app(settings)) as api:
+
+        def job() -> dict[str, Any]:
+            response = api.get("/v1/jobs", params={"key": key}, headers={"x-api-key": api_key})
+            return dict(response.json()) if response.status_code == 200 else {}
+
+        wait_until(lambda: job().get("status") == "SUCCEEDED", timeout=WAIT, what="the job")
+        result = job()["result"]
+    # The job record keeps one box (DynamoDB items are capped); the API answers with all of them.
+    summary = json.loads(dynamo_item(stack, _job_id(stack, key))["result"]["S"])
+    assert (len(summary["detections"]), summary["detection_count"], summary["truncated"]) == (1, len(truth), True)
+    assert result["truncated"] is False
+    assert len(result["detections"]) == len(truth)
+
+
+def _job_id(stack: Stack, key: str) -> str:
+    from tests.integration.fault_harness import jobs_by_key
+
+    items = stack.dynamodb.scan(TableName=TABLE)["Items"]
+    assert jobs_by_key(stack)[key]["status"] == "SUCCEEDED"
+    return next(i["job_id"]["S"] for i in items if i.get("object_key", {}).get("S") == key)
+
+
+def test_an_overwrite_before_processing_credits_each_version_to_its_own_event(
+    stack: Stack, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+) -> None:
+    from visionq.jobs import direct_upload_job_id
+
+    key = "uploads/cam9/frame.png"
+    first, second = png_bytes(draw_scene(10_301)[0]), png_bytes(draw_scene(10_302)[0])
+    etags = [
+        stack.s3.put_object(Bucket=BUCKET, Key=key, Body=data)["ETag"].strip('"') for data in (first, second)
+    ]  # both events are queued before any worker reads: the first names bytes the key no longer holds
+    start_worker()
+    ids = [direct_upload_job_id(BUCKET, key, etag) for etag in etags]
+
+    def statuses() -> list[tuple[str, str | None]]:
+        items = {i["job_id"]["S"]: i for i in stack.dynamodb.scan(TableName=TABLE)["Items"]}
+        return [
+            (items[i]["status"]["S"], items[i].get("error_code", {}).get("S")) if i in items else ("", None)
+            for i in ids
+        ]
+
+    wait_until(lambda: all(s in ("SUCCEEDED", "FAILED") for s, _ in statuses()), timeout=WAIT, what="both jobs")
+    assert statuses() == [("FAILED", "object_changed"), ("SUCCEEDED", None)]
+    assert stack.sql("SELECT etag FROM results WHERE key = %s", key) == [(etags[1],)]

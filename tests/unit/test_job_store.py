@@ -10,7 +10,19 @@ from moto import mock_aws
 
 from infra.bootstrap import _ensure_jobs_table
 from visionq.errors import JobNotFound, TransitionRejected
-from visionq.jobs import Job, JobError, JobStatus, utc_now_iso
+from visionq.jobs import (
+    CLAIM,
+    CREATE,
+    FAIL,
+    SUCCEED,
+    TRANSITIONS,
+    Job,
+    JobError,
+    JobStatus,
+    ObjectVersion,
+    Transition,
+    utc_now_iso,
+)
 from visionq.stores.job_store import DynamoJobStore
 
 
@@ -39,10 +51,12 @@ def pending(job_id: str = "a" * 32) -> Job:
     )
 
 
+def obj(job_id: str, key: str | None = None) -> ObjectVersion:
+    return ObjectVersion(bucket="bkt", key=key or f"uploads/{job_id}/x.jpg", version="e1")
+
+
 def claim(store: DynamoJobStore, job_id: str, key: str | None = None) -> Job:
-    return store.claim(
-        job_id, bucket="bkt", key=key or f"uploads/{job_id}/x.jpg", etag="e1", model="m", expires_at=2_000_000_000
-    )
+    return store.claim(job_id, obj(job_id, key), model="m", expires_at=2_000_000_000)
 
 
 def test_full_lifecycle(store: DynamoJobStore) -> None:
@@ -94,12 +108,82 @@ def test_creating_twice_is_refused_and_unknown_ids_are_not_found(store: DynamoJo
         store.mark_succeeded("c" * 32, {})
 
 
-def test_reopen_only_undoes_the_named_failure(store: DynamoJobStore) -> None:
+def test_reopen_only_undoes_a_poison_failure(store: DynamoJobStore) -> None:
     store.create(pending())
+    store.create(pending("b" * 32))
     store.mark_failed("a" * 32, JobError("poison_message", "parked"))
+    store.mark_failed("b" * 32, JobError("invalid_image", "bad"))
     with pytest.raises(TransitionRejected):
-        store.reopen("a" * 32, "invalid_image")
-    store.reopen("a" * 32, "poison_message")
+        store.reopen("b" * 32)
+    store.reopen("a" * 32)
     job = store.get("a" * 32)
     assert job.status is JobStatus.QUEUED
     assert job.error is None
+    assert claim(store, "a" * 32).status is JobStatus.RUNNING
+
+
+def test_a_failure_without_a_record_creates_one_only_when_given_the_object(store: DynamoJobStore) -> None:
+    with pytest.raises(TransitionRejected):
+        store.mark_failed("d" * 32, JobError("store_unavailable", "gave up"))
+    store.mark_failed(
+        "d" * 32, JobError("store_unavailable", "gave up"), obj=obj("d" * 32, "uploads/cam/f.jpg"), expires_at=5
+    )
+    job = store.get("d" * 32)
+    assert (job.status, job.key, job.etag, job.expires_at) == (JobStatus.FAILED, "uploads/cam/f.jpg", "e1", 5)
+    assert store.find_by_object("bkt", "uploads/cam/f.jpg").job_id == "d" * 32
+
+
+def test_only_a_running_job_can_succeed(store: DynamoJobStore) -> None:
+    store.create(pending())
+    with pytest.raises(TransitionRejected):
+        store.mark_succeeded("a" * 32, {})
+    claim(store, "a" * 32)
+    store.mark_succeeded("a" * 32, {})
+
+
+@pytest.mark.parametrize("transition", TRANSITIONS, ids=lambda t: t.name)
+def test_the_store_enforces_exactly_the_transition_table(store: DynamoJobStore, transition: Transition) -> None:
+    """Every (state, transition) pair: the conditional write succeeds iff the table allows it."""
+    for i, start in enumerate([None, *JobStatus]):
+        job_id = f"{i:032x}"
+        if start is not None:
+            _put_in_state(store, job_id, start)
+        before = None if start is None else store.get(job_id).status
+        try:
+            _apply(store, transition, job_id)
+            moved = True
+        except TransitionRejected:
+            moved = False
+        assert moved == transition.allows(before, "poison_message" if before is JobStatus.FAILED else None), (
+            transition.name,
+            start,
+        )
+
+
+def _put_in_state(store: DynamoJobStore, job_id: str, status: JobStatus) -> None:
+    store.create(pending(job_id))
+    if status is JobStatus.QUEUED:
+        store.mark_failed(job_id, JobError("poison_message", "parked"))
+        store.reopen(job_id)
+    elif status is not JobStatus.PENDING:
+        claim(store, job_id)
+        if status is JobStatus.SUCCEEDED:
+            store.mark_succeeded(job_id, {})
+        elif status is JobStatus.FAILED:
+            store.mark_failed(job_id, JobError("poison_message", "parked"))
+    assert store.get(job_id).status is status
+
+
+def _apply(store: DynamoJobStore, transition: Transition, job_id: str) -> None:
+    if transition is CREATE:
+        store.create(pending(job_id))
+    elif transition is CLAIM:
+        # claim answers with the job rather than raising; a refused claim leaves the state as it was
+        if claim(store, job_id).status is not JobStatus.RUNNING:
+            raise TransitionRejected("refused")
+    elif transition is SUCCEED:
+        store.mark_succeeded(job_id, {})
+    elif transition is FAIL:
+        store.mark_failed(job_id, JobError("x", "y"), obj=obj(job_id), expires_at=1)
+    else:
+        store.reopen(job_id)

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 from visionq.jobs import (
+    CLAIM,
+    FAIL,
+    REOPEN,
+    SUCCEED,
+    TRANSITIONS,
     JobStatus,
-    allowed_predecessors,
     direct_upload_job_id,
     job_id_in_key,
     new_job_id,
@@ -10,15 +14,19 @@ from visionq.jobs import (
 )
 
 
-def test_transitions_only_move_forward() -> None:
-    assert allowed_predecessors(JobStatus.PENDING) == ()
-    assert set(allowed_predecessors(JobStatus.QUEUED)) == {JobStatus.PENDING, JobStatus.QUEUED}
-    assert set(allowed_predecessors(JobStatus.RUNNING)) == {JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING}
-    for terminal in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-        assert set(allowed_predecessors(terminal)) == {JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING}
-        # nothing leaves a terminal state
-        for target in JobStatus:
-            assert terminal not in allowed_predecessors(target)
+def test_transitions_only_move_forward_but_for_the_redrive() -> None:
+    for transition in TRANSITIONS:
+        for terminal in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            if transition is not REOPEN:
+                assert not transition.allows(terminal), (transition.name, terminal)
+    # the one backward move: an operator's redrive of a poison failure, and nothing else
+    assert REOPEN.allows(JobStatus.FAILED, "poison_message")
+    assert not REOPEN.allows(JobStatus.FAILED, "invalid_image")
+    assert not REOPEN.allows(JobStatus.SUCCEEDED, "poison_message")
+    # a worker that died mid-job leaves it RUNNING; the redelivery must be able to claim it again
+    assert CLAIM.allows(JobStatus.RUNNING)
+    assert CLAIM.allows(None) and FAIL.allows(None) and not SUCCEED.allows(None)
+    assert SUCCEED.sources == {JobStatus.RUNNING}
 
 
 def test_job_id_round_trips_through_the_upload_key() -> None:

@@ -9,6 +9,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from visionq.errors import (
     ConfigError,
+    ObjectChanged,
     ObjectMissing,
     TransientError,
     TransitionRejected,
@@ -46,6 +47,8 @@ def translate_client_error(exc: ClientError, what: str) -> VisionqError:
         code == "TransactionCanceledException" and any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
     ):
         return TransitionRejected(f"{what}: condition not met")
+    if code == "PreconditionFailed" or status == 412:
+        return ObjectChanged(f"{what}: the object was overwritten after its event (a newer version has its own)")
     if code in _MISSING_OBJECT:
         return ObjectMissing(f"{what}: the object no longer exists")
     if code in _MISSING_RESOURCE:

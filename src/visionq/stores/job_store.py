@@ -1,7 +1,7 @@
 """The jobs table (DynamoDB): one item per job, status changes as conditional writes.
 
 Every status change names the states it may come from, so a late or duplicate message can never
-move a job backwards (see ``jobs.allowed_predecessors``).
+move a job backwards (see ``jobs.TRANSITIONS``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,20 @@ from typing import Any, Protocol
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from visionq.errors import JobNotFound, TransitionRejected
-from visionq.jobs import Job, JobError, JobStatus, allowed_predecessors, object_id, utc_now_iso
+from visionq.jobs import (
+    CLAIM,
+    CREATE,
+    FAIL,
+    REOPEN,
+    SUCCEED,
+    Job,
+    JobError,
+    JobStatus,
+    ObjectVersion,
+    Transition,
+    object_id,
+    utc_now_iso,
+)
 from visionq.stores.aws_errors import aws_errors
 
 BY_OBJECT_INDEX = "by_object"
@@ -25,18 +38,23 @@ class JobStore(Protocol):
     def create(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job: ...
     def find_by_object(self, bucket: str, key: str) -> Job: ...
-    def claim(self, job_id: str, *, bucket: str, key: str, etag: str, model: str, expires_at: int) -> Job: ...
+    def claim(self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int) -> Job: ...
     def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None: ...
-    def mark_failed(self, job_id: str, error: JobError) -> None: ...
-    def reopen(self, job_id: str, error_code: str) -> None: ...
+    def mark_failed(
+        self, job_id: str, error: JobError, *, obj: ObjectVersion | None = None, expires_at: int | None = None
+    ) -> None: ...
+    def reopen(self, job_id: str) -> None: ...
 
 
 class DynamoJobStore:
+    """Every state change is ``_apply`` of one of ``jobs.TRANSITIONS``: one conditional UpdateItem."""
+
     def __init__(self, client: Any, table: str) -> None:
         self._client = client
         self._table = table
 
     def create(self, job: Job) -> None:
+        assert CREATE.target == job.status
         item = {
             "job_id": job.job_id,
             "status": str(job.status),
@@ -82,98 +100,102 @@ class DynamoJobStore:
         # The index projects keys only; read the item itself for a consistent, complete view.
         return self.get(items[0]["job_id"]["S"])
 
-    def claim(self, job_id: str, *, bucket: str, key: str, etag: str, model: str, expires_at: int) -> Job:
+    def claim(self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int) -> Job:
         """A worker takes the object: the job becomes RUNNING, created first if the object was put
         into the bucket directly. One conditional write, so one request per image.
 
         Returns the job as it now stands; a job already finished (a duplicate or redelivered
         event) is returned unchanged, for the caller to acknowledge without running it again.
         """
-        now = utc_now_iso()
-        allowed = allowed_predecessors(JobStatus.RUNNING)
-        values = {
-            ":running": "RUNNING",
-            ":bucket": bucket,
-            ":key": key,
-            ":oid": object_id(bucket, key),
-            ":etag": etag,
-            ":model": model,
-            ":now": now,
-            ":ttl": expires_at,
-            **{f":p{i}": str(s) for i, s in enumerate(allowed)},
-        }
-        condition = (
-            "attribute_not_exists(job_id) OR #status IN (" + ", ".join(f":p{i}" for i in range(len(allowed))) + ")"
-        )
         try:
-            with aws_errors("claim job"):
-                response = self._client.update_item(
-                    TableName=self._table,
-                    Key={"job_id": {"S": job_id}},
-                    UpdateExpression=(
-                        "SET #status = :running, #bucket = :bucket, object_key = :key, object_id = :oid,"
-                        " etag = :etag, #model = :model, updated_at = :now,"
-                        " created_at = if_not_exists(created_at, :now),"
-                        " expires_at = if_not_exists(expires_at, :ttl)"
-                    ),
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames={"#status": "status", "#bucket": "bucket", "#model": "model"},
-                    ExpressionAttributeValues=_to_values(values),
-                    ReturnValues="ALL_NEW",
-                )
+            attributes = self._apply(
+                CLAIM,
+                job_id,
+                {**_object_fields(obj), "model": model},
+                expires_at=expires_at,
+                return_new=True,
+            )
         except TransitionRejected:
             return self.get(job_id)
-        return _job_from_item(response["Attributes"])
+        assert attributes is not None
+        return _job_from_item(attributes)
 
     def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
-        self._transition(job_id, JobStatus.SUCCEEDED, {"result": json.dumps(result, separators=(",", ":"))})
+        self._apply(SUCCEED, job_id, {"result": json.dumps(result, separators=(",", ":"))})
 
-    def mark_failed(self, job_id: str, error: JobError) -> None:
-        self._transition(job_id, JobStatus.FAILED, {"error_code": error.code, "error_message": error.message})
+    def mark_failed(
+        self, job_id: str, error: JobError, *, obj: ObjectVersion | None = None, expires_at: int | None = None
+    ) -> None:
+        """FAILED with ``error``. Given the object, a job with no record yet gets one, so an object
+        whose job could never be claimed still ends in a record a client can find."""
+        fields: dict[str, Any] = {"error_code": error.code, "error_message": error.message}
+        if obj is None:
+            self._apply(FAIL, job_id, fields, may_create=False)
+        else:
+            self._apply(FAIL, job_id, {**fields, **_object_fields(obj)}, expires_at=expires_at)
 
-    def reopen(self, job_id: str, error_code: str) -> None:
-        """FAILED (with ``error_code``) -> QUEUED: the one backward move, an operator's redrive.
+    def reopen(self, job_id: str) -> None:
+        """FAILED (``poison_message``) -> QUEUED: the one backward move, an operator's redrive."""
+        self._apply(REOPEN, job_id, {}, remove=("error_code", "error_message"))
 
-        Conditional like every other change, so only a job that failed for that reason reopens.
-        """
-        with aws_errors("reopen job"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"job_id": {"S": job_id}},
-                UpdateExpression="SET #status = :queued, updated_at = :now REMOVE error_code, error_message",
-                ConditionExpression="#status = :failed AND error_code = :code",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=_to_values(
-                    {":queued": "QUEUED", ":failed": "FAILED", ":code": error_code, ":now": utc_now_iso()}
-                ),
-            )
-
-    def _transition(self, job_id: str, target: JobStatus, fields: dict[str, Any]) -> None:
-        """Move ``job_id`` to ``target`` if its current state allows; else TransitionRejected."""
-        allowed = allowed_predecessors(target)
+    def _apply(
+        self,
+        transition: Transition,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        expires_at: int | None = None,
+        may_create: bool = True,
+        remove: tuple[str, ...] = (),
+        return_new: bool = False,
+    ) -> dict[str, Any] | None:
+        """Move ``job_id`` along ``transition`` if its current state allows; else TransitionRejected."""
+        now = utc_now_iso()
         names = {"#status": "status"}
-        values: dict[str, Any] = {":target": str(target), ":now": utc_now_iso()}
+        values: dict[str, Any] = {":target": str(transition.target), ":now": now}
         sets = ["#status = :target", "updated_at = :now"]
         for i, (name, value) in enumerate(fields.items()):
             names[f"#f{i}"] = name
             values[f":f{i}"] = value
             sets.append(f"#f{i} = :f{i}")
-        for i, state in enumerate(allowed):
+        creates = transition.creates and may_create
+        if creates:
+            values[":ttl"] = expires_at if expires_at is not None else 0
+            sets += ["created_at = if_not_exists(created_at, :now)", "expires_at = if_not_exists(expires_at, :ttl)"]
+        for i, state in enumerate(sorted(transition.sources)):
             values[f":p{i}"] = str(state)
+        condition = "#status IN (" + ", ".join(f":p{i}" for i in range(len(transition.sources))) + ")"
+        if transition.requires_error is not None:
+            values[":error"] = transition.requires_error
+            condition += " AND error_code = :error"
+        condition = ("attribute_not_exists(job_id) OR " if creates else "attribute_exists(job_id) AND ") + (
+            f"({condition})"
+        )
+        update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(remove) if remove else "")
         # Plain conditional writes, not TransactWriteItems: a transaction is all-or-nothing, and
         # moto's emulation of one rolls back by restoring a copy of the whole table, silently
         # undoing concurrent writes (seen as lost jobs under the fault-injection suite).
-        with aws_errors(f"mark job {target}"):
-            self._client.update_item(
+        with aws_errors(f"{transition.name} job"):
+            response = self._client.update_item(
                 TableName=self._table,
                 Key={"job_id": {"S": job_id}},
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression="attribute_exists(job_id) AND #status IN ("
-                + ", ".join(f":p{i}" for i in range(len(allowed)))
-                + ")",
+                UpdateExpression=update,
+                ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=_to_values(values),
+                ReturnValues="ALL_NEW" if return_new else "NONE",
             )
+        attributes: dict[str, Any] | None = response.get("Attributes")
+        return attributes
+
+
+def _object_fields(obj: ObjectVersion) -> dict[str, Any]:
+    return {
+        "bucket": obj.bucket,
+        "object_key": obj.key,
+        "object_id": object_id(obj.bucket, obj.key),
+        "etag": obj.version,
+    }
 
 
 def _to_item(values: dict[str, Any]) -> dict[str, Any]:

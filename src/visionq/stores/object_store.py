@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from visionq.errors import ImageRejected
+from visionq.events import ObjectCreated
 from visionq.stores.aws_errors import aws_errors
+
+
+class ObjectReader(Protocol):
+    async def read(self, obj: ObjectCreated, *, max_bytes: int) -> bytes: ...
 
 
 class S3ObjectReader:
@@ -15,10 +20,14 @@ class S3ObjectReader:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    async def read(self, bucket: str, key: str, *, max_bytes: int) -> tuple[bytes, str]:
-        """The object's bytes and ETag; refuses, before reading the body, one over ``max_bytes``."""
-        with aws_errors(f"read s3://{bucket}/{key}"):
-            response = await self._client.get_object(Bucket=bucket, Key=key)
+    async def read(self, obj: ObjectCreated, *, max_bytes: int) -> bytes:
+        """The bytes of exactly the version the event named; refuses, before reading the body, an
+        object over ``max_bytes``, and raises ObjectChanged if the key now holds other bytes."""
+        # The version id where the bucket keeps versions, else the ETag as a precondition: an
+        # overwrite between the event and this read must not credit the new bytes to the old event.
+        exact = {"VersionId": obj.version_id} if obj.version_id else {"IfMatch": f'"{obj.etag}"'}
+        with aws_errors(f"read s3://{obj.bucket}/{obj.key}"):
+            response = await self._client.get_object(Bucket=obj.bucket, Key=obj.key, **exact)
             size = int(response.get("ContentLength", 0))
             if size > max_bytes:
                 response["Body"].close()
@@ -27,7 +36,7 @@ class S3ObjectReader:
                 )
             async with response["Body"] as stream:
                 data: bytes = await stream.read()
-        return data, str(response.get("ETag", "")).strip('"')
+        return data
 
 
 @dataclass(frozen=True)

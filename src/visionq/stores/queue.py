@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from visionq.stores.aws_errors import aws_errors
 
@@ -15,6 +15,24 @@ class Message:
     receipt_handle: str
     body: str
     receive_count: int
+
+
+@dataclass(frozen=True)
+class EntryFailure:
+    """One entry of a batch call that SQS refused (the call itself succeeded)."""
+
+    message: Message
+    code: str
+    reason: str
+
+
+class Queue(Protocol):
+    url: str
+
+    async def receive(self, *, max_messages: int, wait_seconds: int, visibility_timeout: int) -> list[Message]: ...
+    async def delete(self, messages: Sequence[Message]) -> list[EntryFailure]: ...
+    async def release(self, messages: Sequence[Message], *, delay_seconds: int = 0) -> list[EntryFailure]: ...
+    async def send(self, body: str) -> None: ...
 
 
 class SqsQueue:
@@ -41,31 +59,37 @@ class SqsQueue:
             for m in response.get("Messages", [])
         ]
 
-    async def delete(self, messages: Sequence[Message]) -> list[Message]:
-        """Delete ``messages`` (10 per request); return those SQS did not delete."""
-        failed: list[Message] = []
+    async def delete(self, messages: Sequence[Message]) -> list[EntryFailure]:
+        """Delete ``messages`` (10 per request); return the entries SQS refused."""
+        return await self._batch("delete_message_batch", "delete messages", messages, {})
+
+    async def release(self, messages: Sequence[Message], *, delay_seconds: int = 0) -> list[EntryFailure]:
+        """Make ``messages`` visible again after ``delay_seconds`` (0: at once), or keep them hidden
+        that long (a lease extension); return the entries SQS refused."""
+        return await self._batch(
+            "change_message_visibility_batch",
+            "change message visibility",
+            messages,
+            {"VisibilityTimeout": delay_seconds},
+        )
+
+    async def _batch(
+        self, operation: str, what: str, messages: Sequence[Message], extra: dict[str, Any]
+    ) -> list[EntryFailure]:
+        # A batch call answers 200 with a per-entry Failed list: read it, every time.
+        failed: list[EntryFailure] = []
         for start in range(0, len(messages), 10):
             chunk = {str(i): m for i, m in enumerate(messages[start : start + 10])}
-            with aws_errors("delete messages"):
-                response = await self._client.delete_message_batch(
+            with aws_errors(what):
+                response = await getattr(self._client, operation)(
                     QueueUrl=self.url,
-                    Entries=[{"Id": i, "ReceiptHandle": m.receipt_handle} for i, m in chunk.items()],
+                    Entries=[{"Id": i, "ReceiptHandle": m.receipt_handle, **extra} for i, m in chunk.items()],
                 )
-            failed.extend(chunk[f["Id"]] for f in response.get("Failed", []))
+            failed.extend(
+                EntryFailure(chunk[f["Id"]], str(f.get("Code", "")), str(f.get("Message", "")))
+                for f in response.get("Failed", [])
+            )
         return failed
-
-    async def release(self, messages: Sequence[Message], *, delay_seconds: int = 0) -> None:
-        """Make ``messages`` visible again after ``delay_seconds`` (0: at once)."""
-        for start in range(0, len(messages), 10):
-            chunk = messages[start : start + 10]
-            with aws_errors("change message visibility"):
-                await self._client.change_message_visibility_batch(
-                    QueueUrl=self.url,
-                    Entries=[
-                        {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": delay_seconds}
-                        for i, m in enumerate(chunk)
-                    ],
-                )
 
     async def send(self, body: str) -> None:
         with aws_errors("send message"):

@@ -1,9 +1,11 @@
-"""The results destination (PostgreSQL): ``results`` and ``detections``, written idempotently."""
+"""The results destination (PostgreSQL): ``results`` and, per output kind, rows beside it
+(``detections`` for boxes), written idempotently: the first row for an identity stands."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -11,8 +13,9 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.types.json import Jsonb
 
-from visionq.detector import Prediction
 from visionq.errors import TransientError, VisionqError
+from visionq.outputs import Detections, ModelOutput
+from visionq.stores.postgres import PostgresTimeouts, connect
 
 logger = logging.getLogger(__name__)
 
@@ -26,27 +29,39 @@ class ResultRecord:
     key: str
     etag: str
     model: str
-    prediction: Prediction
+    output: ModelOutput
     timings: dict[str, float] = field(default_factory=dict)
     object_created_at: float | None = None  # epoch seconds, from the S3 event
 
 
+@dataclass(frozen=True)
+class StoredResult:
+    """What PostgreSQL holds for a record's identity once the write committed."""
+
+    output: dict[str, Any]
+    inference_ms: float | None
+    created: bool  # False: an earlier delivery's row was there, and it stands
+
+
 class ResultStore(Protocol):
-    def record_results(self, records: Sequence[ResultRecord]) -> None: ...
+    def record_results(self, records: Sequence[ResultRecord]) -> list[StoredResult]: ...
+    def discard(self, job_id: str) -> int: ...
+    def read_output(self, job_id: str) -> dict[str, Any] | None: ...
     def close(self) -> None: ...
 
 
-_UPSERT_RESULT = """
-INSERT INTO results (job_id, bucket, key, etag, model, width, height, detection_count,
+# First writer wins, as in the job record: a redelivered or duplicated event finds the row there and
+# keeps it, so what the job record summarises is always exactly what this table holds.
+_INSERT_RESULT = """
+INSERT INTO results (job_id, bucket, key, etag, model, kind, width, height, detection_count,
                      inference_ms, total_ms, timings, output, object_created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))
-ON CONFLICT ON CONSTRAINT results_identity DO UPDATE SET
-    job_id = EXCLUDED.job_id, width = EXCLUDED.width, height = EXCLUDED.height,
-    detection_count = EXCLUDED.detection_count, inference_ms = EXCLUDED.inference_ms,
-    total_ms = EXCLUDED.total_ms, timings = EXCLUDED.timings, output = EXCLUDED.output,
-    object_created_at = EXCLUDED.object_created_at,
-    updated_at = now()
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))
+ON CONFLICT ON CONSTRAINT results_identity DO NOTHING
 RETURNING id
+"""
+
+_EXISTING_RESULT = """
+SELECT output, inference_ms FROM results WHERE bucket = %s AND key = %s AND etag = %s AND model = %s
 """
 
 _INSERT_DETECTION = """
@@ -55,76 +70,128 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
+def _insert_detections(cur: psycopg.Cursor[Any], result_id: int, record: ResultRecord) -> None:
+    boxes = record.output.boxes
+    if boxes:
+        cur.executemany(
+            _INSERT_DETECTION,
+            [
+                (result_id, i, record.job_id, b.class_id, b.label, b.confidence, b.x1, b.y1, b.x2, b.y2)
+                for i, b in enumerate(boxes)
+            ],
+        )
+
+
+# Per output kind, the query-friendly rows that go beside ``results`` (boxes into ``detections``).
+_CHILD_ROWS: dict[str, Callable[[psycopg.Cursor[Any], int, ResultRecord], None]] = {
+    Detections.kind: _insert_detections,
+}
+
+
 class PostgresResultStore:
-    """One connection, opened lazily and reopened after a failure; used from one thread at a time."""
+    """A connection per calling thread, opened lazily and reopened after a failure.
 
-    def __init__(self, conninfo: str, *, connect_timeout: int = 5) -> None:
+    Per thread, so concurrent calls (the worker's store pool, the API's request threads) never
+    share a transaction, and a call stuck on a hung server holds up only its own thread while the
+    caller's timeout moves on (see ``core.Processor._store``).
+    """
+
+    def __init__(self, conninfo: str, *, timeouts: PostgresTimeouts | None = None) -> None:
         self._conninfo = conninfo
-        self._connect_timeout = connect_timeout
-        self._conn: psycopg.Connection[Any] | None = None
+        self._timeouts = timeouts or PostgresTimeouts()
+        self._local = threading.local()
+        self._opened: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
 
-    def record_results(self, records: Sequence[ResultRecord]) -> None:
-        """Commit ``records`` in one transaction; each replaces any earlier row of its identity."""
+    def record_results(self, records: Sequence[ResultRecord]) -> list[StoredResult]:
+        """Commit ``records`` in one transaction; a record whose identity has a row keeps that row."""
+        stored: list[StoredResult] = []
         if not records:
-            return
+            return stored
         with self._transaction() as cur:
             for record in records:
-                p = record.prediction
+                output = record.output.as_dict()
                 cur.execute(
-                    _UPSERT_RESULT,
+                    _INSERT_RESULT,
                     (
                         record.job_id,
                         record.bucket,
                         record.key,
                         record.etag,
                         record.model,
-                        p.width,
-                        p.height,
-                        len(p.detections),
+                        record.output.kind,
+                        record.output.width,
+                        record.output.height,
+                        record.output.count,
                         record.timings.get("inference_ms"),
                         record.timings.get("total_ms"),
                         Jsonb(record.timings),
-                        Jsonb(p.as_dict()),
+                        Jsonb(output),
                         record.object_created_at,
                     ),
                 )
                 row = cur.fetchone()
-                assert row is not None
-                result_id = row[0]
-                cur.execute("DELETE FROM detections WHERE result_id = %s", (result_id,))
-                if p.detections:
-                    cur.executemany(
-                        _INSERT_DETECTION,
-                        [
-                            (result_id, i, record.job_id, d.class_id, d.label, d.confidence, d.x1, d.y1, d.x2, d.y2)
-                            for i, d in enumerate(p.detections)
-                        ],
-                    )
+                if row is not None:
+                    _CHILD_ROWS[record.output.kind](cur, row[0], record)
+                    stored.append(StoredResult(output, record.timings.get("inference_ms"), created=True))
+                    continue
+                cur.execute(_EXISTING_RESULT, (record.bucket, record.key, record.etag, record.model))
+                existing = cur.fetchone()
+                assert existing is not None  # the conflict that skipped our insert is this row
+                stored.append(StoredResult(existing[0], existing[1], created=False))
+        return stored
+
+    def discard(self, job_id: str) -> int:
+        """Delete the results of ``job_id`` (a FAILED job has none); how many rows went."""
+        with self._transaction() as cur:
+            cur.execute("DELETE FROM results WHERE job_id = %s", (job_id,))
+            return cur.rowcount
+
+    def read_output(self, job_id: str) -> dict[str, Any] | None:
+        """The full output of ``job_id``'s newest result, or None."""
+        with self._transaction() as cur:
+            cur.execute("SELECT output FROM results WHERE job_id = %s ORDER BY created_at DESC LIMIT 1", (job_id,))
+            row = cur.fetchone()
+        return dict(row[0]) if row else None
 
     def apply_schema(self, sql: str) -> None:
         with self._transaction() as cur:
             cur.execute(sql.encode())
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        conn: psycopg.Connection[Any] | None = None
         try:
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
                 yield cur
-        except psycopg.OperationalError as exc:
-            # The server went away or is restarting: drop the connection, let the caller retry.
-            self.close()
+        except (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout) as exc:
+            # The server went away, is restarting, or a timeout cancelled the statement: drop the
+            # connection, let the caller retry.
+            self._drop(conn)
             raise TransientError(f"PostgreSQL unavailable ({type(exc).__name__})") from exc
         except psycopg.Error as exc:
-            self.close()
+            self._drop(conn)
             raise VisionqError(f"PostgreSQL rejected the write ({type(exc).__name__})") from exc
 
+    def _drop(self, conn: psycopg.Connection[Any] | None) -> None:
+        self._local.conn = None
+        if conn is not None:
+            with self._lock:
+                if conn in self._opened:
+                    self._opened.remove(conn)
+            conn.close()
+
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._conninfo, connect_timeout=self._connect_timeout, autocommit=True)
-        return self._conn
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = connect(self._conninfo, self._timeouts)
+            with self._lock:
+                self._opened.append(conn)
+        return conn

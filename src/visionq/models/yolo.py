@@ -1,7 +1,6 @@
-"""The model interface and its Ultralytics YOLO implementation.
+"""Ultralytics YOLO behind the ``Model`` interface: boxes for a batch of images.
 
-The model is loaded once per process (``load_detector``) and handed to the worker; it takes a
-batch of decoded RGB images and returns, for each, boxes in original-image pixels.
+Loaded once per process (``load_detector``) and handed to the worker.
 """
 
 from __future__ import annotations
@@ -10,70 +9,19 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from visionq.errors import ModelUnavailable
+from visionq.models import pick_device
+from visionq.outputs import Box, Detections
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Detection:
-    class_id: int
-    label: str
-    confidence: float
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    width: int
-    height: int
-    detections: list[Detection]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "image": {"width": self.width, "height": self.height},
-            "detections": [d.as_dict() for d in self.detections],
-        }
-
-
-class Detector(Protocol):
-    """What the worker needs of a model."""
-
-    @property
-    def version(self) -> str:
-        """Identifies the weights: part of a result's identity."""
-
-    @property
-    def untrained(self) -> bool:
-        """True when built from an architecture alone: its detections mean nothing."""
-
-    @property
-    def device(self) -> str:
-        """Where it runs: "cpu", "cuda:0", ..."""
-
-    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """One forward pass over ``images`` (RGB, H x W x 3, uint8); one Prediction each, in order."""
-
-
-def pick_device(requested: str | None = None) -> str:
-    """CUDA when available, else CPU; an explicit request wins."""
-    if requested:
-        return requested
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+# What Ultralytics uses for a model that does not say what size it was trained at.
+_ULTRALYTICS_DEFAULT_SIZE = 640
 
 
 class UltralyticsDetector:
@@ -112,16 +60,22 @@ class UltralyticsDetector:
         which would otherwise land on the first real job (seconds, on a CPU)."""
         self.predict([np.full((480, 640, 3), 114, dtype=np.uint8)])
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+    @property
+    def input_size(self) -> int:
+        """The longer side the network sees (letterboxed to this): images are decoded down to it."""
+        if self.image_size:
+            return self.image_size
+        trained = getattr(self._model, "overrides", {}).get("imgsz")
+        return int(trained) if isinstance(trained, int) else _ULTRALYTICS_DEFAULT_SIZE
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
         # Ultralytics treats numpy arrays as BGR (OpenCV's order); ours are RGB.
         bgr = [np.ascontiguousarray(img[:, :, ::-1]) for img in images]
-        # No image size: the model's own (what it was trained at), else Ultralytics' 640.
-        size = {"imgsz": self.image_size} if self.image_size else {}
         results = self._model.predict(
             bgr,
-            **size,
+            imgsz=self.input_size,
             conf=self.confidence,
             device=self.device,
             quantize=16 if self.half else None,
@@ -134,8 +88,8 @@ class UltralyticsDetector:
             xyxy = boxes.xyxy.cpu().numpy().tolist()
             confs = boxes.conf.cpu().numpy().tolist()
             classes = boxes.cls.cpu().numpy().astype(int).tolist()
-            detections = [
-                Detection(
+            boxes = tuple(
+                Box(
                     class_id=c,
                     label=str(names.get(c, c)) if isinstance(names, dict) else str(names[c]),
                     confidence=round(float(p), 5),
@@ -145,8 +99,8 @@ class UltralyticsDetector:
                     y2=round(b[3], 2),
                 )
                 for b, p, c in zip(xyxy, confs, classes, strict=True)
-            ]
-            predictions.append(Prediction(width=image.shape[1], height=image.shape[0], detections=detections))
+            )
+            predictions.append(Detections(width=image.shape[1], height=image.shape[0], boxes=boxes))
         return predictions
 
 

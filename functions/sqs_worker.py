@@ -1,0 +1,121 @@
+"""The AWS Lambda driver of the core: an SQS event source mapping hands it batches of messages.
+
+Set the event source mapping's ``FunctionResponseTypes`` to ``ReportBatchItemFailures``: the
+handler answers ``{"batchItemFailures": [...]}`` naming exactly the messages that must come back
+(a store was unavailable, or the invocation ran out of time); Lambda deletes the others. Every
+record of the event goes through the core together, so records are micro-batched as in the poller.
+
+The event loop, the AWS clients, the database connection and the model are built once per
+container (cold start) and kept across warm invocations. There is no lease loop: the invocation's
+remaining time, less a margin, is every message's deadline, and work not finished by then is given
+back rather than failed (on_expiry=RETRY). Lambda has no GPU: this flavour is for CPU models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Protocol
+
+from aws_lambda_powertools.utilities.data_classes import SQSEvent
+
+from visionq.config import WorkerSettings, load_settings
+from visionq.core import Processor
+from visionq.models import Model
+from visionq.poller import default_max_batch
+from visionq.stores.queue import Message
+from visionq.work_items import Expiry, Outcome
+
+logger = logging.getLogger(__name__)
+
+
+class LambdaContext(Protocol):
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+class LambdaWorker:
+    """What a warm container keeps: its own event loop and everything bound to it."""
+
+    def __init__(self, settings: WorkerSettings, *, model: Model | None = None) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._resources = contextlib.AsyncExitStack()
+        self.processor = self.loop.run_until_complete(self._build(model))
+
+    async def _build(self, model: Model | None) -> Processor:
+        from aiobotocore.session import get_session
+
+        from visionq.aws import aio_client_kwargs, boto3_client
+        from visionq.models.yolo import load_detector
+        from visionq.stores.job_store import DynamoJobStore
+        from visionq.stores.object_store import S3ObjectReader
+        from visionq.stores.result_store import PostgresResultStore
+
+        settings = self.settings
+        if model is None:
+            model = load_detector(
+                settings.model, device=settings.device, image_size=settings.image_size, confidence=settings.confidence
+            )
+        s3 = await self._resources.enter_async_context(get_session().create_client(**aio_client_kwargs("s3", settings)))
+        return Processor(
+            settings=settings,
+            jobs=DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table),
+            objects=S3ObjectReader(s3),
+            results=PostgresResultStore(settings.database_url),
+            model=model,
+            max_batch=default_max_batch(settings, model.device),
+            max_wait=settings.max_wait_ms / 1000,
+        )
+
+    def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        return self.loop.run_until_complete(self._invoke(event, context))
+
+    async def _invoke(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        remaining = context.get_remaining_time_in_millis() / 1000 - self.settings.lambda_margin_seconds
+        deadline = time.monotonic() + max(0.0, remaining)
+        messages = [
+            Message(
+                message_id=record.message_id,
+                receipt_handle=record.receipt_handle,
+                body=record.body,
+                receive_count=int(record.attributes.approximate_receive_count or 1),
+            )
+            for record in SQSEvent(event).records
+        ]
+        async with self.processor.running():
+            outcomes = await asyncio.gather(
+                *(self.processor.process(m, deadline=deadline, on_expiry=Expiry.RETRY) for m in messages)
+            )
+        failures = [m.message_id for m, outcome in zip(messages, outcomes, strict=True) if outcome is Outcome.RETRY]
+        logger.info("invocation: %d messages, %d to retry", len(messages), len(failures))
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
+
+    def close(self) -> None:
+        self.processor.close()
+        self.loop.run_until_complete(self._resources.aclose())
+        self.loop.close()
+
+
+_worker: LambdaWorker | None = None
+
+
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """AWS Lambda entry point (SQS event source, ReportBatchItemFailures)."""
+    global _worker
+    if _worker is None:
+        from visionq.logs import configure_logging
+
+        configure_logging("INFO")
+        _worker = LambdaWorker(load_settings(WorkerSettings))
+    try:
+        return _worker.handle(event, context)
+    except Exception:
+        # A fault in the core itself, not in one message: fail the invocation (every message comes
+        # back) and start from a fresh build next time rather than reuse a broken one.
+        logger.exception("invocation failed; the container's worker will be rebuilt")
+        broken, _worker = _worker, None
+        with contextlib.suppress(Exception):
+            broken.close()
+        raise

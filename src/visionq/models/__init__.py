@@ -1,0 +1,45 @@
+"""The model interface: what the processing core needs of any model family.
+
+A family (Ultralytics YOLO today) is one module in this package behind ``Model``: loaded once per
+process, it takes a batch of decoded RGB images and returns one typed output (``visionq.outputs``)
+per image, in the coordinates of the array it was given; the core maps them to the original image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from visionq.outputs import ModelOutput
+
+
+class Model(Protocol):
+    @property
+    def version(self) -> str:
+        """Identifies the weights: part of a result's identity."""
+
+    @property
+    def untrained(self) -> bool:
+        """True when built from an architecture alone: its outputs mean nothing."""
+
+    @property
+    def device(self) -> str:
+        """Where it runs: "cpu", "cuda:0", ..."""
+
+    @property
+    def input_size(self) -> int | None:
+        """The longer side the model looks at; images are decoded no larger (None: full size)."""
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
+        """One forward pass over ``images`` (RGB, H x W x 3, uint8); one output each, in order."""
+
+
+def pick_device(requested: str | None = None) -> str:
+    """CUDA when available, else CPU; an explicit request wins."""
+    if requested:
+        return requested
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,147 @@
+"""The Lambda driver (functions/sqs_worker.py) invoked as AWS invokes it, with SQS events shaped
+after AWS's documented sample, carrying the S3 notifications the real (moto) bucket sent, against
+the real stores: only the messages that must come back are reported, and invoking again with the
+same event changes nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import unquote_plus
+
+import pytest
+
+from functions.sqs_worker import LambdaWorker
+from tests.conftest import BUCKET, TABLE, Stack
+from tests.integration.fault_harness import jpeg, png
+from visionq.errors import TransientError
+from visionq.events import ObjectCreated
+
+pytestmark = pytest.mark.integration
+
+
+class FakeContext:
+    """What the handler uses of Lambda's context object."""
+
+    def __init__(self, millis: int = 60_000) -> None:
+        self.millis = millis
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.millis
+
+
+class FlakyReader:
+    """The real S3 reader, but S3 is 'unavailable' for keys containing ``flaky``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def read(self, obj: ObjectCreated, *, max_bytes: int) -> bytes:
+        if "flaky" in obj.key:
+            raise TransientError("read s3: AWS is unavailable or throttling (SlowDown)")
+        data: bytes = await self.inner.read(obj, max_bytes=max_bytes)
+        return data
+
+
+def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+    """One record as the SQS event source mapping delivers it (AWS's documented sample shape)."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": {
+            "ApproximateReceiveCount": message["Attributes"]["ApproximateReceiveCount"],
+            "SentTimestamp": message["Attributes"].get("SentTimestamp", "1545082649183"),
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": "1545082649185",
+        },
+        "messageAttributes": {},
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": "us-east-1",
+    }
+
+
+@pytest.fixture
+def lambda_worker(stack: Stack, shapes_detector: Any) -> Iterator[LambdaWorker]:
+    worker = LambdaWorker(stack.worker_settings(max_attempts=5), model=shapes_detector)
+    worker.processor.objects = FlakyReader(worker.processor.objects)
+    yield worker
+    worker.close()
+
+
+def test_only_the_messages_that_must_come_back_are_reported(
+    stack: Stack, lambda_worker: LambdaWorker, draw_scene: Callable[..., Any]
+) -> None:
+    image, truth = draw_scene(50_001, (320, 240))
+    whole = jpeg(image)
+    objects = {
+        "uploads/lambda/good.png": png(image),
+        "uploads/lambda/truncated.jpg": whole[: len(whole) // 2],
+        "uploads/lambda/flaky.png": png(image),
+    }
+    for key, data in objects.items():
+        stack.s3.put_object(Bucket=BUCKET, Key=key, Body=io.BytesIO(data))
+    received: list[dict[str, Any]] = []
+    while len(received) < len(objects):
+        batch = stack.sqs.receive_message(
+            QueueUrl=stack.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=2, MessageSystemAttributeNames=["All"]
+        )
+        received.extend(batch.get("Messages", []))
+    by_key = {unquote_plus(json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"]): m for m in received}
+    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    malformed = {**received[0], "MessageId": "not-an-s3-event", "Body": "{this is not json"}
+    event = {"Records": [sqs_record(m, arn) for m in [*by_key.values(), malformed]]}
+
+    response = lambda_worker.handle(event, FakeContext())
+
+    assert response == {"batchItemFailures": [{"itemIdentifier": by_key["uploads/lambda/flaky.png"]["MessageId"]}]}
+    jobs = _jobs_by_key(stack)
+    assert jobs["uploads/lambda/good.png"]["status"] == "SUCCEEDED"
+    assert json.loads(jobs["uploads/lambda/good.png"]["result"])["detection_count"] == len(truth)
+    assert (jobs["uploads/lambda/truncated.jpg"]["status"], jobs["uploads/lambda/truncated.jpg"]["error_code"]) == (
+        "FAILED",
+        "undecodable_image",
+    )
+    assert jobs["uploads/lambda/flaky.png"]["status"] == "RUNNING"  # it comes back and runs again
+    rows_before = stack.sql("SELECT id, key, output FROM results ORDER BY id")
+    assert [r[1] for r in rows_before] == ["uploads/lambda/good.png"]
+
+    # Lambda may deliver the same batch again (a retry of the invocation): nothing changes.
+    again = lambda_worker.handle(event, FakeContext())
+
+    assert again == response
+    after = _jobs_by_key(stack)
+    for key in ("uploads/lambda/good.png", "uploads/lambda/truncated.jpg"):
+        assert after[key] == jobs[key], key
+    assert stack.sql("SELECT id, key, output FROM results ORDER BY id") == rows_before
+    assert stack.sql("SELECT count(*) FROM detections") == [(len(truth),)]
+
+
+def test_work_not_finished_before_the_invocation_ends_is_given_back(
+    stack: Stack, lambda_worker: LambdaWorker, draw_scene: Callable[..., Any]
+) -> None:
+    stack.s3.put_object(Bucket=BUCKET, Key="uploads/lambda/late.png", Body=png(draw_scene(50_002)[0]))
+    [message] = stack.sqs.receive_message(
+        QueueUrl=stack.queue_url, WaitTimeSeconds=5, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    # Less time left than the safety margin: nothing may start that could outlive the invocation.
+    response = lambda_worker.handle({"Records": [sqs_record(message, arn)]}, FakeContext(millis=5_000))
+    assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
+    assert stack.sql("SELECT count(*) FROM results") == [(0,)]
+
+
+def _jobs_by_key(stack: Stack) -> dict[str, dict[str, Any]]:
+    jobs = {}
+    for item in stack.dynamodb.scan(TableName=TABLE)["Items"]:
+        if "object_key" in item:
+            jobs[item["object_key"]["S"]] = {k: next(iter(v.values())) for k, v in item.items()}
+    return jobs

@@ -1,0 +1,327 @@
+"""The processing core against in-memory stores that fail on demand: each hole a review found in
+"exactly once", reproduced, and what the core does about it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.unit.fakes import (
+    FakeModel,
+    MemoryJobStore,
+    MemoryObjects,
+    MemoryResults,
+    Row,
+    message,
+    png,
+    settings,
+)
+from visionq.core import Processor
+from visionq.errors import TransientError
+from visionq.events import ObjectCreated
+from visionq.jobs import Job, JobError, JobStatus, direct_upload_job_id, utc_now_iso
+from visionq.work_items import Expiry, Outcome
+
+T = TypeVar("T")
+
+
+class Harness:
+    def __init__(self, *, max_batch: int = 1, max_wait: float = 0.0, model: FakeModel | None = None, **overrides: Any):
+        self.jobs = MemoryJobStore()
+        self.objects = MemoryObjects()
+        self.results = MemoryResults()
+        self.model = model or FakeModel()
+        self.processor = Processor(
+            settings=settings(**overrides),
+            jobs=self.jobs,
+            objects=self.objects,
+            results=self.results,
+            model=self.model,
+            max_batch=max_batch,
+            max_wait=max_wait,
+        )
+
+    def run(self, body: Callable[[], Awaitable[T]]) -> T:
+        async def main() -> T:
+            async with self.processor.running():
+                return await body()
+
+        try:
+            return asyncio.run(main())
+        finally:
+            self.processor.close()
+
+    async def process(self, msg: Any, *, seconds: float = 30, on_expiry: Expiry = Expiry.FAIL_JOB) -> Outcome:
+        return await self.processor.process(msg, deadline=time.monotonic() + seconds, on_expiry=on_expiry)
+
+    def put(self, name: str, value: int = 10, **kwargs: Any) -> ObjectCreated:
+        return self.objects.put(f"uploads/cam/{name}.png", png(value, **kwargs))
+
+    def job_of(self, obj: ObjectCreated) -> str:
+        return direct_upload_job_id(obj.bucket, obj.key, obj.etag)
+
+    def status(self, obj: ObjectCreated) -> tuple[JobStatus, str | None]:
+        return self.jobs.status(self.job_of(obj))
+
+
+def test_a_direct_upload_runs_to_success_with_its_result_in_both_stores() -> None:
+    h = Harness()
+    obj = h.put("a", 40)
+    assert h.run(lambda: h.process(message(obj))) is Outcome.DONE
+    job = h.jobs.jobs[h.job_of(obj)]
+    assert job.status is JobStatus.SUCCEEDED
+    [row] = h.results.for_job(job.job_id)
+    assert job.result is not None
+    assert job.result["detections"] == row.output["detections"]
+    assert job.result["detection_count"] == 1 and not job.result["truncated"]
+
+
+# 1 ----------------------------------------------------------------------------------------------
+
+
+def test_an_item_expired_while_waiting_for_the_model_leaves_the_pipeline_working() -> None:
+    """Hole 1: a job failed by its deadline while its image waited in the batcher made the infer
+    stage drop it, the write stage die on a length mismatch, and every later job time out."""
+    model = FakeModel()
+    h = Harness(model=model)
+    first, waiting, later = h.put("first", 1), h.put("waiting", 2), h.put("later", 3)
+
+    async def body() -> list[Outcome]:
+        model.gate = threading.Event()
+        slow = asyncio.create_task(h.process(message(first, message_id="m1")))
+        await asyncio.to_thread(model.entered.wait, 5)  # the model is busy with the first image
+        expired = await h.process(message(waiting, message_id="m2"), seconds=0.3)
+        model.gate.set()
+        return [await slow, expired, await h.process(message(later, message_id="m3"))]
+
+    assert h.run(body) == [Outcome.DONE, Outcome.DONE, Outcome.DONE]
+    assert h.status(first) == (JobStatus.SUCCEEDED, None)
+    assert h.status(waiting) == (JobStatus.FAILED, "deadline_exceeded")
+    assert h.status(later) == (JobStatus.SUCCEEDED, None)
+    assert h.results.for_job(h.job_of(waiting)) == []
+
+
+# 4 ----------------------------------------------------------------------------------------------
+
+
+def test_a_job_failed_by_its_deadline_during_inference_gets_no_result() -> None:
+    """Hole 4: the deadline fired while the model ran; the late result was still committed."""
+    model = FakeModel()
+    h = Harness(model=model)
+    obj = h.put("late", 5)
+
+    async def body() -> Outcome:
+        model.gate = threading.Event()
+        threading.Timer(0.6, model.gate.set).start()
+        outcome = await h.process(message(obj), seconds=0.3)
+        await asyncio.sleep(0.6)  # the forward pass ends; its output must go nowhere
+        return outcome
+
+    assert h.run(body) is Outcome.DONE
+    assert h.status(obj) == (JobStatus.FAILED, "deadline_exceeded")
+    assert h.results.for_job(h.job_of(obj)) == []
+    assert len(model.batches) == 1
+
+
+def test_a_result_written_for_a_job_another_worker_failed_is_removed_before_the_ack() -> None:
+    """Hole 4, across workers: our result committed, then the job record refused SUCCEEDED because
+    another delivery had failed the job meanwhile. The one rule: a FAILED job has no result."""
+    h = Harness()
+    obj = h.put("contested", 6)
+    job_id = h.job_of(obj)
+
+    original = h.jobs.mark_succeeded
+
+    def mark_succeeded(job_id: str, result: dict[str, Any]) -> None:
+        h.jobs.mark_failed(job_id, JobError("deadline_exceeded", "failed by another worker meanwhile"))
+        original(job_id, result)
+
+    h.jobs.mark_succeeded = mark_succeeded  # type: ignore[method-assign]
+    assert h.run(lambda: h.process(message(obj))) is Outcome.DONE
+    assert h.status(obj) == (JobStatus.FAILED, "deadline_exceeded")
+    assert h.results.for_job(job_id) == []
+
+
+def test_a_redelivery_of_a_failed_job_removes_a_result_left_by_a_crash() -> None:
+    """A worker died between committing a row and removing it; the redelivered message finds the job
+    FAILED and finishes the cleanup before it is acknowledged."""
+    h = Harness()
+    obj = h.put("crashed", 7)
+    job_id = h.job_of(obj)
+    h.jobs.mark_failed(job_id, JobError("deadline_exceeded", "x"), obj=obj.ref, expires_at=1)
+    h.results.rows[(obj.bucket, obj.key, obj.etag, "fake@1")] = Row(job_id, {"kind": "detections"}, 1.0)
+    h.results.faults.fail("discard", TransientError("PostgreSQL unavailable"))
+    assert h.run(lambda: h.process(message(obj))) is Outcome.RETRY  # not acknowledged while the row stands
+    assert h.results.for_job(job_id) != []
+    h2 = Harness()
+    h2.jobs, h2.results, h2.objects = h.jobs, h.results, h.objects
+    h2.processor.jobs, h2.processor.results, h2.processor.objects = h.jobs, h.results, h.objects
+    assert h2.run(lambda: h2.process(message(obj, receive_count=2))) is Outcome.DONE
+    assert h.results.for_job(job_id) == []
+
+
+# 5 ----------------------------------------------------------------------------------------------
+
+
+def test_the_job_summary_is_made_from_the_row_postgres_keeps() -> None:
+    """Hole 5: PostgreSQL was last-writer-wins while the job record is first-writer-wins. An
+    earlier delivery's row stands; the summary must be that row, not this run's output."""
+    h = Harness()
+    obj = h.put("twice", 9)
+    job_id = h.job_of(obj)
+    earlier = {"kind": "detections", "image": {"width": 32, "height": 24}, "detections": []}
+    h.results.rows[(obj.bucket, obj.key, obj.etag, "fake@1")] = Row(job_id, earlier, 12.5)
+    assert h.run(lambda: h.process(message(obj))) is Outcome.DONE
+    job = h.jobs.jobs[job_id]
+    assert job.result is not None
+    assert job.result["detections"] == [] and job.result["detection_count"] == 0
+    assert job.result["inference_ms"] == 12.5
+    assert h.results.for_job(job_id)[0].output == earlier
+
+
+# 6 ----------------------------------------------------------------------------------------------
+
+
+def test_an_object_overwritten_after_its_event_fails_that_version_with_a_clear_code() -> None:
+    """Hole 6: the read did not name the version, so new bytes were credited to the old event."""
+    h = Harness()
+    old = h.put("frame", 11)
+    new = h.put("frame", 12)  # same key, new bytes, new ETag: it has its own event
+    outcomes = h.run(
+        lambda: asyncio.gather(h.process(message(old, message_id="a")), h.process(message(new, message_id="b")))
+    )
+    assert outcomes == [Outcome.DONE, Outcome.DONE]
+    assert h.status(old) == (JobStatus.FAILED, "object_changed")
+    assert h.status(new) == (JobStatus.SUCCEEDED, None)
+    [row] = h.results.for_job(h.job_of(new))
+    assert row.output["detections"][0]["label"] == "v12"
+
+
+def test_a_stale_event_of_an_api_job_changes_nothing_and_the_new_upload_runs_it() -> None:
+    h = Harness()
+    job_id = "f" * 32
+    now = utc_now_iso()
+    key = f"uploads/{job_id}/photo.png"
+    h.jobs.create(Job(job_id, JobStatus.PENDING, "bkt", key, now, now, 0))
+    old = h.objects.put(key, png(21))
+    new = h.objects.put(key, png(22))
+    assert h.run(lambda: h.process(message(old))) is Outcome.DONE
+    assert h.jobs.status(job_id)[0] is JobStatus.RUNNING  # not failed: the newer upload's event runs it
+    h2 = Harness()
+    h2.processor.jobs, h2.processor.objects, h2.processor.results = h.jobs, h.objects, h.results
+    assert h2.run(lambda: h2.process(message(new))) is Outcome.DONE
+    assert h.jobs.status(job_id) == (JobStatus.SUCCEEDED, None)
+
+
+# 7 ----------------------------------------------------------------------------------------------
+
+
+def test_a_direct_upload_that_could_never_be_claimed_still_ends_in_a_failed_record() -> None:
+    """Hole 7: the job record could not be created, the attempts ran out, and the failure was
+    'rejected' because there was no record to fail: the object left no job at all."""
+    h = Harness(max_attempts=3)
+    obj = h.put("throttled", 13)
+    h.jobs.faults.fail("claim", TransientError("DynamoDB throttling"))
+    assert h.run(lambda: h.process(message(obj, receive_count=3))) is Outcome.DONE
+    job = h.jobs.jobs[h.job_of(obj)]
+    assert (job.status, job.key) == (JobStatus.FAILED, obj.key)
+    assert job.error is not None and job.error.code == "store_unavailable"
+
+
+def test_a_transient_fault_before_the_last_attempt_gives_the_message_back() -> None:
+    h = Harness(max_attempts=3)
+    obj = h.put("flaky", 14)
+    h.objects.faults.fail("read", TransientError("S3 slow down"))
+    assert h.run(lambda: h.process(message(obj, receive_count=1))) is Outcome.RETRY
+    assert h.status(obj) == (JobStatus.RUNNING, None)
+
+
+# 8 ----------------------------------------------------------------------------------------------
+
+
+def test_an_image_the_model_cannot_take_fails_alone_and_its_batch_mates_succeed() -> None:
+    """Hole 8: one model exception failed or retried the whole batch."""
+    h = Harness(max_batch=3, max_wait=2.0, model=FakeModel(poison=66))
+    good1, bad, good2 = h.put("g1", 65), h.put("bad", 66), h.put("g2", 67)
+    assert h.run(lambda: h.process(message(good1, bad, good2))) is Outcome.DONE
+    assert len(h.model.batches[0]) == 3  # they were batched together, and the batch raised
+    assert h.status(bad) == (JobStatus.FAILED, "model_error")
+    assert h.status(good1) == h.status(good2) == (JobStatus.SUCCEEDED, None)
+
+
+def test_a_row_the_database_refuses_fails_alone_and_its_batch_mates_succeed() -> None:
+    h = Harness(max_batch=3, max_wait=2.0)
+    good1, bad, good2 = h.put("g1", 71), h.put("bad-row", 72), h.put("g2", 73)
+    h.results.reject_keys.add(bad.key)
+    assert h.run(lambda: h.process(message(good1, bad, good2))) is Outcome.DONE
+    assert h.status(bad) == (JobStatus.FAILED, "result_rejected")
+    assert h.status(good1) == h.status(good2) == (JobStatus.SUCCEEDED, None)
+    assert sorted(h.results.batches) == [1, 1]
+
+
+# 9 ----------------------------------------------------------------------------------------------
+
+
+def test_a_store_call_that_hangs_costs_a_retry_not_the_worker() -> None:
+    """Hole 9: a hung server hung the writer forever."""
+    h = Harness(store_timeout_seconds=0.5)
+    stuck, after = h.put("stuck", 81), h.put("after", 82)
+    gate = h.results.faults.hang("record_results")
+
+    async def body() -> list[Outcome]:
+        first = await h.process(message(stuck, message_id="a"))
+        gate.set()
+        return [first, await h.process(message(after, message_id="b"))]
+
+    assert h.run(body) == [Outcome.RETRY, Outcome.DONE]
+    assert h.status(after) == (JobStatus.SUCCEEDED, None)
+
+
+# 10 ---------------------------------------------------------------------------------------------
+
+
+def test_images_are_decoded_to_the_models_size_and_boxes_mapped_back() -> None:
+    """Hole 10: full-resolution images were held in memory; the model only needs its input size."""
+    h = Harness(model=FakeModel(input_size=64))
+    obj = h.put("big", 90, size=(256, 128))
+    assert h.run(lambda: h.process(message(obj))) is Outcome.DONE
+    assert h.model.batches == [[(64, 32)]]
+    job = h.jobs.jobs[h.job_of(obj)]
+    assert job.result is not None
+    assert job.result["image"] == {"width": 256, "height": 128}
+    box = job.result["detections"][0]
+    assert (box["x1"], box["y1"], box["x2"], box["y2"]) == (4, 4, 20, 20)  # (1, 1, 5, 5) at a quarter size
+
+
+# Lambda-style expiry ----------------------------------------------------------------------------
+
+
+def test_running_out_of_invocation_time_gives_the_message_back_without_failing_the_job() -> None:
+    model = FakeModel()
+    h = Harness(model=model)
+    obj = h.put("slow", 95)
+
+    async def body() -> Outcome:
+        model.gate = threading.Event()
+        threading.Timer(1.0, model.gate.set).start()
+        return await h.process(message(obj), seconds=0.3, on_expiry=Expiry.RETRY)
+
+    assert h.run(body) is Outcome.RETRY
+    assert h.status(obj) == (JobStatus.RUNNING, None)
+    assert h.results.for_job(h.job_of(obj)) == []
+
+
+@pytest.mark.parametrize(
+    "body", ["not json", '{"Records": "nope"}', '{"Records": [{"eventName": "ObjectCreated:Put"}]}']
+)
+def test_a_malformed_message_is_dropped_not_retried(body: str) -> None:
+    from visionq.stores.queue import Message
+
+    h = Harness()
+    assert h.run(lambda: h.process(Message("m", "r", body, 1))) is Outcome.DONE
+    assert h.jobs.jobs == {}

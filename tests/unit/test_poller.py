@@ -1,0 +1,138 @@
+"""The long-running driver: supervision of its stages, and messages SQS hands out twice."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.unit.fakes import FakeModel, FakeQueue, MemoryJobStore, MemoryObjects, MemoryResults, message, png, settings
+from visionq.core import Processor
+from visionq.jobs import JobStatus, direct_upload_job_id
+from visionq.poller import Pipeline, Poller
+from visionq.stores.queue import Message
+
+
+class Rig:
+    def __init__(self, **overrides: Any) -> None:
+        self.settings = settings(**overrides)
+        self.jobs, self.objects, self.results = MemoryJobStore(), MemoryObjects(), MemoryResults()
+        self.model = FakeModel()
+        self.queue = FakeQueue()
+        self.processor = Processor(
+            settings=self.settings,
+            jobs=self.jobs,
+            objects=self.objects,
+            results=self.results,
+            model=self.model,
+            max_batch=1,
+            max_wait=0.0,
+        )
+        pipeline = Pipeline(max_batch=1, max_wait=0.0, prefetch=4, receivers=1)
+        self.poller = Poller(settings=self.settings, processor=self.processor, queue=self.queue, pipeline=pipeline)
+
+    def status(self, key: str, etag: str) -> JobStatus:
+        return self.jobs.jobs[direct_upload_job_id("bkt", key, etag)].status
+
+
+async def _until(predicate: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def test_an_unexpected_error_in_the_acknowledger_ends_the_worker_instead_of_stalling_it() -> None:
+    """Hole 2: a non-transient error in the delete (or lease) loop ended that task silently; slots
+    were never returned and the worker stopped receiving while looking alive."""
+    rig = Rig()
+    obj = rig.objects.put("uploads/cam/a.png", png(1))
+    rig.queue.inbox.append(message(obj))
+    rig.queue.delete_error = RuntimeError("a bug in the acknowledger")
+
+    async def main() -> None:
+        async with asyncio.timeout(20):  # a stall fails the test instead of hanging it
+            await rig.poller.run(asyncio.Event())
+
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(main())
+    assert caught.group_contains(RuntimeError, match="a bug in the acknowledger")
+    rig.processor.close()
+
+
+def test_an_unexpected_error_in_the_lease_loop_ends_the_worker() -> None:
+    rig = Rig(visibility_timeout=3)
+    rig.model.gate = threading.Event()  # keep a message held so the lease loop has work
+    obj = rig.objects.put("uploads/cam/b.png", png(2))
+    rig.queue.inbox.append(message(obj))
+    rig.queue.lease_error = KeyError("a bug in the lease loop")
+
+    async def main() -> None:
+        async with asyncio.timeout(20):
+            await rig.poller.run(asyncio.Event())
+
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(main())
+    rig.model.gate.set()
+    assert caught.group_contains(KeyError)
+    rig.processor.close()
+
+
+def test_a_message_redelivered_while_held_is_not_acknowledged_early_and_its_new_receipt_is_used() -> None:
+    """Hole 3: the redelivery overwrote the held entry and was acknowledged at once, deleting the
+    message while the first run was still in flight; if that run then failed, the job stayed
+    RUNNING forever. Now the new receipt handle is adopted and the work runs once."""
+    rig = Rig(visibility_timeout=3)
+    obj = rig.objects.put("uploads/cam/c.png", png(3))
+    first = message(obj, message_id="m1", receipt="r1")
+    again = Message("m1", "r2", first.body, 2)
+    rig.model.gate = threading.Event()
+    rig.queue.inbox.append(first)
+    rig.queue.refuse_visibility.add("m1")  # its lease extension fails, so SQS hands it out again
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        task = asyncio.create_task(rig.poller.run(stop))
+        await asyncio.to_thread(rig.model.entered.wait, 5)
+        await _until(lambda: rig.queue.released)  # the failed lease extension was tried (and refused)
+        rig.queue.inbox.append(again)
+        await _until(lambda: rig.poller.redelivered_in_hand == 1)
+        await asyncio.sleep(0.8)  # longer than the delete linger: an early ack would show now
+        assert rig.queue.deleted == []
+        rig.model.gate.set()
+        await _until(lambda: rig.queue.deleted)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    rig.processor.close()
+    assert [m.receipt_handle for m in rig.queue.deleted] == ["r2"]
+    assert len(rig.model.batches) == 1
+    assert rig.status(obj.key, obj.etag) is JobStatus.SUCCEEDED
+
+
+def test_a_retried_message_is_given_back_with_a_backoff_and_a_done_one_deleted() -> None:
+    rig = Rig(max_attempts=5)
+    ok = rig.objects.put("uploads/cam/ok.png", png(4))
+    missing_bucket_read = rig.objects.put("uploads/cam/flaky.png", png(5))
+    from visionq.errors import TransientError
+
+    rig.objects.faults.fail("read", TransientError("S3 slow down"))
+    rig.queue.inbox.extend([message(missing_bucket_read, message_id="f", receive_count=2)])
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        task = asyncio.create_task(rig.poller.run(stop))
+        await _until(lambda: rig.queue.released)
+        rig.queue.inbox.append(message(ok, message_id="k"))
+        await _until(lambda: rig.queue.deleted)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    rig.processor.close()
+    assert [(m.message_id, delay) for m, delay in rig.queue.released] == [("f", 4)]
+    assert [m.message_id for m in rig.queue.deleted] == ["k"]
