@@ -164,8 +164,8 @@ class Processor:
                         self._batcher.poke()  # the batcher may stop waiting for company
                     if outcome is not None:
                         return outcome
-                    if item.enter(Stage.BATCHED):
-                        self._batcher.put(item)
+                    item.enter(Stage.BATCHED)  # cannot have expired: expiry is this block's own timeout
+                    self._batcher.put(item)
                     return await asyncio.shield(item.done)
             except TimeoutError:
                 if not item.expire():
@@ -271,10 +271,10 @@ class Processor:
         while True:
             ready = [(item, output) for item, output in await self._to_write.get() if item.enter(Stage.SETTLING)]
             if ready:
+                self.failpoints.hit("after_inference")
                 await self._write(ready)
 
     async def _write(self, ready: list[tuple[WorkItem, ModelOutput]]) -> None:
-        self.failpoints.hit("after_inference")
         records = [
             ResultRecord(
                 job_id=item.job_id,

@@ -6,7 +6,6 @@ bound is missing, because each call runs on a thread that is joined with a deadl
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 import threading
@@ -20,7 +19,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from visionq.local_stack import wait_until
-from visionq.stores.postgres import ClientDeadlineExceeded, PostgresTimeouts, client_deadline, connect
+from visionq.stores.postgres import PostgresTimeouts, connect
 
 pytestmark = pytest.mark.integration
 
@@ -193,48 +192,3 @@ def test_keepalives_and_the_user_timeout_reach_the_socket(database_url: str) -> 
 
 
 # --- a server process that froze: only the client can bound that ---------------------------------
-
-
-@pytest.fixture
-def frozen_backend(postgres_server: Any) -> Iterator[Callable[[int], None]]:
-    """``freeze(pid)`` stops a backend of the embedded server (SIGSTOP); it is resumed afterwards.
-
-    Its kernel still acknowledges every packet, so keepalives and ``tcp_user_timeout`` never fire,
-    and its own timers (statement_timeout) do not run while it is stopped.
-    """
-    frozen: list[int] = []
-
-    def freeze(pid: int) -> None:
-        os.kill(pid, signal.SIGSTOP)
-        frozen.append(pid)
-
-    yield freeze
-    for pid in frozen:
-        os.kill(pid, signal.SIGCONT)
-
-
-def test_a_frozen_server_is_cut_off_by_the_client_deadline(
-    postgres_server: Any, frozen_backend: Callable[[int], None]
-) -> None:
-    # The embedded server on purpose: DATABASE_URL's may not be ours to stop.
-    conn = connect(postgres_server.url, PostgresTimeouts(statement_ms=300))
-    with closing(conn):
-        frozen_backend(conn.info.backend_pid)
-
-        def write() -> None:
-            with client_deadline(conn, 1), conn.transaction():
-                conn.execute("SELECT 1")
-
-        with pytest.raises(ClientDeadlineExceeded) as caught:
-            within(10, write)
-        assert isinstance(caught.value, psycopg.OperationalError)
-        assert conn.closed
-
-
-def test_the_client_deadline_leaves_a_prompt_block_alone(database_url: str) -> None:
-    with connect(database_url) as conn:
-        for _ in range(3):
-            with client_deadline(conn, 0.5):
-                assert conn.execute("SELECT 1").fetchone() == (1,)
-        threading.Event().wait(0.8)  # past every deadline: none of them may fire late
-        assert conn.execute("SELECT 2").fetchone() == (2,)

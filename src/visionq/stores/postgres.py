@@ -9,7 +9,8 @@ each of those.
 What those cannot bound: a server *process* that is alive at the TCP level but never answers
 (stuck in uninterruptible I/O, or stopped with SIGSTOP). Its kernel keeps acknowledging, so
 neither keepalives nor ``tcp_user_timeout`` fire, and the server-side timers never run. For that,
-:func:`client_deadline` bounds a block of calls from the client side.
+the worker's own per-call timeout (``core.Processor._store``) moves the job on; the pool thread
+stays in the call until the server answers or the socket dies.
 
 The timeouts raise ``psycopg.errors.QueryCanceled`` (statement_timeout, SQLSTATE 57014) and
 ``psycopg.errors.LockNotAvailable`` (lock_timeout, 55P03); both subclass
@@ -21,10 +22,6 @@ server ends a session that sat idle in a transaction with a FATAL error and clos
 from __future__ import annotations
 
 import os
-import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,61 +99,3 @@ def connect(
     they cost no extra round trip and are in force from the first statement.
     """
     return psycopg.connect(bounded_conninfo(conninfo, timeouts), autocommit=autocommit)
-
-
-class ClientDeadlineExceeded(psycopg.OperationalError):
-    """A :func:`client_deadline` expired and the connection was cut; the connection is closed.
-
-    An OperationalError like the other timeouts, so it is retried the same way. If the deadline
-    hit during COMMIT, whether the transaction committed is unknown: only idempotent writes are
-    safe to retry.
-    """
-
-
-@contextmanager
-def client_deadline(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
-    """Cut ``conn`` if the block is still running after ``seconds``: its calls then fail.
-
-    The last resort for a server that stopped answering without closing the connection (see the
-    module's docstring). Cutting the connection loses it, whereas the server-side timeouts leave
-    it usable, so ``seconds`` should exceed ``statement_ms`` with a margin: this is meant to fire
-    only when the server could not enforce its own limit.
-    """
-    if seconds <= 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    # Our own descriptor of the socket: shutdown() on it stops the connection's too, and holding
-    # it means the number cannot be reused by another socket if the block closes ``conn``.
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    lock = threading.Lock()
-    state = {"done": False, "fired": False}
-
-    def cut() -> None:
-        with lock:
-            if state["done"]:
-                return  # the block finished as the timer fired
-            state["fired"] = True
-            # Both directions: a psycopg call waiting to read wakes up at once with EOF and
-            # raises OperationalError; closing alone would not wake it.
-            # OSError: already disconnected, and the block's call fails on its own.
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(seconds, cut)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    except psycopg.OperationalError as exc:
-        if state["fired"]:
-            raise ClientDeadlineExceeded(f"no answer from PostgreSQL within {seconds:g} s") from exc
-        raise
-    finally:
-        with lock:
-            state["done"] = True
-        timer.cancel()
-        sock.close()
-    if state["fired"]:
-        # The block returned anyway (it swallowed the error, or finished as the timer fired):
-        # the connection is cut all the same, so say so here rather than on its next use.
-        conn.close()
-        raise ClientDeadlineExceeded(f"no answer from PostgreSQL within {seconds:g} s")
