@@ -216,7 +216,7 @@ class FakeModel:
             Detections(
                 width=img.shape[1],
                 height=img.shape[0],
-                boxes=(Box(class_id=0, label=f"v{int(img[0, 0, 0])}", confidence=0.9, x1=1, y1=1, x2=5, y2=5),),
+                items=(Box(class_id=0, label=f"v{int(img[0, 0, 0])}", confidence=0.9, x1=1, y1=1, x2=5, y2=5),),
             )
             for img in images
         ]

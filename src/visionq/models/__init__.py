@@ -32,7 +32,7 @@ class Model(Protocol):
     def input_size(self) -> int | None:
         """The longer side the model looks at; images are decoded no larger (None: full size)."""
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
+    def predict(self, images: Sequence[np.ndarray]) -> Sequence[ModelOutput]:
         """One forward pass over ``images`` (RGB, H x W x 3, uint8); one output each, in order."""
 
 

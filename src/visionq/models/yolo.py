@@ -5,7 +5,6 @@ Loaded once per process (``load_detector``) and handed to the worker.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ import numpy as np
 
 from visionq.errors import ModelUnavailable
 from visionq.models import pick_device
+from visionq.models.digest import weights_digest
 from visionq.outputs import Box, Detections
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class UltralyticsDetector:
                 )
                 for b, p, c in zip(xyxy, confs, classes, strict=True)
             )
-            predictions.append(Detections(width=image.shape[1], height=image.shape[0], boxes=boxes))
+            predictions.append(Detections(width=image.shape[1], height=image.shape[0], items=boxes))
         return predictions
 
 
@@ -135,7 +135,7 @@ def load_detector(
         except Exception as exc:  # Ultralytics raises plain exceptions for failed downloads
             raise ModelUnavailable(_how_to_supply(spec) + f" ({type(exc).__name__}: {exc})") from exc
         weights = Path(getattr(model, "ckpt_path", None) or spec)
-        version = f"{weights.name}@{_file_digest(weights)}" if weights.exists() else weights.name
+        version = f"{weights.name}@{weights_digest(weights)}" if weights.exists() else weights.name
     model.to(device)
     network: Any = model.model
     network.eval()
@@ -159,11 +159,3 @@ def _how_to_supply(spec: str) -> str:
         f"download {spec} on a machine with network and pass its path with --model/VISIONQ_MODEL, "
         "or choose an untrained architecture explicitly (e.g. --model yolo11n.yaml) for a smoke test."
     )
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]

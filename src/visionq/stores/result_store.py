@@ -71,7 +71,8 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 
 def _insert_detections(cur: psycopg.Cursor[Any], result_id: int, record: ResultRecord) -> None:
-    boxes = record.output.boxes
+    assert isinstance(record.output, Detections)
+    boxes = record.output.items
     if boxes:
         cur.executemany(
             _INSERT_DETECTION,
