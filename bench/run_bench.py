@@ -135,7 +135,7 @@ class BenchStack:
         self.queue_url = resources.queue_url
         bootstrap_database(self.pg.url)
         with psycopg.connect(self.pg.url) as conn:
-            conn.execute("TRUNCATE results, detections")
+            conn.execute("TRUNCATE results CASCADE")
         self.sqs.purge_queue(QueueUrl=self.queue_url)  # the notification's s3:TestEvent
 
     def put(self, key: str, data: bytes) -> None:

@@ -30,6 +30,7 @@ from visionq.errors import (
 )
 from visionq.job_service import OutputReader, create_upload_job, find_job_by_key, get_job
 from visionq.jobs import Job
+from visionq.models.registry import registry_from_settings
 from visionq.stores.job_store import DynamoJobStore, JobStore
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class CreateJobRequest(BaseModel):
 
     filename: str = Field(min_length=1, max_length=200, examples=["street.jpg"])
     content_type: str = Field(min_length=1, max_length=100, examples=["image/jpeg"])
+    # A name from the model registry (GET /v1/models); unset: the registry's default.
+    model: str | None = Field(default=None, min_length=1, max_length=64, examples=["caption"])
 
 
 class ErrorBody(BaseModel):
@@ -73,6 +76,11 @@ class JobCreated(BaseModel):
     key: str
     upload: UploadForm
     expires_at: str
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[str]
 
 
 class JobView(BaseModel):
@@ -135,6 +143,8 @@ def create_app(
 
         results = PostgresResultStore(settings.database_url)
 
+    registry = registry_from_settings(settings)
+
     app = FastAPI(title="visionq", version=__version__, description="Asynchronous computer vision on object storage.")
     app.state.keys = keys
     error_responses: dict[int | str, dict[str, Any]] = {
@@ -157,7 +167,9 @@ def create_app(
         ticket = create_upload_job(
             filename=body.filename,
             content_type=body.content_type,
+            model=body.model,
             owner=key.key_id,
+            registry=registry,
             settings=settings,
             jobs=jobs,
             s3_client=s3_client,
@@ -169,6 +181,10 @@ def create_app(
             upload=UploadForm(url=ticket.upload.url, fields=ticket.upload.fields),
             expires_at=ticket.expires_at,
         )
+
+    @app.get("/v1/models", response_model=ModelList, responses=error_responses)
+    def list_models(key: Caller) -> ModelList:
+        return ModelList(default=registry.default, models=registry.names)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=error_responses)
     def read_job(job_id: str, key: Caller) -> JobView:

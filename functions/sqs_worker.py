@@ -48,24 +48,21 @@ class LambdaWorker:
         from aiobotocore.session import get_session
 
         from visionq.aws import aio_client_kwargs, boto3_client
-        from visionq.models.yolo import load_detector
+        from visionq.models.registry import LoadedModels, load_served_models
         from visionq.stores.job_store import DynamoJobStore
         from visionq.stores.object_store import S3ObjectReader
         from visionq.stores.result_store import PostgresResultStore
 
         settings = self.settings
-        if model is None:
-            model = load_detector(
-                settings.model, device=settings.device, image_size=settings.image_size, confidence=settings.confidence
-            )
+        models = LoadedModels.of(model) if model is not None else load_served_models(settings)
         s3 = await self._resources.enter_async_context(get_session().create_client(**aio_client_kwargs("s3", settings)))
         return Processor(
             settings=settings,
             jobs=DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table),
             objects=S3ObjectReader(s3),
             results=PostgresResultStore(settings.database_url),
-            model=model,
-            max_batch=default_max_batch(settings, model.device),
+            models=models,
+            max_batch=default_max_batch(settings, models.device),
             max_wait=settings.max_wait_ms / 1000,
         )
 

@@ -1,26 +1,24 @@
 """Create visionq's resources; idempotent, safe to re-run, any endpoint (moto, LocalStack, AWS).
 
 Bucket ─(s3:ObjectCreated:* on the upload prefix)─▶ queue ─(maxReceiveCount)─▶ dead-letter queue;
-the jobs table (on-demand, TTL, by-object index); the PostgreSQL schema.
+the jobs table (on-demand, TTL, by-object index); the PostgreSQL schema, by applying the pending
+migrations of ``infra/migrations/`` (``visionq.stores.migrations``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from visionq.config import DEFAULT_MAX_RECEIVE_COUNT, DEFAULT_UPLOAD_PREFIX, DEFAULT_VISIBILITY_TIMEOUT
 from visionq.stores.job_store import BY_OBJECT_INDEX
-from visionq.stores.result_store import PostgresResultStore
+from visionq.stores.migrations import Migration, current_version, discover_migrations, migrate
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 
 
 @dataclass(frozen=True)
@@ -97,12 +95,28 @@ def bootstrap_aws(names: StackNames, *, s3: Any, sqs: Any, dynamodb: Any) -> Sta
     )
 
 
-def bootstrap_database(database_url: str) -> None:
-    store = PostgresResultStore(database_url)
-    try:
-        store.apply_schema(SCHEMA_SQL.read_text())
-    finally:
-        store.close()
+@dataclass(frozen=True)
+class SchemaReport:
+    """What :func:`bootstrap_database` did: the migrations it applied, and the version now."""
+
+    applied: list[Migration] = field(default_factory=list)
+    version: int = 0
+
+    def __str__(self) -> str:
+        if not self.applied:
+            return f"PostgreSQL schema: up to date at version {self.version}"
+        names = ", ".join(m.filename.removesuffix(".sql") for m in self.applied)
+        return f"PostgreSQL schema: applied {names}; now at version {self.version}"
+
+
+def bootstrap_database(database_url: str) -> SchemaReport:
+    """Bring the results database to the newest schema (the pending migrations); safe to run
+    concurrently and again."""
+    by_version = {m.version: m for m in discover_migrations()}
+    applied = migrate(database_url)
+    report = SchemaReport([by_version[v] for v in applied], current_version(database_url))
+    logger.info("%s", report)
+    return report
 
 
 def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> str:

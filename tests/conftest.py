@@ -8,20 +8,19 @@ from empty resources (moto reset + bootstrap, tables truncated).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psycopg
 import pytest
 
-ASSETS = Path(__file__).parent / "assets"
-SHAPES_WEIGHTS = ASSETS / "shapes_detector.pt"
+from visionq import shapes
+from visionq.shapes import WEIGHTS_PATH
+
+SHAPES_WEIGHTS = WEIGHTS_PATH
 BUCKET = "visionq-test-uploads"
 QUEUE = "visionq-test-jobs"
 TABLE = "visionq-test-jobs"
@@ -30,19 +29,10 @@ TABLE = "visionq-test-jobs"
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
-def load_shapes_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_shapes_detector", ASSETS / "make_shapes_detector.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def draw_scene() -> Callable[..., Any]:
     """``draw_scene(seed, size)`` -> (PIL image, [(class_id, x1, y1, x2, y2), ...])."""
-    fn: Callable[..., Any] = load_shapes_module().draw_scene
-    return fn
+    return shapes.draw_scene
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +127,7 @@ def stack(moto_server: Any, database_url: str) -> Stack:
     )
     bootstrap_database(database_url)
     with psycopg.connect(database_url) as conn:
-        conn.execute("TRUNCATE results, detections")
+        conn.execute("TRUNCATE results CASCADE")  # and every table of outputs beside it
     # Configuring the notification makes S3 send a test event; the worker must cope, but tests
     # that count messages start from an empty queue.
     sqs.purge_queue(QueueUrl=resources.queue_url)

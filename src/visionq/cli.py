@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -23,6 +22,7 @@ from visionq.config import (
     LOCAL_ENV_FILE,
 )
 from visionq.errors import ConfigError, VisionqError
+from visionq.logs import WORKER_CANNOT_START
 
 logger = logging.getLogger("visionq")
 
@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("action", choices=["list", "redrive"])
     dlq.set_defaults(func=cmd_dlq)
 
+    again = sub.add_parser("reprocess", help="run a model over objects already in the bucket (new results beside old)")
+    again.add_argument("url", help="s3://bucket/prefix of the objects")
+    again.add_argument("--model", required=True, help="a model name from the registry (VISIONQ_MODELS_FILE)")
+    again.add_argument("--wait", action="store_true", help="follow the jobs until they end")
+    again.add_argument("--timeout", type=float, default=3600)
+    again.set_defaults(func=cmd_reprocess)
+
     boot = sub.add_parser("bootstrap", help="create the bucket, queues, table and schema (idempotent)")
     boot.add_argument("--bucket", default=os.environ.get("VISIONQ_BUCKET"))
     boot.add_argument("--queue", default=os.environ.get("VISIONQ_QUEUE_NAME"), help="queue name")
@@ -146,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from visionq.client import VisionqClient, expand_image_paths
+    from visionq.client import VisionqClient, expand_image_paths, format_results
 
     client = VisionqClient(*_api())
     submitted = [client.submit_file(path) for path in expand_image_paths(args.paths)]
@@ -178,7 +185,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve_worker(settings))
     except VisionqError as exc:
-        logger.error("worker cannot start: %s", exc.message)
+        logger.error("%s %s", WORKER_CANNOT_START, exc.message)
         return 2
     except Exception:
         logger.exception("worker failed")
@@ -258,6 +265,41 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from visionq import reprocess
+    from visionq.aws import boto3_client
+    from visionq.config import ReprocessSettings, load_settings
+    from visionq.jobs import JobStatus
+    from visionq.models.registry import UnknownModel, registry_from_settings
+
+    _local_env_defaults()
+    settings = load_settings(ReprocessSettings)
+    try:
+        registry_from_settings(settings).spec(args.model)
+    except UnknownModel as exc:  # stops here, naming the models there are
+        raise ConfigError(exc.message) from exc
+    bucket, prefix = reprocess.parse_s3_url(args.url)
+    s3, dynamodb = boto3_client("s3", settings), boto3_client("dynamodb", settings)
+    objects = [replace(o, model=args.model) for o in reprocess.stored_objects(s3, bucket, prefix)]
+    report = reprocess.reprocess(
+        objects,
+        upload_prefix=settings.upload_prefix,
+        dynamodb=dynamodb,
+        table=settings.jobs_table,
+        sqs=boto3_client("sqs", settings),
+        queue_url=settings.queue_url,
+    )
+    print(f"{report.listed} object(s) under {args.url}: {report.sent} queued for {args.model}, {report.already} known")
+    if not args.wait:
+        return 0
+    job_ids = reprocess.job_ids_of(objects, upload_prefix=settings.upload_prefix)
+    counts = reprocess.watch(dynamodb, settings.jobs_table, job_ids, timeout=args.timeout)
+    print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))
+    return 0 if counts.get(JobStatus.SUCCEEDED, 0) == len(job_ids) else 1
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from infra.bootstrap import StackNames, bootstrap_aws, bootstrap_database
     from visionq.aws import boto3_client
@@ -285,29 +327,17 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         names, s3=boto3_client("s3", aws), sqs=boto3_client("sqs", aws), dynamodb=boto3_client("dynamodb", aws)
     )
     if args.database_url:
-        bootstrap_database(args.database_url)
+        try:
+            schema = bootstrap_database(args.database_url)
+        except VisionqError as exc:  # a changed or failed migration, PostgreSQL unreachable
+            print(f"visionq: {exc.message}", file=sys.stderr)
+            return 1
+        print(schema, file=sys.stderr)  # stdout stays KEY=VALUE lines
     print(f"VISIONQ_BUCKET={resources.bucket}")
     print(f"VISIONQ_QUEUE_URL={resources.queue_url}")
     print(f"VISIONQ_DLQ_URL={resources.dead_letter_queue_url}")
     print(f"VISIONQ_JOBS_TABLE={resources.jobs_table}")
     return 0
-
-
-def format_results(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """A plain table: one line per detection, or the error of a failed job."""
-    lines = [f"{'image':<28} {'status':<10} {'label':<16} {'conf':>5}  box (x1, y1, x2, y2)"]
-    for name, job in rows:
-        if job["status"] != "SUCCEEDED":
-            error = job.get("error") or {}
-            lines.append(f"{name[:28]:<28} {job['status']:<10} {error.get('code', '')}: {error.get('message', '')}")
-            continue
-        detections = (job.get("result") or {}).get("detections", [])
-        if not detections:
-            lines.append(f"{name[:28]:<28} {'SUCCEEDED':<10} (no detections)")
-        for det in detections:
-            box = f"({det['x1']:.0f}, {det['y1']:.0f}, {det['x2']:.0f}, {det['y2']:.0f})"
-            lines.append(f"{name[:28]:<28} {'SUCCEEDED':<10} {det['label'][:16]:<16} {det['confidence']:>5.2f}  {box}")
-    return "\n".join(lines)
 
 
 def _api() -> tuple[str, str | None]:

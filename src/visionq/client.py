@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,3 +104,38 @@ def expand_image_paths(paths: Iterable[Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def format_results(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """A plain table: one line per box, caption or class found, or the error of a failed job."""
+    lines = [f"{'image':<28} {'status':<10} {'found':<28} {'score':>6}  where (x1, y1, x2, y2)"]
+    for name, job in rows:
+        name = name[:28]
+        if job["status"] != "SUCCEEDED":
+            error = job.get("error") or {}
+            lines.append(f"{name:<28} {job['status']:<10} {error.get('code', '')}: {error.get('message', '')}")
+            continue
+        found = _found(job.get("result") or {})
+        if not found:
+            lines.append(f"{name:<28} {'SUCCEEDED':<10} (nothing found)")
+        for what, score, where in found:
+            shown = f"{score:>6.2f}" if score is not None else " " * 6
+            lines.append(f"{name:<28} {'SUCCEEDED':<10} {what[:28]:<28} {shown}  {where}".rstrip())
+    return "\n".join(lines)
+
+
+def _found(result: dict[str, Any]) -> list[tuple[str, float | None, str]]:
+    """(what, score, where) for each item of a job's result, whatever its kind."""
+    rows: list[tuple[str, float | None, str]] = []
+    for caption in result.get("captions", []):
+        rows.append((f'"{caption["text"]}"', caption.get("score"), ""))
+    for cls in result.get("classes", []):
+        rows.append((cls["label"], cls["score"], ""))
+    for name in ("detections", "segments", "poses"):
+        for item in result.get(name, []):
+            box = item.get("box", item)
+            where = f"({box['x1']:.0f}, {box['y1']:.0f}, {box['x2']:.0f}, {box['y2']:.0f})"
+            rows.append((item["label"], item["confidence"], where))
+    for item in result.get("oriented_boxes", []):
+        rows.append((item["label"], item["confidence"], f"centre ({item['cx']:.0f}, {item['cy']:.0f})"))
+    return rows

@@ -7,6 +7,7 @@ local stack writes every name explicitly into `.visionq/local.env`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,16 +26,25 @@ DEFAULT_VISIBILITY_TIMEOUT = 120  # seconds; the worker extends it while a job r
 DEFAULT_MAX_RECEIVE_COUNT = 5
 DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_JOB_TTL_DAYS = 7
+DEFAULT_MODEL_WEIGHTS = "yolo11n.pt"  # where there is network, Ultralytics fetches it on first use
 
-# Formats we accept, recognised by their bytes (see images.py); the content types a client may
-# declare for an upload are derived from the same list.
-IMAGE_CONTENT_TYPES = {
-    "image/jpeg": "JPEG",
-    "image/png": "PNG",
-    "image/webp": "WEBP",
-    "image/bmp": "BMP",
-    "image/tiff": "TIFF",
-}
+
+@dataclass(frozen=True)
+class ImageFormat:
+    name: str  # Pillow's name for it; images.py recognises each by its bytes and tries only these
+    content_type: str  # what a client declares for an upload
+    extensions: tuple[str, ...]  # what the upload's filename must end in
+
+
+# The one list of formats we accept: the decoder, the API's checks and its docs derive from it.
+IMAGE_FORMATS = (
+    ImageFormat("JPEG", "image/jpeg", (".jpg", ".jpeg")),
+    ImageFormat("PNG", "image/png", (".png",)),
+    ImageFormat("WEBP", "image/webp", (".webp",)),
+    ImageFormat("BMP", "image/bmp", (".bmp",)),
+    ImageFormat("TIFF", "image/tiff", (".tif", ".tiff")),
+)
+IMAGE_CONTENT_TYPES = {f.content_type: f for f in IMAGE_FORMATS}
 
 
 class AwsSettings(BaseSettings):
@@ -55,7 +65,9 @@ class ApiSettings(AwsSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, validation_alias="VISIONQ_MAX_UPLOAD_BYTES")
     upload_expiry_seconds: int = Field(default=600, validation_alias="VISIONQ_UPLOAD_EXPIRY_SECONDS")
     job_ttl_days: int = Field(default=DEFAULT_JOB_TTL_DAYS, validation_alias="VISIONQ_JOB_TTL_DAYS")
-    model: str = Field(default="yolo11n.pt", validation_alias="VISIONQ_MODEL")
+    # The models a job may ask for (models/registry.py): a registry file, else one model, "default".
+    models_file: Path | None = Field(default=None, validation_alias="VISIONQ_MODELS_FILE")
+    model: str = Field(default=DEFAULT_MODEL_WEIGHTS, validation_alias="VISIONQ_MODEL")
     # Optional: where the full results are, for jobs whose summary in the job record was cut short.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
 
@@ -67,7 +79,14 @@ class WorkerSettings(AwsSettings):
     jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
     database_url: str = Field(validation_alias="DATABASE_URL")
     upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
-    model: str = Field(default="yolo11n.pt", validation_alias="VISIONQ_MODEL")
+    # The model registry (models/registry.py); without one, the worker serves one Ultralytics model,
+    # "default", from VISIONQ_MODEL (with VISIONQ_IMAGE_SIZE and VISIONQ_CONFIDENCE).
+    models_file: Path | None = Field(default=None, validation_alias="VISIONQ_MODELS_FILE")
+    # Comma-separated names of the registry's models this worker serves; unset: all of them.
+    serve_models: str | None = Field(default=None, validation_alias="VISIONQ_SERVE_MODELS")
+    # Where weights from s3:// URIs are cached (models/weights.py); unset: ~/.cache/visionq/weights.
+    weights_cache: Path | None = Field(default=None, validation_alias="VISIONQ_WEIGHTS_CACHE")
+    model: str = Field(default=DEFAULT_MODEL_WEIGHTS, validation_alias="VISIONQ_MODEL")
     device: str | None = Field(default=None, validation_alias="VISIONQ_DEVICE")
     image_size: int | None = Field(default=None, validation_alias="VISIONQ_IMAGE_SIZE")  # None: the model's own
     confidence: float = Field(default=0.25, validation_alias="VISIONQ_CONFIDENCE")
@@ -102,6 +121,8 @@ class WorkerSettings(AwsSettings):
     # Items per list kept in the job record's summary (DynamoDB items are capped at 400 KB); the
     # whole output is always in PostgreSQL, where the API reads it when the summary is cut short.
     summary_max_items: int = Field(default=300, ge=1, validation_alias="VISIONQ_SUMMARY_MAX_ITEMS")
+    # Created once the models are loaded and the worker is about to receive (`visionq up` waits for it).
+    ready_file: Path | None = Field(default=None, validation_alias="VISIONQ_READY_FILE")
     # Lambda: stop this long before the invocation's end, so the outcome can still be reported.
     lambda_margin_seconds: float = Field(default=10.0, ge=0, validation_alias="VISIONQ_LAMBDA_MARGIN_SECONDS")
 
@@ -119,6 +140,16 @@ class DeadLetterSettings(AwsSettings):
     dlq_url: str = Field(validation_alias="VISIONQ_DLQ_URL")
     jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
     upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
+
+
+class ReprocessSettings(AwsSettings):
+    """What `visionq reprocess` needs: the work queue, the jobs table and the model registry."""
+
+    queue_url: str = Field(validation_alias="VISIONQ_QUEUE_URL")
+    jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
+    upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
+    models_file: Path | None = Field(default=None, validation_alias="VISIONQ_MODELS_FILE")
+    model: str = Field(default=DEFAULT_MODEL_WEIGHTS, validation_alias="VISIONQ_MODEL")
 
 
 S = TypeVar("S", bound=BaseSettings)

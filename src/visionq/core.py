@@ -38,6 +38,7 @@ from visionq.faults import Failpoints
 from visionq.images import ImageLimits, decode_image
 from visionq.jobs import JobError, JobStatus, job_id_for_object, job_id_in_key, ttl_from_now
 from visionq.models import Model
+from visionq.models.registry import LoadedModels
 from visionq.outputs import ModelOutput, summarize
 from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import ObjectReader
@@ -73,7 +74,7 @@ class Processor:
         jobs: JobStore,
         objects: ObjectReader,
         results: ResultStore,
-        model: Model,
+        models: LoadedModels,
         max_batch: int,
         max_wait: float,
         failpoints: Failpoints | None = None,
@@ -82,7 +83,7 @@ class Processor:
         self.jobs = jobs
         self.objects = objects
         self.results = results
-        self.model = model
+        self.models = models
         self.failpoints = failpoints or Failpoints()
         self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         self.stats = ProcessingStats()
@@ -92,9 +93,11 @@ class Processor:
         self._store_pool = ThreadPoolExecutor(8, thread_name_prefix="store")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._preparing = 0
-        self._batcher: MicroBatcher[WorkItem] = MicroBatcher(
-            max_batch=max_batch, max_wait=max_wait, more_coming=lambda: self._preparing > 0
-        )
+        # Batches are formed per model; forward passes of all models share the one infer thread.
+        self._batchers: dict[str, MicroBatcher[WorkItem]] = {
+            name: MicroBatcher(max_batch=max_batch, max_wait=max_wait, more_coming=lambda: self._preparing > 0)
+            for name in models.models
+        }
         self._to_write: asyncio.Queue[list[tuple[WorkItem, ModelOutput]]] = asyncio.Queue(maxsize=2)
         self._in_hand: set[tuple[str, str]] = set()  # (job id, object version) being processed here
 
@@ -104,9 +107,10 @@ class Processor:
         cancels the block and surfaces as an ExceptionGroup: never a stage dead behind a live process."""
         async with asyncio.TaskGroup() as group:
             stages = [
-                group.create_task(self._infer_loop(), name="infer"),
-                group.create_task(self._write_loop(), name="write"),
+                group.create_task(self._infer_loop(name, model), name=f"infer {name}")
+                for name, model in self.models.models.items()
             ]
+            stages.append(group.create_task(self._write_loop(), name="write"))
             try:
                 yield
             finally:
@@ -142,10 +146,11 @@ class Processor:
 
     async def _handle(self, obj: ObjectCreated, attempt: int, deadline: float, on_expiry: Expiry) -> Outcome:
         prefix = self.settings.upload_prefix
-        if not obj.key.startswith(prefix):
+        if obj.model is None and not obj.key.startswith(prefix):  # reprocessing may name any object
             logger.warning("ignoring object outside the upload prefix %r: %s", prefix, obj.key)
             return Outcome.DONE
-        item = WorkItem(obj=obj, job_id=job_id_for_object(prefix, obj.bucket, obj.key, obj.version), attempt=attempt)
+        job_id = job_id_for_object(prefix, obj.bucket, obj.key, obj.version, model=obj.model)
+        item = WorkItem(obj=obj, job_id=job_id, attempt=attempt)
         identity = (item.job_id, obj.version)
         if identity in self._in_hand:
             # Another message names the same object version and is in hand here; it alone finishes
@@ -161,11 +166,12 @@ class Processor:
                         outcome = await self._prepare(item)
                     finally:
                         self._preparing -= 1
-                        self._batcher.poke()  # the batcher may stop waiting for company
+                        for batcher in self._batchers.values():
+                            batcher.poke()  # a batcher may stop waiting for company
                     if outcome is not None:
                         return outcome
                     item.enter(Stage.BATCHED)  # cannot have expired: expiry is this block's own timeout
-                    self._batcher.put(item)
+                    self._batchers[item.model_name].put(item)
                     return await asyncio.shield(item.done)
             except TimeoutError:
                 if not item.expire():
@@ -177,25 +183,28 @@ class Processor:
     async def _prepare(self, item: WorkItem) -> Outcome | None:
         """Claim the job, read and decode the object; an outcome when there is nothing to infer."""
         obj = item.obj
+        requested = obj.model or self.models.registry.model_for_key(self.settings.upload_prefix, obj.key)
         try:
             job = await self._store(
                 self.jobs.claim,
                 item.job_id,
                 obj.ref,
-                model=self.model.version,
+                model=requested,
                 expires_at=ttl_from_now(self.settings.job_ttl_days),
             )
+            item.model_name = job.model or requested
             if job.status.terminal:
                 logger.info("duplicate event for a finished job", extra=item.log_extra(status=str(job.status)))
                 self.stats.duplicates += 1
                 return await self._settle_failed(item) if job.status is JobStatus.FAILED else Outcome.DONE
             self._log_state(item, JobStatus.RUNNING)
+            model = self.models.get(item.model_name)  # unknown or not loaded here: FAILED, permanent
             self.failpoints.check_key(obj.key)
             started = time.perf_counter()
             data = await self._bounded(self.objects.read(obj, max_bytes=self.limits.max_bytes), "read the object")
             item.timings["fetch_ms"] = _ms_since(started)
             started = time.perf_counter()
-            decode = functools.partial(decode_image, data, self.limits, max_side=self.model.input_size)
+            decode = functools.partial(decode_image, data, self.limits, max_side=model.input_size)
             item.image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, decode)
             item.timings["decode_ms"] = _ms_since(started)
             return None
@@ -222,15 +231,16 @@ class Processor:
 
     # --- infer ---------------------------------------------------------------------------------
 
-    async def _infer_loop(self) -> None:
+    async def _infer_loop(self, name: str, model: Model) -> None:
+        batcher = self._batchers[name]
         while True:
-            batch = [item for item in await self._batcher.next_batch() if item.enter(Stage.INFERRING)]
+            batch = [item for item in await batcher.next_batch() if item.enter(Stage.INFERRING)]
             if batch:
-                await self._infer(batch)
+                await self._infer(batch, model)
 
-    async def _infer(self, batch: list[WorkItem]) -> None:
+    async def _infer(self, batch: list[WorkItem], model: Model) -> None:
         started = time.perf_counter()
-        outputs = await self._predict(batch)
+        outputs = await self._predict(batch, model)
         elapsed = time.perf_counter() - started
         self.stats.batches += 1
         self.stats.batched_images += len(batch)
@@ -250,11 +260,11 @@ class Processor:
         if ready:
             await self._to_write.put(ready)
 
-    async def _predict(self, batch: list[WorkItem]) -> list[ModelOutput | Exception]:
+    async def _predict(self, batch: list[WorkItem], model: Model) -> list[ModelOutput | Exception]:
         """One forward pass; if it raises, one pass per image, so one bad image fails alone."""
         images = [item.image.rgb for item in batch if item.image is not None]
         try:
-            outputs = await self._run(self._infer_pool, self.model.predict, images)
+            outputs = await self._run(self._infer_pool, model.predict, images)
             if len(outputs) == len(batch):
                 return list(outputs)
             raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(batch)} images")
@@ -263,7 +273,7 @@ class Processor:
                 logger.exception("the model failed on an image", extra=batch[0].log_extra())
                 return [exc]
             logger.warning("a batch of %d failed (%r); running its images one by one", len(batch), exc)
-        return [(await self._predict([item]))[0] for item in batch]
+        return [(await self._predict([item], model))[0] for item in batch]
 
     # --- write ---------------------------------------------------------------------------------
 
@@ -281,7 +291,8 @@ class Processor:
                 bucket=item.obj.bucket,
                 key=item.obj.key,
                 etag=item.obj.version,
-                model=self.model.version,
+                model_name=item.model_name,
+                model=self.models.models[item.model_name].version,
                 output=output,
                 timings={**item.timings, "total_ms": _ms_since(item.started)},
                 object_created_at=item.obj.event_time,
@@ -316,7 +327,8 @@ class Processor:
     async def _succeed(self, item: WorkItem, row: StoredResult) -> Outcome:
         # Made from the row PostgreSQL holds (ours, or an earlier delivery's): the two agree.
         summary = summarize(row.output, max_items=self.settings.summary_max_items)
-        summary.update(model=self.model.version, inference_ms=round(row.inference_ms or 0.0, 2))
+        version = self.models.models[item.model_name].version
+        summary.update(model=item.model_name, model_version=version, inference_ms=round(row.inference_ms or 0.0, 2))
         try:
             await self._store(self.jobs.mark_succeeded, item.job_id, summary)
         except TransitionRejected:

@@ -44,7 +44,7 @@ def describe(message: Message, upload_prefix: str) -> DeadLetter:
     return DeadLetter(
         message=message,
         objects=objects,
-        job_ids=[job_id_for_object(upload_prefix, o.bucket, o.key, o.version) for o in objects],
+        job_ids=[job_id_for_object(upload_prefix, o.bucket, o.key, o.version, model=o.model) for o in objects],
     )
 
 

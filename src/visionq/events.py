@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 from visionq.errors import PermanentError
 from visionq.jobs import ObjectVersion
@@ -26,6 +26,9 @@ class ObjectCreated:
     size: int | None = None
     version_id: str | None = None
     event_time: float | None = None  # epoch seconds, when S3 saw the object
+    # A model asked for by the message itself (``visionq reprocess``): such a job is the object's
+    # run through that model, beside any earlier job for the object (see ``jobs.job_id_for_object``).
+    model: str | None = None
 
     @property
     def version(self) -> str:
@@ -72,9 +75,31 @@ def _parse_record(record: Any) -> ObjectCreated | None:
             size=int(obj["size"]) if obj.get("size") is not None else None,
             version_id=obj.get("versionId") or None,
             event_time=_parse_time(record.get("eventTime")),
+            model=_requested_model(record),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedEvent(f"S3 record is malformed: missing or bad {exc}") from exc
+
+
+def _requested_model(record: dict[str, Any]) -> str | None:
+    extra = record.get("visionq")
+    model = extra.get("model") if isinstance(extra, dict) else None
+    return str(model) if model else None
+
+
+def object_created_record(obj: ObjectCreated, *, source: str) -> dict[str, Any]:
+    """``obj`` as an S3 event record, as visionq's own messages (reprocessing, redrive) carry it."""
+    record: dict[str, Any] = {
+        "eventSource": source,
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": obj.bucket},
+            "object": {"key": quote_plus(obj.key), "eTag": obj.etag, "size": obj.size, "versionId": obj.version_id},
+        },
+    }
+    if obj.model:
+        record["visionq"] = {"model": obj.model}
+    return record
 
 
 def _parse_time(value: Any) -> float | None:

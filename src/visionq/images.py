@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image
 
+from visionq.config import IMAGE_FORMATS
 from visionq.errors import ImageRejected
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+ALLOWED_FORMATS = tuple(f.name for f in IMAGE_FORMATS)
 
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),

@@ -10,16 +10,10 @@ from typing import Any, Protocol
 from visionq.config import IMAGE_CONTENT_TYPES, ApiSettings
 from visionq.errors import InvalidRequest, JobNotFound
 from visionq.jobs import Job, JobStatus, new_job_id, ttl_from_now, upload_key, utc_now_iso
+from visionq.models.registry import Registry
 from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import PresignedPost, presign_upload_post
 
-_EXTENSIONS = {
-    "image/jpeg": (".jpg", ".jpeg"),
-    "image/png": (".png",),
-    "image/webp": (".webp",),
-    "image/bmp": (".bmp",),
-    "image/tiff": (".tif", ".tiff"),
-}
 _SAFE_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,199}$")
 
 
@@ -31,10 +25,24 @@ class UploadTicket:
 
 
 def create_upload_job(
-    *, filename: str, content_type: str, owner: str, settings: ApiSettings, jobs: JobStore, s3_client: Any
+    *,
+    filename: str,
+    content_type: str,
+    model: str | None = None,
+    owner: str,
+    registry: Registry,
+    settings: ApiSettings,
+    jobs: JobStore,
+    s3_client: Any,
 ) -> UploadTicket:
-    """Record a PENDING job, then hand back a presigned POST for exactly its object key."""
+    """Record a PENDING job for ``model`` (the registry's default if None), then hand back a
+    presigned POST for exactly its object key."""
     filename = validate_filename(filename, content_type)
+    model = model or registry.default
+    if model not in registry.models:
+        raise InvalidRequest(
+            f"model {model!r} is not one of this service's models: {', '.join(registry.names)}", code="unknown_model"
+        )
     job_id = new_job_id()
     now = time.time()
     job = Job(
@@ -45,7 +53,7 @@ def create_upload_job(
         created_at=utc_now_iso(now),
         updated_at=utc_now_iso(now),
         expires_at=ttl_from_now(settings.job_ttl_days, now),
-        model=settings.model,
+        model=model,
         filename=filename,
         content_type=content_type,
         owner=owner,
@@ -75,11 +83,10 @@ def validate_filename(filename: str, content_type: str) -> str:
             "filename must be a plain file name (letters, digits, space, . _ - ( ) +; at most 200 characters; no path)",
             code="invalid_filename",
         )
-    if not name.lower().endswith(_EXTENSIONS[content_type]):
+    extensions = IMAGE_CONTENT_TYPES[content_type].extensions
+    if not name.lower().endswith(extensions):
         raise InvalidRequest(
-            f"filename {name!r} does not end in an extension for {content_type} ("
-            + ", ".join(_EXTENSIONS[content_type])
-            + ")",
+            f"filename {name!r} does not end in an extension for {content_type} (" + ", ".join(extensions) + ")",
             code="extension_mismatch",
         )
     return name

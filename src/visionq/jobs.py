@@ -72,8 +72,12 @@ def direct_upload_job_id(bucket: str, key: str, etag: str) -> str:
     return uuid.uuid5(_DIRECT_UPLOAD_NAMESPACE, f"{bucket}/{key}#{etag}").hex
 
 
-def job_id_for_object(prefix: str, bucket: str, key: str, version: str) -> str:
-    """The job an object belongs to: named in its key by the API, else derived from its identity."""
+def job_id_for_object(prefix: str, bucket: str, key: str, version: str, *, model: str | None = None) -> str:
+    """The job an object belongs to: named in its key by the API, else derived from its identity.
+    A run through a model the message names (reprocessing) is a job of its own, derived from the
+    object's identity and the model's name, so running it again finds the same job."""
+    if model is not None:
+        return direct_upload_job_id(bucket, key, f"{version}#model={model}")
     return job_id_in_key(prefix, key) or direct_upload_job_id(bucket, key, version)
 
 

@@ -6,6 +6,8 @@ interpreter) and is reached the way the cloud would be: AWS over HTTP, PostgreSQ
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -18,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from visionq.errors import ConfigError
+from visionq.logs import WORKER_CANNOT_START
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +231,19 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+WORKER_START_SECONDS = 600  # loading a model may mean downloading its weights first
+
+
+def _startup_error(log: Path) -> str | None:
+    """The reason a worker gave for not starting: the last "worker cannot start" line of its log."""
+    for line in reversed(log.read_text(errors="replace").splitlines() if log.exists() else []):
+        with contextlib.suppress(ValueError):
+            message = str(json.loads(line).get("message", ""))
+            if message.startswith(WORKER_CANNOT_START):
+                return message[len(WORKER_CANNOT_START) :].strip()
+    return None
+
+
 @dataclass
 class LocalStack:
     """Everything `visionq up` runs: emulator, database, bootstrap, then the API and a worker.
@@ -286,13 +304,29 @@ class LocalStack:
                     what="the HTTP API",
                 )
             if with_worker:
-                self._spawn("worker", "worker", extra_env=self.worker_env)
+                self._start_worker()
             # Written last: its presence means the stack is ready for clients.
             write_env_file(self.state_dir / "local.env", self.env)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_worker(self) -> None:
+        """Spawn the worker and wait until its models are loaded: a stack whose worker cannot load
+        its model is not up, and says why in one sentence."""
+        ready = self.state_dir / "worker.ready"
+        ready.unlink(missing_ok=True)
+        self._spawn("worker", "worker", extra_env={"VISIONQ_READY_FILE": str(ready), **self.worker_env})
+        worker = self.children["worker"]
+        wait_until(
+            lambda: ready.exists() or worker.poll() is not None,
+            timeout=WORKER_START_SECONDS,
+            what="the worker to load its models",
+        )
+        if not ready.exists():
+            reason = _startup_error(self.state_dir / "worker.log") or f"it exited with status {worker.returncode}"
+            raise ConfigError(f"the worker cannot start: {reason} (details in {self.state_dir}/worker.log)")
 
     def check_children(self) -> None:
         """Raise if the API or the worker died (the foreground loop of `visionq up` calls this)."""

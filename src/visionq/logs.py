@@ -8,6 +8,9 @@ import sys
 import time
 from typing import Any
 
+# The first words of the log line in which a worker says why it cannot start; `visionq up` looks for it.
+WORKER_CANNOT_START = "worker cannot start:"
+
 # Attributes every LogRecord has; anything else was bound by the caller through ``extra``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 

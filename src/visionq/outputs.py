@@ -140,11 +140,11 @@ class OrientedBox:
         return cls(**values, corners=tuple((float(x), float(y)) for x, y in data["corners"]))
 
 
-I = TypeVar("I", Box, Caption, ClassScore, Segment, Pose, OrientedBox)
+ItemT = TypeVar("ItemT", Box, Caption, ClassScore, Segment, Pose, OrientedBox)
 
 
 @dataclass(frozen=True)
-class Output(Generic[I]):
+class Output(Generic[ItemT]):
     """One image's output: ``items`` of one type, in the pixels of a ``width`` x ``height`` image."""
 
     kind: ClassVar[str]
@@ -154,7 +154,7 @@ class Output(Generic[I]):
 
     width: int
     height: int
-    items: tuple[I, ...] = ()
+    items: tuple[ItemT, ...] = ()
 
     def scaled_to(self, width: int, height: int) -> Self:
         """The same output on the image at ``width`` x ``height`` (the model may have seen it smaller)."""

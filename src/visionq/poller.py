@@ -108,9 +108,8 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; then take no more, finish what is held, and return."""
-        logger.info(
-            "worker started: queue=%s model=%s pipeline=%s", self.queue.url, self.processor.model.version, self.pipeline
-        )
+        served = {name: model.version for name, model in self.processor.models.models.items()}
+        logger.info("worker started: queue=%s models=%s pipeline=%s", self.queue.url, served, self.pipeline)
         async with self.processor.running(), asyncio.TaskGroup() as group:
             self._group = group
             loops = [group.create_task(self._delete_loop(), name="acknowledger")]

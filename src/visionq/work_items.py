@@ -47,6 +47,7 @@ class WorkItem:
     obj: ObjectCreated
     job_id: str
     attempt: int  # deliveries of its message so far (SQS's ApproximateReceiveCount)
+    model_name: str = ""  # the registry's name of the model the job gets, known once claimed
     stage: Stage = Stage.PREPARING
     image: DecodedImage | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -75,4 +76,4 @@ class WorkItem:
             self.done.set_result(outcome)
 
     def log_extra(self, **more: Any) -> dict[str, Any]:
-        return {"job_id": self.job_id, "key": self.obj.key, **more}
+        return {"job_id": self.job_id, "key": self.obj.key, "model": self.model_name, **more}

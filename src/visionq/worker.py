@@ -48,7 +48,8 @@ def _arm_exit_watchdog(seconds: float) -> None:
 async def serve_worker(
     settings: WorkerSettings, *, model: Model | None = None, stop: asyncio.Event | None = None
 ) -> ProcessingStats:
-    """Build the worker's resources once (model, clients, stores), run until stopped, clean up.
+    """Build the worker's resources once (models, clients, stores), run until stopped, clean up.
+    ``model``: serve this one model, already loaded, as "default" (tests, benchmarks).
 
     SIGTERM and SIGINT stop the receiving; messages already held are finished first.
     """
@@ -57,7 +58,7 @@ async def serve_worker(
     from aiobotocore.session import get_session
 
     from visionq.aws import aio_client_kwargs, boto3_client, count_requests
-    from visionq.models.yolo import load_detector
+    from visionq.models.registry import LoadedModels, load_served_models
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.result_store import PostgresResultStore
 
@@ -72,14 +73,7 @@ async def serve_worker(
         # Only possible in the main thread of a POSIX process; tests run the worker on a thread.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal)
-    if model is None:
-        model = await asyncio.to_thread(
-            load_detector,
-            settings.model,
-            device=settings.device,
-            image_size=settings.image_size,
-            confidence=settings.confidence,
-        )
+    models = LoadedModels.of(model) if model is not None else await asyncio.to_thread(load_served_models, settings)
     if settings.torch_threads:
         import torch
 
@@ -96,7 +90,7 @@ async def serve_worker(
         dynamodb = boto3_client("dynamodb", settings, max_pool_connections=16)
         for client in (sqs, s3, dynamodb):
             count_requests(client, requests)
-        pipeline = Pipeline.from_settings(settings, model.device)
+        pipeline = Pipeline.from_settings(settings, models.device)
         failpoints = Failpoints.from_env()
         jobs = DynamoJobStore(dynamodb, settings.jobs_table)
         processor = Processor(
@@ -104,7 +98,7 @@ async def serve_worker(
             jobs=jobs,
             objects=S3ObjectReader(s3),
             results=PostgresResultStore(settings.database_url),
-            model=model,
+            models=models,
             max_batch=pipeline.max_batch,
             max_wait=pipeline.max_wait,
             failpoints=failpoints,
@@ -118,6 +112,8 @@ async def serve_worker(
             dead_letters=SqsQueue(sqs, settings.dlq_url) if settings.dlq_url else None,
             failpoints=failpoints,
         )
+        if settings.ready_file is not None:
+            settings.ready_file.touch()
         try:
             await poller.run(stop)
         finally:

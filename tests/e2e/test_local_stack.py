@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_up_submit_and_stop_leave_nothing_behind(tmp_path: Path, draw_scene: Cal
     assert not alive, [p.pid for p in alive]
 
 
-def test_demo_runs_offline_and_writes_annotated_images(tmp_path: Path) -> None:
+def test_demo_runs_offline_and_shows_real_detections(tmp_path: Path) -> None:
     demo = subprocess.run(
         [*VISIONQ, "demo", "--out", str(tmp_path / "annotated")],
         cwd=tmp_path,
@@ -89,7 +90,30 @@ def test_demo_runs_offline_and_writes_annotated_images(tmp_path: Path) -> None:
         timeout=600,
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    # No network here: the demo says it fell back to the untrained architecture.
-    assert "UNTRAINED" in demo.stdout
-    assert "bus.jpg" in demo.stdout and "zidane.jpg" in demo.stdout
-    assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == ["bus.jpg", "zidane.jpg"]
+    # No network here: one line says the demo runs the shapes detector on scenes it drew.
+    assert "yolo11n.pt cannot be downloaded here" in demo.stdout
+    assert "UNTRAINED" not in demo.stdout
+    found = re.search(r"the detector found (\d+) of the (\d+) shapes drawn", demo.stdout)
+    assert found is not None, demo.stdout
+    assert int(found[1]) == int(found[2]) > 0, demo.stdout
+    scenes = sorted(p.name for p in (tmp_path / "annotated").glob("scene-*.png"))
+    assert scenes == [f"scene-{i}.png" for i in range(1, 5)]
+    assert "Traceback" not in demo.stdout + demo.stderr
+
+
+def test_up_with_weights_it_cannot_load_stops_with_one_sentence(tmp_path: Path) -> None:
+    up = subprocess.run(
+        [*VISIONQ, "up", "--model", "nowhere/yolo-missing.pt"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert up.returncode != 0
+    assert "visionq is up" not in up.stdout
+    assert "Traceback" not in up.stdout + up.stderr
+    [sentence] = [line for line in up.stderr.splitlines() if line.startswith("visionq:")]
+    assert "the worker cannot start" in sentence and "'nowhere/yolo-missing.pt'" in sentence
+    assert "--model" in sentence
+    assert not (tmp_path / ".visionq" / "local.env").exists()

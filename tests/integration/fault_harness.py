@@ -214,7 +214,7 @@ def check_invariants(stack: Stack, work: Workload) -> dict[str, int]:
     results_for_bad = [k for k in work.bad if k in results]
     mismatched = stack.sql(
         "SELECT r.key FROM results r LEFT JOIN detections d ON d.result_id = r.id"
-        " GROUP BY r.id HAVING count(d.idx) <> r.detection_count"
+        " GROUP BY r.id HAVING count(d.idx) <> r.item_count"
     )
     jobs_per_object = [k for k, j in jobs.items() if j["count"] != 1]
     assert not lost, f"results lost: {[(k, jobs.get(k), results.get(k)) for k in lost[:5]]}"

@@ -64,7 +64,7 @@ def render(figures: dict[str, Any], command: str) -> str:
         "",
         "Invariants checked at the end of every scenario: every job is `SUCCEEDED` or `FAILED`; exactly one",
         "`results` row per good image and none for a bad one; each result's `detections` rows match its",
-        "`detection_count`; one job per object; the work queue is empty (everything acknowledged).",
+        "`item_count`; one job per object; the work queue is empty (everything acknowledged).",
         "",
         "## Bad inputs tried, each with its outcome",
         "",

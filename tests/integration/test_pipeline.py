@@ -75,7 +75,7 @@ def test_client_flow_end_to_end(
         )
 
     [(result_id, key, width, height, count, output)] = stack.sql(
-        "SELECT id, key, width, height, detection_count, output FROM results WHERE job_id = %s", job_id
+        "SELECT id, key, width, height, item_count, output FROM results WHERE job_id = %s", job_id
     )
     assert key == f"uploads/{job_id}/scene.png"
     assert (width, height, count) == (320, 240, len(found))

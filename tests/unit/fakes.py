@@ -22,7 +22,7 @@ from visionq.config import WorkerSettings
 from visionq.errors import JobNotFound, ObjectChanged, ObjectMissing, TransitionRejected, VisionqError
 from visionq.events import ObjectCreated
 from visionq.jobs import CLAIM, FAIL, SUCCEED, Job, JobError, JobStatus, ObjectVersion, Transition, utc_now_iso
-from visionq.outputs import Box, Detections, ModelOutput
+from visionq.outputs import Box, Caption, Captions, Detections, ModelOutput
 from visionq.stores.queue import EntryFailure, Message
 from visionq.stores.result_store import ResultRecord, StoredResult
 
@@ -83,7 +83,8 @@ class MemoryJobStore:
         self.faults.enter("claim")
         with self.lock:
             try:
-                return self._move(CLAIM, job_id, obj, etag=obj.version, model=model)
+                current = self.jobs.get(job_id)
+                return self._move(CLAIM, job_id, obj, etag=obj.version, model=(current and current.model) or model)
             except TransitionRejected:
                 return self.jobs[job_id]
 
@@ -153,7 +154,7 @@ class MemoryResults:
     """First writer wins per identity, like PostgreSQL's ON CONFLICT DO NOTHING; a batch is atomic."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, str, str, str], Row] = {}
+        self.rows: dict[tuple[str, str, str, str, str], Row] = {}
         self.faults = Faults()
         self.reject_keys: set[str] = set()  # a row for one of these keys is refused (a bad row)
         self.batches: list[int] = []
@@ -165,7 +166,7 @@ class MemoryResults:
         self.batches.append(len(records))
         stored = []
         for r in records:
-            identity = (r.bucket, r.key, r.etag, r.model)
+            identity = (r.bucket, r.key, r.etag, r.model_name, r.model)
             if identity in self.rows:
                 row = self.rows[identity]
                 stored.append(StoredResult(row.output, row.inference_ms, created=False))
@@ -222,6 +223,25 @@ class FakeModel:
         ]
 
 
+class FakeCaptioner:
+    """Captions each image with its first pixel value; records the sizes it saw, like FakeModel."""
+
+    version = "captioner@1"
+    untrained = False
+    device = "cpu"
+    input_size = 16
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
+        self.batches.append([(img.shape[1], img.shape[0]) for img in images])
+        return [
+            Captions(width=img.shape[1], height=img.shape[0], items=(Caption(f"grey {int(img[0, 0, 0])}", -0.5),))
+            for img in images
+        ]
+
+
 @dataclass
 class FakeQueue:
     """An SQS stand-in for the poller: messages in ``inbox``; deletes and visibility changes recorded."""
@@ -273,6 +293,7 @@ def message(*objects: ObjectCreated, message_id: str = "m1", receipt: str = "r1"
             "eventName": "ObjectCreated:Put",
             "eventTime": "2026-11-24T10:00:00.000Z",
             "s3": {"bucket": {"name": o.bucket}, "object": {"key": o.key, "eTag": o.etag, "size": 1}},
+            **({"visionq": {"model": o.model}} if o.model else {}),
         }
         for o in objects
     ]

@@ -25,13 +25,22 @@ from visionq.core import Processor
 from visionq.errors import TransientError
 from visionq.events import ObjectCreated
 from visionq.jobs import Job, JobError, JobStatus, direct_upload_job_id, utc_now_iso
+from visionq.models.registry import LoadedModels
 from visionq.work_items import Expiry, Outcome
 
 T = TypeVar("T")
 
 
 class Harness:
-    def __init__(self, *, max_batch: int = 1, max_wait: float = 0.0, model: FakeModel | None = None, **overrides: Any):
+    def __init__(
+        self,
+        *,
+        max_batch: int = 1,
+        max_wait: float = 0.0,
+        model: FakeModel | None = None,
+        models: LoadedModels | None = None,
+        **overrides: Any,
+    ):
         self.jobs = MemoryJobStore()
         self.objects = MemoryObjects()
         self.results = MemoryResults()
@@ -41,7 +50,7 @@ class Harness:
             jobs=self.jobs,
             objects=self.objects,
             results=self.results,
-            model=self.model,
+            models=models or LoadedModels.of(self.model),
             max_batch=max_batch,
             max_wait=max_wait,
         )
@@ -154,7 +163,7 @@ def test_a_redelivery_of_a_failed_job_removes_a_result_left_by_a_crash() -> None
     obj = h.put("crashed", 7)
     job_id = h.job_of(obj)
     h.jobs.mark_failed(job_id, JobError("deadline_exceeded", "x"), obj=obj.ref, expires_at=1)
-    h.results.rows[(obj.bucket, obj.key, obj.etag, "fake@1")] = Row(job_id, {"kind": "detections"}, 1.0)
+    h.results.rows[(obj.bucket, obj.key, obj.etag, "default", "fake@1")] = Row(job_id, {"kind": "detections"}, 1.0)
     h.results.faults.fail("discard", TransientError("PostgreSQL unavailable"))
     assert h.run(lambda: h.process(message(obj))) is Outcome.RETRY  # not acknowledged while the row stands
     assert h.results.for_job(job_id) != []
@@ -175,7 +184,7 @@ def test_the_job_summary_is_made_from_the_row_postgres_keeps() -> None:
     obj = h.put("twice", 9)
     job_id = h.job_of(obj)
     earlier = {"kind": "detections", "image": {"width": 32, "height": 24}, "detections": []}
-    h.results.rows[(obj.bucket, obj.key, obj.etag, "fake@1")] = Row(job_id, earlier, 12.5)
+    h.results.rows[(obj.bucket, obj.key, obj.etag, "default", "fake@1")] = Row(job_id, earlier, 12.5)
     assert h.run(lambda: h.process(message(obj))) is Outcome.DONE
     job = h.jobs.jobs[job_id]
     assert job.result is not None

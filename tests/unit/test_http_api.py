@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -69,6 +70,34 @@ def test_create_job_returns_a_presigned_post_for_its_own_key(client: TestClient)
     assert body["upload"]["fields"]["Content-Type"] == "image/jpeg"
     assert "policy" in body["upload"]["fields"]
     assert client.get(f"/v1/jobs/{body['job_id']}").json()["status"] == "PENDING"
+
+
+def test_a_job_asks_for_a_model_by_name_and_an_unknown_one_is_a_400(
+    settings: ApiSettings, keys: ApiKeyStore, tmp_path: Path
+) -> None:
+    registry = tmp_path / "models.toml"
+    registry.write_text(
+        'default = "detect"\n[models.detect]\nweights = "yolo11n.pt"\n'
+        '[models.caption]\nfamily = "blip"\nweights = "blip/"\n'
+    )
+    settings = settings.model_copy(update={"models_file": registry})
+    app = create_app(
+        settings,
+        jobs=DynamoJobStore(keys._client, "jobs"),
+        keys=keys,
+        s3_client=boto3.client("s3", region_name="us-east-1"),
+    )
+    key, _ = keys.create("tests")
+    client = TestClient(app, raise_server_exceptions=False, headers={"x-api-key": key})
+    assert client.get("/v1/models").json() == {"default": "detect", "models": ["caption", "detect"]}
+    job = {"filename": "a.jpg", "content_type": "image/jpeg"}
+    caption = client.post("/v1/jobs", json={**job, "model": "caption"}).json()
+    assert client.get(f"/v1/jobs/{caption['job_id']}").json()["model"] == "caption"
+    default = client.post("/v1/jobs", json=job).json()
+    assert client.get(f"/v1/jobs/{default['job_id']}").json()["model"] == "detect"
+    response = client.post("/v1/jobs", json={**job, "model": "nosuch"})
+    assert_error(response, 400, "unknown_model")
+    assert "caption, detect" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import pytest
 from tests.unit.fakes import FakeModel, FakeQueue, MemoryJobStore, MemoryObjects, MemoryResults, message, png, settings
 from visionq.core import Processor
 from visionq.jobs import JobStatus, direct_upload_job_id
+from visionq.models.registry import LoadedModels
 from visionq.poller import Pipeline, Poller
 from visionq.stores.queue import Message
 
@@ -27,7 +28,7 @@ class Rig:
             jobs=self.jobs,
             objects=self.objects,
             results=self.results,
-            model=self.model,
+            models=LoadedModels.of(self.model),
             max_batch=1,
             max_wait=0.0,
         )

@@ -1,13 +1,14 @@
-"""Ultralytics YOLO behind the ``Model`` interface: boxes for a batch of images.
+"""Ultralytics YOLO behind the ``Model`` interface: detect, segment, classify, pose and oriented
+boxes from one loader, each task's results turned into its typed output.
 
-Loaded once per process (``load_detector``) and handed to the worker.
+Loaded once per process (``load_ultralytics``) and handed to the worker.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,29 @@ import numpy as np
 from visionq.errors import ModelUnavailable
 from visionq.models import pick_device
 from visionq.models.digest import weights_digest
-from visionq.outputs import Box, Detections
+from visionq.models.spec import ModelSpec
+from visionq.outputs import (
+    Box,
+    Classifications,
+    ClassScore,
+    Detections,
+    ModelOutput,
+    OrientedBox,
+    OrientedBoxes,
+    Pose,
+    Poses,
+    Segment,
+    Segments,
+)
 
 logger = logging.getLogger(__name__)
 
 # What Ultralytics uses for a model that does not say what size it was trained at.
 _ULTRALYTICS_DEFAULT_SIZE = 640
+TASKS = ("detect", "segment", "classify", "pose", "obb")
 
 
-class UltralyticsDetector:
+class UltralyticsModel:
     def __init__(
         self,
         model: Any,
@@ -34,14 +49,18 @@ class UltralyticsDetector:
         device: str,
         image_size: int | None = None,
         confidence: float = 0.25,
+        top_k: int = 5,
     ) -> None:
         self._model = model
         self._version = version
         self._untrained = untrained
         self._device = device
+        self.task: str = model.task
         self.image_size = image_size
         self.confidence = confidence
+        self.top_k = top_k
         self.half = device.startswith("cuda")  # fp16 on a GPU: twice the throughput, same boxes
+        self._convert: Callable[[Any, np.ndarray], ModelOutput] = getattr(self, f"_{self.task}")
 
     @property
     def version(self) -> str:
@@ -68,7 +87,7 @@ class UltralyticsDetector:
         trained = getattr(self._model, "overrides", {}).get("imgsz")
         return int(trained) if isinstance(trained, int) else _ULTRALYTICS_DEFAULT_SIZE
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def predict(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
         if not images:
             return []
         # Ultralytics treats numpy arrays as BGR (OpenCV's order); ours are RGB.
@@ -81,81 +100,181 @@ class UltralyticsDetector:
             quantize=16 if self.half else None,
             verbose=False,
         )
-        predictions = []
-        for image, result in zip(images, results, strict=True):
-            names = result.names
-            boxes = result.boxes
-            xyxy = boxes.xyxy.cpu().numpy().tolist()
-            confs = boxes.conf.cpu().numpy().tolist()
-            classes = boxes.cls.cpu().numpy().astype(int).tolist()
-            boxes = tuple(
-                Box(
-                    class_id=c,
-                    label=str(names.get(c, c)) if isinstance(names, dict) else str(names[c]),
-                    confidence=round(float(p), 5),
-                    x1=round(b[0], 2),
-                    y1=round(b[1], 2),
-                    x2=round(b[2], 2),
-                    y2=round(b[3], 2),
-                )
-                for b, p, c in zip(xyxy, confs, classes, strict=True)
+        return [self._convert(result, image) for image, result in zip(images, results, strict=True)]
+
+    # --- one converter per task: Ultralytics' result for one image -> its typed output ----------
+
+    def _detect(self, result: Any, image: np.ndarray) -> Detections:
+        return Detections(width=image.shape[1], height=image.shape[0], items=tuple(_boxes(result.boxes, result.names)))
+
+    def _segment(self, result: Any, image: np.ndarray) -> Segments:
+        boxes = _boxes(result.boxes, result.names)
+        # masks.xy: each instance's outline in the pixels of the image given (empty when none found).
+        polygons = result.masks.xy if result.masks is not None else []
+        segments = tuple(
+            Segment(
+                class_id=box.class_id,
+                label=box.label,
+                confidence=box.confidence,
+                box=box,
+                polygon=tuple((round(float(x), 2), round(float(y), 2)) for x, y in polygon),
             )
-            predictions.append(Detections(width=image.shape[1], height=image.shape[0], items=boxes))
-        return predictions
+            for box, polygon in zip(boxes, polygons, strict=True)
+        )
+        return Segments(width=image.shape[1], height=image.shape[0], items=segments)
+
+    def _classify(self, result: Any, image: np.ndarray) -> Classifications:
+        probs = result.probs.data.float().cpu().numpy()
+        best = np.argsort(-probs)[: self.top_k]
+        classes = tuple(
+            ClassScore(class_id=int(c), label=_label(result.names, int(c)), score=round(float(probs[c]), 5))
+            for c in best
+        )
+        return Classifications(width=image.shape[1], height=image.shape[0], items=classes)
+
+    def _pose(self, result: Any, image: np.ndarray) -> Poses:
+        boxes = _boxes(result.boxes, result.names)
+        points = result.keypoints.data.cpu().numpy().tolist() if result.keypoints is not None else []
+        poses = tuple(
+            Pose(
+                class_id=box.class_id,
+                label=box.label,
+                confidence=box.confidence,
+                box=box,
+                keypoints=tuple(_keypoint(p) for p in instance),
+            )
+            for box, instance in zip(boxes, points, strict=True)
+        )
+        return Poses(width=image.shape[1], height=image.shape[0], items=poses)
+
+    def _obb(self, result: Any, image: np.ndarray) -> OrientedBoxes:
+        obb = result.obb
+        xywhr = obb.xywhr.cpu().numpy().tolist()
+        corners = obb.xyxyxyxy.cpu().numpy().tolist()
+        confs = obb.conf.cpu().numpy().tolist()
+        classes = obb.cls.cpu().numpy().astype(int).tolist()
+        boxes = tuple(
+            OrientedBox(
+                class_id=c,
+                label=_label(result.names, c),
+                confidence=round(float(p), 5),
+                cx=round(r[0], 2),
+                cy=round(r[1], 2),
+                width=round(r[2], 2),
+                height=round(r[3], 2),
+                angle=round(r[4], 5),
+                corners=tuple((round(x, 2), round(y, 2)) for x, y in quad),
+            )
+            for r, quad, p, c in zip(xywhr, corners, confs, classes, strict=True)
+        )
+        return OrientedBoxes(width=image.shape[1], height=image.shape[0], items=boxes)
+
+
+def _label(names: Any, class_id: int) -> str:
+    return str(names.get(class_id, class_id)) if isinstance(names, dict) else str(names[class_id])
+
+
+def _keypoint(point: list[float]) -> tuple[float, float, float]:
+    x, y, *rest = point
+    return (round(x, 2), round(y, 2), round(rest[0], 4) if rest else 1.0)
+
+
+def _boxes(boxes: Any, names: Any) -> list[Box]:
+    xyxy = boxes.xyxy.cpu().numpy().tolist()
+    confs = boxes.conf.cpu().numpy().tolist()
+    classes = boxes.cls.cpu().numpy().astype(int).tolist()
+    return [
+        Box(
+            class_id=c,
+            label=_label(names, c),
+            confidence=round(float(p), 5),
+            x1=round(b[0], 2),
+            y1=round(b[1], 2),
+            x2=round(b[2], 2),
+            y2=round(b[3], 2),
+        )
+        for b, p, c in zip(xyxy, confs, classes, strict=True)
+    ]
+
+
+def load_ultralytics(spec: ModelSpec, weights: str, *, device: str | None = None, seed: int = 0) -> UltralyticsModel:
+    """Load a YOLO model of any task from a weights path, an Ultralytics model name, or a model yaml.
+
+    A yaml builds the untrained architecture (seeded, so every process builds the same one). A
+    name whose weights are not on disk is downloaded by Ultralytics where there is network; where
+    there is none, this fails with one sentence saying how to supply the weights. ``spec.task``
+    (when given) must match what the weights are.
+    """
+    from ultralytics import YOLO  # type: ignore[attr-defined]
+
+    device = pick_device(device)
+    untrained = weights.endswith((".yaml", ".yml"))
+    started = time.perf_counter()
+    if spec.task is not None and spec.task not in TASKS:
+        raise ModelUnavailable(f"model {spec.name!r}: Ultralytics has no task {spec.task!r} (one of {TASKS})")
+    try:
+        if untrained:
+            import torch
+
+            torch.manual_seed(seed)
+            model = YOLO(weights)  # the task is what the weights say; checked below
+            version = f"{Path(weights).name}@seed{seed}"
+        else:
+            model = YOLO(weights)  # the task is what the weights say; checked below
+            path = Path(getattr(model, "ckpt_path", None) or weights)
+            version = f"{path.name}@{weights_digest(path)}" if path.exists() else path.name
+    except Exception as exc:  # Ultralytics raises plain exceptions for failed downloads and bad files
+        raise ModelUnavailable(_how_to_supply(spec, weights, exc)) from exc
+    if spec.task is not None and model.task != spec.task:
+        raise ModelUnavailable(
+            f"model {spec.name!r}: the weights {weights!r} are a {model.task} model, not {spec.task} as configured"
+        )
+    model.to(device)
+    network: Any = model.model
+    network.eval()
+    loaded = UltralyticsModel(
+        model,
+        version=version,
+        untrained=untrained,
+        device=device,
+        image_size=spec.option("image_size"),
+        confidence=float(spec.option("confidence", 0.25)),
+        top_k=int(spec.option("top_k", 5)),
+    )
+    loaded.warm_up()
+    logger.info(
+        "model %s loaded: %s (%s) on %s in %.0f ms%s",
+        spec.name,
+        version,
+        loaded.task,
+        device,
+        (time.perf_counter() - started) * 1000,
+        " (UNTRAINED architecture: its outputs are meaningless)" if untrained else "",
+    )
+    return loaded
 
 
 def load_detector(
-    spec: str,
+    weights: str,
     *,
     device: str | None = None,
     image_size: int | None = None,
     confidence: float = 0.25,
     seed: int = 0,
-) -> UltralyticsDetector:
-    """Load a YOLO model from a weights path, an Ultralytics model name, or a model yaml.
-
-    A yaml builds the untrained architecture (seeded, so every process builds the same one).
-    A name whose weights are not on disk is downloaded by Ultralytics where there is network;
-    where there is none, this fails with a message saying how to supply the weights.
-    """
-    from ultralytics import YOLO  # type: ignore[attr-defined]
-
-    device = pick_device(device)
-    untrained = spec.endswith((".yaml", ".yml"))
-    started = time.perf_counter()
-    if untrained:
-        import torch
-
-        torch.manual_seed(seed)
-        model = YOLO(spec, task="detect")
-        version = f"{Path(spec).name}@seed{seed}"
-    else:
-        try:
-            model = YOLO(spec, task="detect")
-        except Exception as exc:  # Ultralytics raises plain exceptions for failed downloads
-            raise ModelUnavailable(_how_to_supply(spec) + f" ({type(exc).__name__}: {exc})") from exc
-        weights = Path(getattr(model, "ckpt_path", None) or spec)
-        version = f"{weights.name}@{weights_digest(weights)}" if weights.exists() else weights.name
-    model.to(device)
-    network: Any = model.model
-    network.eval()
-    detector = UltralyticsDetector(
-        model, version=version, untrained=untrained, device=device, image_size=image_size, confidence=confidence
-    )
-    detector.warm_up()
-    logger.info(
-        "model loaded: %s on %s in %.0f ms%s",
-        version,
-        device,
-        (time.perf_counter() - started) * 1000,
-        " (UNTRAINED architecture: detections are meaningless)" if untrained else "",
-    )
-    return detector
+) -> UltralyticsModel:
+    """One Ultralytics model from its weights alone (the single-model worker, the benchmarks)."""
+    options: dict[str, Any] = {"confidence": confidence}
+    if image_size:
+        options["image_size"] = image_size
+    spec = ModelSpec(name=Path(weights).stem, family="ultralytics", weights=weights, options=options)
+    return load_ultralytics(spec, weights, device=device, seed=seed)
 
 
-def _how_to_supply(spec: str) -> str:
+def _how_to_supply(spec: ModelSpec, weights: str, exc: Exception) -> str:
+    if Path(weights).exists():
+        return f"model {spec.name!r}: the weights {weights!r} could not be loaded ({type(exc).__name__}: {exc})"
     return (
-        f"model weights {spec!r} are not on disk and cannot be downloaded here. Supply them: "
-        f"download {spec} on a machine with network and pass its path with --model/VISIONQ_MODEL, "
-        "or choose an untrained architecture explicitly (e.g. --model yolo11n.yaml) for a smoke test."
+        f"model {spec.name!r}: the weights {weights!r} are not on disk and cannot be downloaded here "
+        f"({type(exc).__name__}); supply a weights file (--model or VISIONQ_MODEL; `weights` in a registry), "
+        "or an architecture yaml such as yolo11n.yaml for an untrained smoke test"
     )

@@ -102,7 +102,8 @@ class DynamoJobStore:
 
     def claim(self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int) -> Job:
         """A worker takes the object: the job becomes RUNNING, created first if the object was put
-        into the bucket directly. One conditional write, so one request per image.
+        into the bucket directly. One conditional write, so one request per image. ``model`` is the
+        model to record if the job names none yet; the returned job says which model it gets.
 
         Returns the job as it now stands; a job already finished (a duplicate or redelivered
         event) is returned unchanged, for the caller to acknowledge without running it again.
@@ -111,8 +112,11 @@ class DynamoJobStore:
             attributes = self._apply(
                 CLAIM,
                 job_id,
-                {**_object_fields(obj), "model": model},
+                _object_fields(obj),
                 expires_at=expires_at,
+                # The model named when the job was created (through the API) stands; a direct upload's
+                # record gets the one its key names.
+                if_absent={"model": model},
                 return_new=True,
             )
         except TransitionRejected:
@@ -147,6 +151,7 @@ class DynamoJobStore:
         expires_at: int | None = None,
         may_create: bool = True,
         remove: tuple[str, ...] = (),
+        if_absent: dict[str, Any] | None = None,
         return_new: bool = False,
     ) -> dict[str, Any] | None:
         """Move ``job_id`` along ``transition`` if its current state allows; else TransitionRejected."""
@@ -158,6 +163,10 @@ class DynamoJobStore:
             names[f"#f{i}"] = name
             values[f":f{i}"] = value
             sets.append(f"#f{i} = :f{i}")
+        for i, (name, value) in enumerate((if_absent or {}).items()):
+            names[f"#a{i}"] = name
+            values[f":a{i}"] = value
+            sets.append(f"#a{i} = if_not_exists(#a{i}, :a{i})")
         creates = transition.creates and may_create
         if creates:
             values[":ttl"] = expires_at if expires_at is not None else 0

@@ -1,11 +1,11 @@
 """The results destination (PostgreSQL): ``results`` and, per output kind, rows beside it
-(``detections`` for boxes), written idempotently: the first row for an identity stands."""
+(``stores/output_rows.py``), written idempotently: the first row for an identity stands."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,7 +14,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from visionq.errors import TransientError, VisionqError
-from visionq.outputs import Detections, ModelOutput
+from visionq.outputs import ModelOutput
+from visionq.stores.output_rows import insert_output_rows
 from visionq.stores.postgres import PostgresTimeouts, connect
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ class ResultRecord:
     bucket: str
     key: str
     etag: str
-    model: str
+    model_name: str  # the registry's name for it
+    model: str  # its version (the weights' digest)
     output: ModelOutput
     timings: dict[str, float] = field(default_factory=dict)
     object_created_at: float | None = None  # epoch seconds, from the S3 event
@@ -53,40 +55,17 @@ class ResultStore(Protocol):
 # First writer wins, as in the job record: a redelivered or duplicated event finds the row there and
 # keeps it, so what the job record summarises is always exactly what this table holds.
 _INSERT_RESULT = """
-INSERT INTO results (job_id, bucket, key, etag, model, kind, width, height, detection_count,
+INSERT INTO results (job_id, bucket, key, etag, model_name, model, kind, width, height, item_count,
                      inference_ms, total_ms, timings, output, object_created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))
 ON CONFLICT ON CONSTRAINT results_identity DO NOTHING
 RETURNING id
 """
 
 _EXISTING_RESULT = """
-SELECT output, inference_ms FROM results WHERE bucket = %s AND key = %s AND etag = %s AND model = %s
+SELECT output, inference_ms FROM results
+WHERE bucket = %s AND key = %s AND etag = %s AND model_name = %s AND model = %s
 """
-
-_INSERT_DETECTION = """
-INSERT INTO detections (result_id, idx, job_id, class_id, label, confidence, x1, y1, x2, y2)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-"""
-
-
-def _insert_detections(cur: psycopg.Cursor[Any], result_id: int, record: ResultRecord) -> None:
-    assert isinstance(record.output, Detections)
-    boxes = record.output.items
-    if boxes:
-        cur.executemany(
-            _INSERT_DETECTION,
-            [
-                (result_id, i, record.job_id, b.class_id, b.label, b.confidence, b.x1, b.y1, b.x2, b.y2)
-                for i, b in enumerate(boxes)
-            ],
-        )
-
-
-# Per output kind, the query-friendly rows that go beside ``results`` (boxes into ``detections``).
-_CHILD_ROWS: dict[str, Callable[[psycopg.Cursor[Any], int, ResultRecord], None]] = {
-    Detections.kind: _insert_detections,
-}
 
 
 class PostgresResultStore:
@@ -119,6 +98,7 @@ class PostgresResultStore:
                         record.bucket,
                         record.key,
                         record.etag,
+                        record.model_name,
                         record.model,
                         record.output.kind,
                         record.output.width,
@@ -133,10 +113,11 @@ class PostgresResultStore:
                 )
                 row = cur.fetchone()
                 if row is not None:
-                    _CHILD_ROWS[record.output.kind](cur, row[0], record)
+                    insert_output_rows(cur, row[0], record.job_id, record.output)
                     stored.append(StoredResult(output, record.timings.get("inference_ms"), created=True))
                     continue
-                cur.execute(_EXISTING_RESULT, (record.bucket, record.key, record.etag, record.model))
+                identity = (record.bucket, record.key, record.etag, record.model_name, record.model)
+                cur.execute(_EXISTING_RESULT, identity)
                 existing = cur.fetchone()
                 assert existing is not None  # the conflict that skipped our insert is this row
                 stored.append(StoredResult(existing[0], existing[1], created=False))
@@ -154,10 +135,6 @@ class PostgresResultStore:
             cur.execute("SELECT output FROM results WHERE job_id = %s ORDER BY created_at DESC LIMIT 1", (job_id,))
             row = cur.fetchone()
         return dict(row[0]) if row else None
-
-    def apply_schema(self, sql: str) -> None:
-        with self._transaction() as cur:
-            cur.execute(sql.encode())
 
     def close(self) -> None:
         with self._lock:

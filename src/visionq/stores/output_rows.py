@@ -1,0 +1,62 @@
+"""Per output kind, the query-friendly rows written beside ``results`` in the same transaction:
+boxes into ``detections``, captions into ``captions``, top-k classes into ``classifications``,
+masks (as polygons) into ``segments``, keypoints into ``keypoints``, rotated boxes into
+``oriented_boxes``. Tables: ``infra/migrations/0003_model_outputs.sql``. Each row carries the
+job id, so ``SELECT ... WHERE job_id = ...`` needs no join."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from visionq.outputs import (
+    Box,
+    Captions,
+    Classifications,
+    Detections,
+    ModelOutput,
+    OrientedBoxes,
+    Poses,
+    Segments,
+)
+
+_BOX = "class_id, label, confidence, x1, y1, x2, y2"
+
+
+def _box(b: Box) -> tuple[Any, ...]:
+    return (b.class_id, b.label, b.confidence, b.x1, b.y1, b.x2, b.y2)
+
+
+def _rows(output: ModelOutput) -> tuple[str, str, Sequence[tuple[Any, ...]]]:
+    """(table, its columns after result_id/idx/job_id, one tuple per item) for ``output``."""
+    if isinstance(output, Detections):
+        return "detections", _BOX, [_box(b) for b in output.items]
+    if isinstance(output, Captions):
+        return "captions", "text, score", [(c.text, c.score) for c in output.items]
+    if isinstance(output, Classifications):
+        return "classifications", "class_id, label, score", [(c.class_id, c.label, c.score) for c in output.items]
+    if isinstance(output, Segments):
+        return "segments", f"{_BOX}, polygon", [(*_box(s.box), Jsonb(s.polygon)) for s in output.items]
+    if isinstance(output, Poses):
+        return "keypoints", f"{_BOX}, points", [(*_box(p.box), Jsonb(p.keypoints)) for p in output.items]
+    if isinstance(output, OrientedBoxes):
+        columns = "class_id, label, confidence, cx, cy, width, height, angle, corners"
+        rows = [
+            (o.class_id, o.label, o.confidence, o.cx, o.cy, o.width, o.height, o.angle, Jsonb(o.corners))
+            for o in output.items
+        ]
+        return "oriented_boxes", columns, rows
+    raise TypeError(f"no table for output kind {type(output).__name__}")
+
+
+def insert_output_rows(cur: psycopg.Cursor[Any], result_id: int, job_id: str, output: ModelOutput) -> None:
+    table, columns, rows = _rows(output)
+    if not rows:
+        return
+    width = len(rows[0])
+    placeholders = ", ".join(["%s"] * (3 + width))
+    sql = f"INSERT INTO {table} (result_id, idx, job_id, {columns}) VALUES ({placeholders})"
+    cur.executemany(sql.encode(), [(result_id, i, job_id, *row) for i, row in enumerate(rows)])
