@@ -10,12 +10,14 @@ unavailable or its deadline came in a driver that retries. The drivers (``poller
 long-running worker; ``functions/sqs_worker.py``, AWS Lambda) only receive, keep leases, and
 delete or give back messages by that outcome.
 
-Two rules hold whatever fails, and each is enforced in one place here:
+Two rules hold whatever fails, and each is enforced in one place:
 - a job and its result agree: PostgreSQL keeps the first row written for a result identity and the
-  job record's summary is made from that row (``_succeed``);
+  job record's summary is made from that row (``settle.Settler.succeed``);
 - a FAILED job has no result: recording a failure removes any result row of the job before the
-  message is acknowledged (``_settle_failed``), and a deadline cannot fail an item whose result is
-  already being written (``work_items``).
+  message is acknowledged (``settle.Settler.settle_failed``), and a deadline cannot fail an item
+  whose result is already being written (``work_items``).
+
+Each job gets the model its record names (``models/registry.py``); images are batched per model.
 """
 
 from __future__ import annotations
@@ -25,43 +27,27 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from visionq.batching import MicroBatcher
 from visionq.config import WorkerSettings
-from visionq.errors import ObjectChanged, PermanentError, TransientError, TransitionRejected
+from visionq.errors import ObjectChanged, PermanentError, TransientError
 from visionq.events import MalformedEvent, ObjectCreated, parse_s3_event
 from visionq.faults import Failpoints
 from visionq.images import ImageLimits, decode_image
 from visionq.jobs import JobError, JobStatus, job_id_for_object, job_id_in_key, ttl_from_now
 from visionq.models import Model
 from visionq.models.registry import LoadedModels
-from visionq.outputs import ModelOutput, summarize
+from visionq.outputs import ModelOutput
+from visionq.settle import BoundedCalls, ProcessingStats, Settler, log_state, ms_since, run_in
 from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import ObjectReader
 from visionq.stores.queue import Message
-from visionq.stores.result_store import ResultRecord, ResultStore, StoredResult
+from visionq.stores.result_store import ResultRecord, ResultStore
 from visionq.work_items import Expiry, Outcome, Stage, WorkItem
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-@dataclass
-class ProcessingStats:
-    messages: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    duplicates: int = 0
-    retried: int = 0
-    batches: int = 0
-    batched_images: int = 0
-    model_seconds: float = 0.0
-    aws_requests: dict[str, int] = field(default_factory=dict)  # by "service.Operation", set by the driver
 
 
 class Processor:
@@ -90,8 +76,9 @@ class Processor:
         # Decoding is CPU work and store calls block (boto3, psycopg): both stay off the event loop.
         # The model gets a thread of its own, so forward passes never queue behind anything else.
         self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-        self._store_pool = ThreadPoolExecutor(8, thread_name_prefix="store")
+        self._calls = BoundedCalls(settings.store_timeout_seconds)
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._settler = Settler(settings=settings, jobs=jobs, results=results, calls=self._calls, stats=self.stats)
         self._preparing = 0
         # Batches are formed per model; forward passes of all models share the one infer thread.
         self._batchers: dict[str, MicroBatcher[WorkItem]] = {
@@ -118,8 +105,9 @@ class Processor:
                     stage.cancel()
 
     def close(self) -> None:
-        for pool in (self._decode_pool, self._infer_pool, self._store_pool):
+        for pool in (self._decode_pool, self._infer_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        self._calls.close()
         self.results.close()
 
     async def process(self, message: Message, *, deadline: float, on_expiry: Expiry) -> Outcome:
@@ -185,7 +173,7 @@ class Processor:
         obj = item.obj
         requested = obj.model or self.models.registry.model_for_key(self.settings.upload_prefix, obj.key)
         try:
-            job = await self._store(
+            job = await self._calls.store(
                 self.jobs.claim,
                 item.job_id,
                 obj.ref,
@@ -196,17 +184,17 @@ class Processor:
             if job.status.terminal:
                 logger.info("duplicate event for a finished job", extra=item.log_extra(status=str(job.status)))
                 self.stats.duplicates += 1
-                return await self._settle_failed(item) if job.status is JobStatus.FAILED else Outcome.DONE
-            self._log_state(item, JobStatus.RUNNING)
+                return await self._settler.settle_failed(item) if job.status is JobStatus.FAILED else Outcome.DONE
+            log_state(item, JobStatus.RUNNING)
             model = self.models.get(item.model_name)  # unknown or not loaded here: FAILED, permanent
             self.failpoints.check_key(obj.key)
             started = time.perf_counter()
-            data = await self._bounded(self.objects.read(obj, max_bytes=self.limits.max_bytes), "read the object")
-            item.timings["fetch_ms"] = _ms_since(started)
+            data = await self._calls.bounded(self.objects.read(obj, max_bytes=self.limits.max_bytes), "read the object")
+            item.timings["fetch_ms"] = ms_since(started)
             started = time.perf_counter()
             decode = functools.partial(decode_image, data, self.limits, max_side=model.input_size)
             item.image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, decode)
-            item.timings["decode_ms"] = _ms_since(started)
+            item.timings["decode_ms"] = ms_since(started)
             return None
         except ObjectChanged as exc:
             if job_id_in_key(self.settings.upload_prefix, obj.key):
@@ -214,18 +202,18 @@ class Processor:
                 # runs it, so this stale event changes nothing.
                 logger.info("stale event: the object was overwritten since", extra=item.log_extra())
                 return Outcome.DONE
-            return await self._fail(item, JobError(code=exc.code, message=exc.message))
+            return await self._settler.fail(item, JobError(code=exc.code, message=exc.message))
         except PermanentError as exc:
-            return await self._fail(item, JobError(code=exc.code, message=exc.message))
+            return await self._settler.fail(item, JobError(code=exc.code, message=exc.message))
         except Exception as exc:  # noqa: BLE001 - any other fault: retry, then a terminal state
-            return await self._retry_or_fail(item, exc)
+            return await self._settler.retry_or_fail(item, exc)
 
     async def _expired(self, item: WorkItem, on_expiry: Expiry) -> Outcome:
         if on_expiry is Expiry.RETRY:
             logger.warning("out of time; the message goes back to the queue", extra=item.log_extra())
             return Outcome.RETRY
         seconds = self.settings.job_deadline_seconds
-        return await self._fail(
+        return await self._settler.fail(
             item, JobError(code="deadline_exceeded", message=f"not finished within {seconds:.0f} s")
         )
 
@@ -251,7 +239,7 @@ class Processor:
             if isinstance(output, Exception) or image is None:
                 if item.enter(Stage.SETTLING):
                     error = JobError(code="model_error", message=f"the model failed on this image ({output!r})")
-                    item.finish(await self._fail(item, error))
+                    item.finish(await self._settler.fail(item, error))
                 continue
             item.image = None  # the pixels are no longer needed
             item.timings["inference_ms"] = elapsed * 1000 / len(batch)
@@ -264,7 +252,7 @@ class Processor:
         """One forward pass; if it raises, one pass per image, so one bad image fails alone."""
         images = [item.image.rgb for item in batch if item.image is not None]
         try:
-            outputs = await self._run(self._infer_pool, model.predict, images)
+            outputs = await run_in(self._infer_pool, model.predict, images)
             if len(outputs) == len(batch):
                 return list(outputs)
             raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(batch)} images")
@@ -294,17 +282,17 @@ class Processor:
                 model_name=item.model_name,
                 model=self.models.models[item.model_name].version,
                 output=output,
-                timings={**item.timings, "total_ms": _ms_since(item.started)},
+                timings={**item.timings, "total_ms": ms_since(item.started)},
                 object_created_at=item.obj.event_time,
             )
             for item, output in ready
         ]
         try:
             # One transaction for the batch: all its rows commit, or none do.
-            stored = await self._store(self.results.record_results, records)
+            stored = await self._calls.store(self.results.record_results, records)
         except TransientError as exc:
             for item, _ in ready:
-                item.finish(await self._retry_or_fail(item, exc))
+                item.finish(await self._settler.retry_or_fail(item, exc))
             return
         except Exception as exc:
             if len(ready) > 1:
@@ -315,112 +303,14 @@ class Processor:
             [(item, _)] = ready
             logger.exception("the result store refused a row", extra=item.log_extra())
             error = JobError(code="result_rejected", message="the result could not be stored")
-            item.finish(await self._fail(item, error))
+            item.finish(await self._settler.fail(item, error))
             return
         outcomes = await asyncio.gather(
-            *(self._succeed(item, row) for (item, _), row in zip(ready, stored, strict=True))
+            *(
+                self._settler.succeed(item, row, model_version=self.models.models[item.model_name].version)
+                for (item, _), row in zip(ready, stored, strict=True)
+            )
         )
         for (item, _), outcome in zip(ready, outcomes, strict=True):
             item.finish(outcome)
         self.failpoints.hit("after_write")
-
-    async def _succeed(self, item: WorkItem, row: StoredResult) -> Outcome:
-        # Made from the row PostgreSQL holds (ours, or an earlier delivery's): the two agree.
-        summary = summarize(row.output, max_items=self.settings.summary_max_items)
-        version = self.models.models[item.model_name].version
-        summary.update(model=item.model_name, model_version=version, inference_ms=round(row.inference_ms or 0.0, 2))
-        try:
-            await self._store(self.jobs.mark_succeeded, item.job_id, summary)
-        except TransitionRejected:
-            return await self._after_rejection(item)
-        except Exception as exc:  # noqa: BLE001 - the row is committed; a redelivery finds it
-            return await self._retry_or_fail(item, exc)
-        self.stats.succeeded += 1
-        self._log_state(item, JobStatus.SUCCEEDED, **{k: v for k, v in summary.items() if k.endswith("_count")})
-        return Outcome.DONE
-
-    # --- failures ------------------------------------------------------------------------------
-
-    async def _fail(self, item: WorkItem, error: JobError) -> Outcome:
-        """Record FAILED (creating the job if it has no record yet), then make sure it has no result."""
-        try:
-            await self._store(
-                self.jobs.mark_failed,
-                item.job_id,
-                error,
-                obj=item.obj.ref,
-                expires_at=ttl_from_now(self.settings.job_ttl_days),
-            )
-        except TransitionRejected:
-            return await self._after_rejection(item)
-        except Exception as exc:  # noqa: BLE001 - not recorded: the message must come back
-            logger.warning("could not record a failure, will retry: %s", exc, extra=item.log_extra())
-            return Outcome.RETRY
-        self.stats.failed += 1
-        self._log_state(item, JobStatus.FAILED, error_code=error.code, error_message=error.message)
-        return await self._settle_failed(item)
-
-    async def _after_rejection(self, item: WorkItem) -> Outcome:
-        """Another delivery ended the job first; if it FAILED, the job must keep no result."""
-        try:
-            job = await self._store(self.jobs.get, item.job_id)
-        except Exception as exc:  # noqa: BLE001
-            return await self._retry_or_fail(item, exc)
-        self.stats.duplicates += 1
-        if job.status is JobStatus.FAILED:
-            return await self._settle_failed(item)
-        return Outcome.DONE if job.status.terminal else Outcome.RETRY
-
-    async def _settle_failed(self, item: WorkItem) -> Outcome:
-        """The one place that enforces "a FAILED job has no result": acknowledged only once true."""
-        try:
-            removed = await self._store(self.results.discard, item.job_id)
-        except Exception as exc:  # noqa: BLE001 - the redelivered message tries again
-            logger.warning("could not remove the result of a failed job: %s", exc, extra=item.log_extra())
-            return Outcome.RETRY
-        if removed:
-            logger.warning("removed %d result row(s) of a FAILED job", removed, extra=item.log_extra())
-        return Outcome.DONE
-
-    async def _retry_or_fail(self, item: WorkItem, exc: Exception) -> Outcome:
-        """Transient or unexpected fault: retry until the attempts are spent, then FAILED."""
-        if item.attempt >= self.settings.max_attempts:
-            logger.error("giving up after %d attempts: %s", item.attempt, exc, extra=item.log_extra())
-            code = "store_unavailable" if isinstance(exc, TransientError) else "processing_error"
-            return await self._fail(
-                item, JobError(code=code, message=f"processing failed after {item.attempt} attempts")
-            )
-        log = logger.warning if isinstance(exc, TransientError) else logger.exception
-        log("attempt %d failed, will retry: %s", item.attempt, exc, extra=item.log_extra())
-        return Outcome.RETRY
-
-    # --- plumbing ------------------------------------------------------------------------------
-
-    async def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A blocking store call, bounded in time: a hung server costs a retry, never a hung worker."""
-        # A call that hangs keeps its pool thread (and that thread's connection) until the server's or
-        # the socket's own timeouts end it; the item moves on now.
-        result: T = await self._bounded(self._run(self._store_pool, fn, *args, **kwargs), fn.__name__)
-        return result
-
-    async def _bounded(self, call: Any, what: str) -> Any:
-        seconds = self.settings.store_timeout_seconds
-        try:
-            async with asyncio.timeout(seconds):
-                return await call
-        except TimeoutError as exc:
-            raise TransientError(f"{what}: no answer within {seconds:.0f} s") from exc
-
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
-
-    def _log_state(self, item: WorkItem, status: JobStatus, **more: Any) -> None:
-        logger.info(
-            "job %s",
-            status,
-            extra=item.log_extra(status=str(status), elapsed_ms=round(_ms_since(item.started), 1), **more),
-        )
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000

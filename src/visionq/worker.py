@@ -13,10 +13,11 @@ import contextlib
 import logging
 
 from visionq.config import WorkerSettings
-from visionq.core import ProcessingStats, Processor
+from visionq.core import Processor
 from visionq.faults import Failpoints
 from visionq.models import Model
 from visionq.poller import Pipeline, Poller
+from visionq.settle import ProcessingStats
 from visionq.stores.object_store import S3ObjectReader
 from visionq.stores.queue import SqsQueue
 

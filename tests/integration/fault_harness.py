@@ -12,7 +12,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -231,14 +230,6 @@ def check_invariants(stack: Stack, work: Workload) -> dict[str, int]:
         "results_lost": len(lost),
         "duplicate_results": len(duplicated),
     }
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def record(name: str, figures: dict[str, Any]) -> None:

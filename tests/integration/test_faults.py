@@ -25,8 +25,8 @@ from tests.integration.fault_harness import (
     make_workload,
     queue_depth,
     record,
-    wait_for,
 )
+from visionq.local_stack import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +72,10 @@ def test_kill_9_at_every_boundary(
     ).start()
     supervisors.append(sup)
 
-    wait_for(lambda: all_terminal(fault_stack, work), timeout=DEADLINE, what="every job terminal")
-    wait_for(lambda: queue_depth(fault_stack, fault_stack.queue_url) == 0, timeout=60, what="an empty queue")
+    wait_until(lambda: all_terminal(fault_stack, work), interval=0.5, timeout=DEADLINE, what="every job terminal")
+    wait_until(
+        lambda: queue_depth(fault_stack, fault_stack.queue_url) == 0, interval=0.5, timeout=60, what="an empty queue"
+    )
     assert sup.stop() == 0
     figures = check_invariants(fault_stack, work)
     # Kills happened at each boundary (armed in turn; the last may find no work left to kill).
@@ -101,15 +103,17 @@ def test_postgres_restart_mid_run(
     def committed() -> int:
         return int(fault_stack.sql("SELECT count(*) FROM results")[0][0])
 
-    wait_for(lambda: committed() >= IMAGES // 4, timeout=DEADLINE, what="a quarter of the results")
+    wait_until(lambda: committed() >= IMAGES // 4, interval=0.5, timeout=DEADLINE, what="a quarter of the results")
     postgres.stop()
     down_at = time.monotonic()
     time.sleep(3)
     postgres.start()
     outage = time.monotonic() - down_at
 
-    wait_for(lambda: all_terminal(fault_stack, work), timeout=DEADLINE, what="every job terminal")
-    wait_for(lambda: queue_depth(fault_stack, fault_stack.queue_url) == 0, timeout=60, what="an empty queue")
+    wait_until(lambda: all_terminal(fault_stack, work), interval=0.5, timeout=DEADLINE, what="every job terminal")
+    wait_until(
+        lambda: queue_depth(fault_stack, fault_stack.queue_url) == 0, interval=0.5, timeout=60, what="an empty queue"
+    )
     assert sup.stop() == 0
     figures = check_invariants(fault_stack, work)
     record("postgres_restart", {**figures, "outage_seconds": round(outage, 1)})
@@ -130,8 +134,10 @@ def test_every_event_delivered_twice(
     sup = Supervisor(fault_stack, tmp_path).start()
     supervisors.append(sup)
 
-    wait_for(lambda: all_terminal(fault_stack, work), timeout=DEADLINE, what="every job terminal")
-    wait_for(lambda: queue_depth(fault_stack, fault_stack.queue_url) == 0, timeout=60, what="an empty queue")
+    wait_until(lambda: all_terminal(fault_stack, work), interval=0.5, timeout=DEADLINE, what="every job terminal")
+    wait_until(
+        lambda: queue_depth(fault_stack, fault_stack.queue_url) == 0, interval=0.5, timeout=60, what="an empty queue"
+    )
     assert sup.stop() == 0
     figures = check_invariants(fault_stack, work)
     record("duplicates", {**figures, "events_delivered": 2 * len(work.good)})
@@ -147,8 +153,9 @@ def test_an_image_that_kills_the_worker_is_parked(
     sup = Supervisor(stack, tmp_path, VISIONQ_CRASH_ON_KEY="uploads/poison/").start()
     supervisors.append(sup)
 
-    wait_for(
+    wait_until(
         lambda: _status(stack, poison_key) == ("FAILED", "poison_message"),
+        interval=0.5,
         timeout=DEADLINE,
         what="the poison job to be FAILED",
     )
@@ -156,7 +163,7 @@ def test_an_image_that_kills_the_worker_is_parked(
     # the worker keeps serving others
     others = make_workload(draw_scene, 5, "healthy")
     others.put_all(stack)
-    wait_for(lambda: all_terminal(stack, others), timeout=DEADLINE, what="the other jobs")
+    wait_until(lambda: all_terminal(stack, others), interval=0.5, timeout=DEADLINE, what="the other jobs")
     assert sup.alive()
     assert sup.stop() == 0
     check_invariants(stack, others)
@@ -165,7 +172,7 @@ def test_an_image_that_kills_the_worker_is_parked(
 
     # The operator's view: `visionq dlq list` shows it; `visionq dlq redrive` reopens and requeues it.
     # (A sweep the shutdown interrupted may have hidden the message for a few seconds.)
-    wait_for(lambda: _visible(stack, stack.dlq_url) == 1, timeout=60, what="the parked message visible")
+    wait_until(lambda: _visible(stack, stack.dlq_url) == 1, interval=0.5, timeout=60, what="the parked message visible")
     listed = _visionq(stack, "dlq", "list")
     assert poison_key in listed and "1 message(s)" in listed
     assert "sent 1 message(s)" in _visionq(stack, "dlq", "redrive")

@@ -39,11 +39,10 @@ class Harness:
         max_wait: float = 0.0,
         model: FakeModel | None = None,
         models: LoadedModels | None = None,
+        stores: tuple[MemoryJobStore, MemoryObjects, MemoryResults] | None = None,
         **overrides: Any,
     ):
-        self.jobs = MemoryJobStore()
-        self.objects = MemoryObjects()
-        self.results = MemoryResults()
+        self.jobs, self.objects, self.results = stores or (MemoryJobStore(), MemoryObjects(), MemoryResults())
         self.model = model or FakeModel()
         self.processor = Processor(
             settings=settings(**overrides),
@@ -54,6 +53,10 @@ class Harness:
             max_batch=max_batch,
             max_wait=max_wait,
         )
+
+    def restarted(self) -> Harness:
+        """A fresh processor (as in another worker process) over the same stores."""
+        return Harness(stores=(self.jobs, self.objects, self.results))
 
     def run(self, body: Callable[[], Awaitable[T]]) -> T:
         async def main() -> T:
@@ -167,9 +170,7 @@ def test_a_redelivery_of_a_failed_job_removes_a_result_left_by_a_crash() -> None
     h.results.faults.fail("discard", TransientError("PostgreSQL unavailable"))
     assert h.run(lambda: h.process(message(obj))) is Outcome.RETRY  # not acknowledged while the row stands
     assert h.results.for_job(job_id) != []
-    h2 = Harness()
-    h2.jobs, h2.results, h2.objects = h.jobs, h.results, h.objects
-    h2.processor.jobs, h2.processor.results, h2.processor.objects = h.jobs, h.results, h.objects
+    h2 = h.restarted()  # another worker process, the same stores
     assert h2.run(lambda: h2.process(message(obj, receive_count=2))) is Outcome.DONE
     assert h.results.for_job(job_id) == []
 
@@ -221,8 +222,7 @@ def test_a_stale_event_of_an_api_job_changes_nothing_and_the_new_upload_runs_it(
     new = h.objects.put(key, png(22))
     assert h.run(lambda: h.process(message(old))) is Outcome.DONE
     assert h.jobs.status(job_id)[0] is JobStatus.RUNNING  # not failed: the newer upload's event runs it
-    h2 = Harness()
-    h2.processor.jobs, h2.processor.objects, h2.processor.results = h.jobs, h.objects, h.results
+    h2 = h.restarted()
     assert h2.run(lambda: h2.process(message(new))) is Outcome.DONE
     assert h.jobs.status(job_id) == (JobStatus.SUCCEEDED, None)
 

@@ -1,0 +1,174 @@
+"""How the core ends a job, and the two rules that hold whatever fails (see ``core.py``):
+
+- a job and its result agree: the job record's summary is made from the row PostgreSQL keeps
+  (``Settler.succeed``);
+- a FAILED job has no result: recording a failure removes any result row of the job before the
+  message is acknowledged (``Settler.settle_failed``).
+
+Every store call here is bounded in time (``BoundedCalls``): a hung server costs a retry, never a
+hung worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from visionq.config import WorkerSettings
+from visionq.errors import TransientError, TransitionRejected
+from visionq.jobs import JobError, JobStatus, ttl_from_now
+from visionq.outputs import summarize
+from visionq.stores.job_store import JobStore
+from visionq.stores.result_store import ResultStore, StoredResult
+from visionq.work_items import Outcome, WorkItem
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class ProcessingStats:
+    messages: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    batches: int = 0
+    batched_images: int = 0
+    model_seconds: float = 0.0
+    aws_requests: dict[str, int] = field(default_factory=dict)  # by "service.Operation", set by the driver
+
+
+async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+
+
+class BoundedCalls:
+    """Blocking store calls on a pool of their own, each given at most ``seconds``."""
+
+    def __init__(self, seconds: float, *, threads: int = 8) -> None:
+        self.seconds = seconds
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="store")
+
+    async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # A call that hangs keeps its pool thread (and that thread's connection) until the server's
+        # or the socket's own timeouts end it; the item moves on now.
+        result: T = await self.bounded(run_in(self.pool, fn, *args, **kwargs), fn.__name__)
+        return result
+
+    async def bounded(self, call: Awaitable[T], what: str) -> T:
+        try:
+            async with asyncio.timeout(self.seconds):
+                return await call
+        except TimeoutError as exc:
+            raise TransientError(f"{what}: no answer within {self.seconds:.0f} s") from exc
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Settler:
+    """Ends jobs: SUCCEEDED from a stored row, FAILED with its error, or the message retried."""
+
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        jobs: JobStore,
+        results: ResultStore,
+        calls: BoundedCalls,
+        stats: ProcessingStats,
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.results = results
+        self.calls = calls
+        self.stats = stats
+
+    async def succeed(self, item: WorkItem, row: StoredResult, *, model_version: str) -> Outcome:
+        # Made from the row PostgreSQL holds (ours, or an earlier delivery's): the two agree.
+        summary = summarize(row.output, max_items=self.settings.summary_max_items)
+        summary.update(
+            model=item.model_name, model_version=model_version, inference_ms=round(row.inference_ms or 0.0, 2)
+        )
+        try:
+            await self.calls.store(self.jobs.mark_succeeded, item.job_id, summary)
+        except TransitionRejected:
+            return await self.after_rejection(item)
+        except Exception as exc:  # noqa: BLE001 - the row is committed; a redelivery finds it
+            return await self.retry_or_fail(item, exc)
+        self.stats.succeeded += 1
+        log_state(item, JobStatus.SUCCEEDED, **{k: v for k, v in summary.items() if k.endswith("_count")})
+        return Outcome.DONE
+
+    async def fail(self, item: WorkItem, error: JobError) -> Outcome:
+        """Record FAILED (creating the job if it has no record yet), then make sure it has no result."""
+        try:
+            await self.calls.store(
+                self.jobs.mark_failed,
+                item.job_id,
+                error,
+                obj=item.obj.ref,
+                expires_at=ttl_from_now(self.settings.job_ttl_days),
+            )
+        except TransitionRejected:
+            return await self.after_rejection(item)
+        except Exception as exc:  # noqa: BLE001 - not recorded: the message must come back
+            logger.warning("could not record a failure, will retry: %s", exc, extra=item.log_extra())
+            return Outcome.RETRY
+        self.stats.failed += 1
+        log_state(item, JobStatus.FAILED, error_code=error.code, error_message=error.message)
+        return await self.settle_failed(item)
+
+    async def after_rejection(self, item: WorkItem) -> Outcome:
+        """Another delivery ended the job first; if it FAILED, the job must keep no result."""
+        try:
+            job = await self.calls.store(self.jobs.get, item.job_id)
+        except Exception as exc:  # noqa: BLE001
+            return await self.retry_or_fail(item, exc)
+        self.stats.duplicates += 1
+        if job.status is JobStatus.FAILED:
+            return await self.settle_failed(item)
+        return Outcome.DONE if job.status.terminal else Outcome.RETRY
+
+    async def settle_failed(self, item: WorkItem) -> Outcome:
+        """The one place that enforces "a FAILED job has no result": acknowledged only once true."""
+        try:
+            removed = await self.calls.store(self.results.discard, item.job_id)
+        except Exception as exc:  # noqa: BLE001 - the redelivered message tries again
+            logger.warning("could not remove the result of a failed job: %s", exc, extra=item.log_extra())
+            return Outcome.RETRY
+        if removed:
+            logger.warning("removed %d result row(s) of a FAILED job", removed, extra=item.log_extra())
+        return Outcome.DONE
+
+    async def retry_or_fail(self, item: WorkItem, exc: Exception) -> Outcome:
+        """Transient or unexpected fault: retry until the attempts are spent, then FAILED."""
+        if item.attempt >= self.settings.max_attempts:
+            logger.error("giving up after %d attempts: %s", item.attempt, exc, extra=item.log_extra())
+            code = "store_unavailable" if isinstance(exc, TransientError) else "processing_error"
+            return await self.fail(
+                item, JobError(code=code, message=f"processing failed after {item.attempt} attempts")
+            )
+        log = logger.warning if isinstance(exc, TransientError) else logger.exception
+        log("attempt %d failed, will retry: %s", item.attempt, exc, extra=item.log_extra())
+        return Outcome.RETRY
+
+
+def log_state(item: WorkItem, status: JobStatus, **more: Any) -> None:
+    logger.info(
+        "job %s",
+        status,
+        extra=item.log_extra(status=str(status), elapsed_ms=round(ms_since(item.started), 1), **more),
+    )
+
+
+def ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
