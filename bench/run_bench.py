@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,11 +217,19 @@ class WorkerProcess:
 
 
 def throughput_run(
-    stack: BenchStack, images: list[bytes], model: str, raw_cpu_ms: float, log: Path, env: dict[str, str]
+    stack: BenchStack,
+    images: list[bytes],
+    model: str,
+    raw_cpu_ms: float,
+    log: Path,
+    env: dict[str, str],
+    *,
+    key_for: Callable[[int], str] = lambda i: f"uploads/bench/{i:06d}.jpg",
 ) -> RunFigures:
+    """N images put into the bucket first, then a worker started and timed until all are done."""
     stack.reset()
     for i, data in enumerate(images):
-        stack.put(f"uploads/bench/{i:06d}.jpg", data)
+        stack.put(key_for(i), data)
     worker = WorkerProcess(stack, model, log, env)
     services = stack.services()
     services_cpu0 = [cpu_seconds(p) for p in services]

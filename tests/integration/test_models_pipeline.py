@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import BUCKET, SHAPES_WEIGHTS, TABLE, RunningWorker, Stack
-from tests.tiny_models import build_tiny_blip
+from tests.tiny_models import build_tiny_blip, build_tiny_image_classifier
 from visionq.errors import JobNotFound
 from visionq.local_stack import wait_until
 from visionq.stores.job_store import DynamoJobStore
@@ -32,9 +32,15 @@ def tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_blip(tmp_path_factory.mktemp("blip"))
 
 
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_image_classifier(tmp_path_factory.mktemp("classifier"))
+
+
 @pytest.fixture
-def registry(stack: Stack, tiny_blip: Path, tmp_path: Path) -> Path:
-    """detect (a local weights file, the default) and caption (a directory in S3)."""
+def registry(stack: Stack, tiny_blip: Path, tiny_classifier: Path, tmp_path: Path) -> Path:
+    """detect (a local weights file, the default), caption (a directory in S3), classify (a local
+    directory, through transformers' pipeline)."""
     stack.s3.create_bucket(Bucket=MODELS_BUCKET)
     for file in sorted(p for p in tiny_blip.rglob("*") if p.is_file()):
         stack.s3.upload_file(str(file), MODELS_BUCKET, f"blip-tiny/{file.relative_to(tiny_blip).as_posix()}")
@@ -42,7 +48,9 @@ def registry(stack: Stack, tiny_blip: Path, tmp_path: Path) -> Path:
     path.write_text(
         'default = "detect"\n\n'
         f'[models.detect]\nfamily = "ultralytics"\nweights = "{SHAPES_WEIGHTS}"\n\n'
-        f'[models.caption]\nfamily = "blip"\nweights = "s3://{MODELS_BUCKET}/blip-tiny/"\nmax_new_tokens = 8\n'
+        f'[models.caption]\nfamily = "blip"\nweights = "s3://{MODELS_BUCKET}/blip-tiny/"\nmax_new_tokens = 8\n\n'
+        f'[models.classify]\nfamily = "transformers"\ntask = "image-classification"\nweights = "{tiny_classifier}"\n'
+        "top_k = 2\n"
     )
     return path
 
@@ -155,6 +163,14 @@ def test_one_worker_serves_two_models_each_result_in_its_tables(
     )
     assert sorted(r[0] for r in boxes) == sorted(detect_ids) and all(r[1] == "detect" and r[2] > 0 for r in boxes)
     assert stack.sql("SELECT count(*) FROM detections WHERE job_id = ANY(%s)", caption_ids) == [(0,)]
+
+    # The third model, a transformers image classifier: its top-k classes in classifications.
+    stack.s3.put_object(Bucket=BUCKET, Key="uploads/models/classify/c.png", Body=_png(draw_scene, 11))
+    classified = _wait_terminal(stack, [_job_of_key(stack, "uploads/models/classify/c.png")]).popitem()[1]
+    assert str(classified.status) == "SUCCEEDED" and classified.result is not None
+    assert classified.result["kind"] == "classifications" and classified.result["class_count"] == 2
+    ranks = stack.sql("SELECT idx, label, score FROM classifications WHERE job_id = %s ORDER BY idx", classified.job_id)
+    assert [r[0] for r in ranks] == [0, 1] and ranks[0][2] >= ranks[1][2]
     assert worker.alive
 
 

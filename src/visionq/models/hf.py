@@ -43,7 +43,7 @@ ZERO_SHOT: Final = "zero-shot-image-classification"
 PIPELINE_TASKS = (IMAGE_CLASSIFICATION, OBJECT_DETECTION, ZERO_SHOT)
 
 # The options each family reads (anything else in a spec's options is logged and ignored).
-BLIP_OPTIONS = ("max_new_tokens", "num_beams", "prompt", "input_size", "revision")
+BLIP_OPTIONS = ("max_new_tokens", "min_new_tokens", "num_beams", "prompt", "input_size", "revision")
 PIPELINE_OPTIONS = {
     IMAGE_CLASSIFICATION: ("top_k", "input_size", "revision"),
     OBJECT_DETECTION: ("threshold", "input_size", "revision"),
@@ -105,6 +105,7 @@ class BlipCaptioner(_HFModel):
         device: str,
         input_size: int | None,
         max_new_tokens: int = 30,
+        min_new_tokens: int = 0,
         num_beams: int = 1,
         prompt: str | None = None,
     ) -> None:
@@ -112,6 +113,7 @@ class BlipCaptioner(_HFModel):
         self._model = model
         self._processor = processor
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
         self.num_beams = num_beams
         self.prompt = prompt
 
@@ -128,6 +130,7 @@ class BlipCaptioner(_HFModel):
             out = model.generate(
                 **inputs,
                 max_new_tokens=self.max_new_tokens,
+                min_new_tokens=self.min_new_tokens,
                 num_beams=self.num_beams,
                 do_sample=False,
                 return_dict_in_generate=True,
@@ -307,8 +310,8 @@ def load_blip(spec: ModelSpec, weights: str, *, device: str) -> BlipCaptioner:
     """A BLIP captioner (``BlipForConditionalGeneration`` + ``BlipProcessor``) from a local
     directory or a hub id (e.g. ``Salesforce/blip-image-captioning-base``).
 
-    Options: ``max_new_tokens`` (30), ``num_beams`` (1), ``prompt`` (a text the caption continues,
-    reported as part of it), ``input_size`` (override the processor's image size; 0: full size),
+    Options: ``max_new_tokens`` (30), ``min_new_tokens`` (0), ``num_beams`` (1), ``prompt`` (a text
+    the caption continues, reported as part of it), ``input_size`` (override the processor's image size; 0: full size),
     ``revision`` (a hub branch, tag or commit).
     """
     from transformers import BlipForConditionalGeneration, BlipProcessor
@@ -317,6 +320,8 @@ def load_blip(spec: ModelSpec, weights: str, *, device: str) -> BlipCaptioner:
         raise ConfigError(f"model {spec.name!r}: the blip family serves {IMAGE_TO_TEXT!r}, not {spec.task!r}.")
     _warn_unknown_options(spec, BLIP_OPTIONS)
     max_new_tokens = _positive_int(spec, "max_new_tokens", 30)
+    # At least this many tokens before the end may come (benchmarks fix the length with it).
+    min_new_tokens = min(int(spec.option("min_new_tokens", 0)), max_new_tokens)
     num_beams = _positive_int(spec, "num_beams", 1)
     prompt = spec.option("prompt")
     if prompt is not None and not isinstance(prompt, str):
@@ -339,6 +344,7 @@ def load_blip(spec: ModelSpec, weights: str, *, device: str) -> BlipCaptioner:
         device=device,
         input_size=_input_size(spec, processor.image_processor),
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         num_beams=num_beams,
         prompt=prompt or None,
     )

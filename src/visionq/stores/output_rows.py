@@ -19,7 +19,9 @@ from visionq.outputs import (
     Detections,
     ModelOutput,
     OrientedBoxes,
+    Pose,
     Poses,
+    Segment,
     Segments,
 )
 
@@ -28,6 +30,11 @@ _BOX = "class_id, label, confidence, x1, y1, x2, y2"
 
 def _box(b: Box) -> tuple[Any, ...]:
     return (b.class_id, b.label, b.confidence, b.x1, b.y1, b.x2, b.y2)
+
+
+def _instance(i: Segment | Pose) -> tuple[Any, ...]:
+    """An instance's own class and confidence, with its box's corners."""
+    return (i.class_id, i.label, i.confidence, i.box.x1, i.box.y1, i.box.x2, i.box.y2)
 
 
 def _rows(output: ModelOutput) -> tuple[str, str, Sequence[tuple[Any, ...]]]:
@@ -39,9 +46,9 @@ def _rows(output: ModelOutput) -> tuple[str, str, Sequence[tuple[Any, ...]]]:
     if isinstance(output, Classifications):
         return "classifications", "class_id, label, score", [(c.class_id, c.label, c.score) for c in output.items]
     if isinstance(output, Segments):
-        return "segments", f"{_BOX}, polygon", [(*_box(s.box), Jsonb(s.polygon)) for s in output.items]
+        return "segments", f"{_BOX}, polygon", [(*_instance(s), Jsonb(s.polygon)) for s in output.items]
     if isinstance(output, Poses):
-        return "keypoints", f"{_BOX}, points", [(*_box(p.box), Jsonb(p.keypoints)) for p in output.items]
+        return "keypoints", f"{_BOX}, points", [(*_instance(p), Jsonb(p.keypoints)) for p in output.items]
     if isinstance(output, OrientedBoxes):
         columns = "class_id, label, confidence, cx, cy, width, height, angle, corners"
         rows = [
