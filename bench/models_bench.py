@@ -77,7 +77,7 @@ def caption_options() -> dict[str, Any]:
 
 
 def raw_captioner(weights: Path, images: list[bytes], repeats: int) -> dict[str, Any]:
-    from visionq.models.hf import load_blip
+    from visionq.models.blip import load_blip
 
     spec = ModelSpec(name="caption", family="blip", weights=str(weights), options=caption_options())
     model = load_blip(spec, str(weights), device="cpu")

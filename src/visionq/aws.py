@@ -61,6 +61,7 @@ def boto3_client(
         endpoint_url=settings.aws_endpoint_url,
         region_name=settings.aws_region,
         config=client_config(settings, connect_timeout=connect_timeout, read_timeout=read_timeout, **config),
+        **settings.credentials(),
     )
 
 
@@ -78,6 +79,7 @@ def aio_client_kwargs(
         "endpoint_url": settings.aws_endpoint_url,
         "region_name": settings.aws_region,
         "config": client_config(settings, connect_timeout=connect_timeout, read_timeout=read_timeout, **config),
+        **settings.credentials(),
     }
 
 

@@ -19,7 +19,6 @@ from visionq.config import (
     DEFAULT_MAX_RECEIVE_COUNT,
     DEFAULT_UPLOAD_PREFIX,
     DEFAULT_VISIBILITY_TIMEOUT,
-    LOCAL_ENV_FILE,
 )
 from visionq.errors import ConfigError, VisionqError
 from visionq.logs import WORKER_CANNOT_START
@@ -211,7 +210,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from visionq.aws import boto3_client
     from visionq.config import KeySettings, load_settings
 
-    _local_env_defaults()
     settings = load_settings(KeySettings)
     store = ApiKeyStore(boto3_client("dynamodb", settings), settings.jobs_table)
     if args.action == "create":
@@ -242,7 +240,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.queue import SqsQueue
 
-    _local_env_defaults()
     settings = load_settings(DeadLetterSettings)
     jobs = DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table)
 
@@ -274,7 +271,6 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     from visionq.jobs import JobStatus
     from visionq.models.registry import UnknownModel, registry_from_settings
 
-    _local_env_defaults()
     settings = load_settings(ReprocessSettings)
     try:
         registry_from_settings(settings).spec(args.model)
@@ -342,21 +338,13 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def _api() -> tuple[str, str | None]:
     """The API's URL and key: from the environment, else from the local stack's local.env."""
-    from visionq.local_stack import read_env_file
+    from visionq.config import ClientSettings, load_settings
 
-    local = read_env_file(LOCAL_ENV_FILE)
-    url = os.environ.get("API_URL") or local.get("API_URL")
-    if not url:
-        raise ConfigError("API_URL is not set and .visionq/local.env does not exist: run `visionq up` first")
-    return url, os.environ.get("VISIONQ_API_KEY") or local.get("VISIONQ_API_KEY")
-
-
-def _local_env_defaults() -> None:
-    """Operator commands: the local stack's names, unless the environment gives others."""
-    from visionq.local_stack import read_env_file
-
-    for key, value in read_env_file(LOCAL_ENV_FILE).items():
-        os.environ.setdefault(key, value)
+    try:
+        settings = load_settings(ClientSettings)
+    except ConfigError as exc:
+        raise ConfigError("API_URL is not set and .visionq/local.env does not exist: run `visionq up` first") from exc
+    return settings.api_url, settings.api_key
 
 
 def _console_logging() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from visionq.errors import ConfigError
@@ -54,6 +54,26 @@ class AwsSettings(BaseSettings):
 
     aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
     aws_region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+    # Credentials that come with the settings (the local stack's env file for operator commands);
+    # unset: boto3's own chain (environment, profile, instance or task role).
+    aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(default=None, validation_alias="AWS_SECRET_ACCESS_KEY")
+
+    def credentials(self) -> dict[str, str]:
+        """Keyword arguments for a boto3/aiobotocore client: the credentials given here, if any."""
+        if self.aws_access_key_id is None or self.aws_secret_access_key is None:
+            return {}
+        return {
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key.get_secret_value(),
+        }
+
+
+class LocalEnvSettings(AwsSettings):
+    """Settings of the operator commands (keys, dlq, reprocess, submit, status): the environment
+    first, then the running local stack's env file, so they work against `visionq up` as they are."""
+
+    model_config = SettingsConfigDict(env_file=LOCAL_ENV_FILE, env_prefix="", extra="ignore", populate_by_name=True)
 
 
 class ApiSettings(AwsSettings):
@@ -127,13 +147,13 @@ class WorkerSettings(AwsSettings):
     lambda_margin_seconds: float = Field(default=10.0, ge=0, validation_alias="VISIONQ_LAMBDA_MARGIN_SECONDS")
 
 
-class KeySettings(AwsSettings):
+class KeySettings(LocalEnvSettings):
     """What `visionq keys` needs: the table the keys live in."""
 
     jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
 
 
-class DeadLetterSettings(AwsSettings):
+class DeadLetterSettings(LocalEnvSettings):
     """What `visionq dlq` needs."""
 
     queue_url: str = Field(validation_alias="VISIONQ_QUEUE_URL")
@@ -142,7 +162,7 @@ class DeadLetterSettings(AwsSettings):
     upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
 
 
-class ReprocessSettings(AwsSettings):
+class ReprocessSettings(LocalEnvSettings):
     """What `visionq reprocess` needs: the work queue, the jobs table and the model registry."""
 
     queue_url: str = Field(validation_alias="VISIONQ_QUEUE_URL")
@@ -150,6 +170,13 @@ class ReprocessSettings(AwsSettings):
     upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
     models_file: Path | None = Field(default=None, validation_alias="VISIONQ_MODELS_FILE")
     model: str = Field(default=DEFAULT_MODEL_WEIGHTS, validation_alias="VISIONQ_MODEL")
+
+
+class ClientSettings(LocalEnvSettings):
+    """Where `visionq submit` / `status` find the API, and the key they present."""
+
+    api_url: str = Field(validation_alias="API_URL")
+    api_key: str | None = Field(default=None, validation_alias="VISIONQ_API_KEY")
 
 
 S = TypeVar("S", bound=BaseSettings)

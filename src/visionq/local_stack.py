@@ -219,18 +219,6 @@ def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     path.write_text("# written by `visionq up`; source it or let the CLI read it\n" + "\n".join(lines) + "\n")
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if not path.exists():
-        return values
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
-
-
 WORKER_START_SECONDS = 600  # loading a model may mean downloading its weights first
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import psutil
 import pytest
+from dotenv import dotenv_values
 
 from tests.conftest import SHAPES_WEIGHTS
-from visionq.local_stack import read_env_file, wait_until
+from visionq.local_stack import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +42,7 @@ def test_up_submit_and_stop_leave_nothing_behind(tmp_path: Path, draw_scene: Cal
     try:
         env_file = tmp_path / ".visionq" / "local.env"
         wait_until(lambda: env_file.exists() and up.poll() is None, timeout=120, what="`visionq up` to write local.env")
-        values = read_env_file(env_file)
+        values = dotenv_values(env_file)  # the parser the CLI's settings use
         for key in (
             "API_URL",
             "AWS_ENDPOINT_URL",

@@ -1,4 +1,5 @@
-"""The HuggingFace families (``visionq.models.hf``) on tiny models built here: nothing is downloaded.
+"""The HuggingFace families (``visionq.models.blip``, ``visionq.models.hf_pipeline``) on tiny models
+built here: nothing is downloaded.
 
 The models are random (seeded), so what they say means nothing; these tests check what the rest of
 visionq relies on: one typed output per image in the given image's pixels, batches that give what
@@ -25,14 +26,9 @@ from tests.tiny_models import (
     build_tiny_image_classifier,
 )
 from visionq.errors import ConfigError, ModelUnavailable
+from visionq.models.blip import BlipCaptioner, load_blip
 from visionq.models.digest import weights_digest
-from visionq.models.hf import (
-    BlipCaptioner,
-    HFDetector,
-    PipelineClassifier,
-    load_blip,
-    load_hf_pipeline,
-)
+from visionq.models.hf_pipeline import HFDetector, PipelineClassifier, load_hf_pipeline
 from visionq.models.spec import ModelSpec
 from visionq.outputs import Captions, Classifications, Detections
 

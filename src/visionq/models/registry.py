@@ -147,10 +147,10 @@ def _load_family(spec: ModelSpec, weights: str, device: str | None) -> Model:
 
         return load_ultralytics(spec, weights, device=device)
     if spec.family == "blip":
-        from visionq.models.hf import load_blip
+        from visionq.models.blip import load_blip
 
         return load_blip(spec, weights, device=_device(device))
-    from visionq.models.hf import load_hf_pipeline
+    from visionq.models.hf_pipeline import load_hf_pipeline
 
     return load_hf_pipeline(spec, weights, device=_device(device))
 
