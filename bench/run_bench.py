@@ -96,7 +96,8 @@ def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> 
     """The loaded model on decoded images: img/s and CPU per image at each batch size."""
     from visionq.models.yolo import load_detector
 
-    detector = load_detector(model, device=os.environ.get("VISIONQ_DEVICE"))
+    backend = os.environ.get("VISIONQ_BACKEND", "auto")  # the worker reads the same variable
+    detector = load_detector(model, device=os.environ.get("VISIONQ_DEVICE"), backend=backend)
     decoded = [decode_image(b, ImageLimits()).rgb for b in images]
     me = psutil.Process()
     detector.predict(decoded[:2])  # warm-up
@@ -331,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     state.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     command = "scripts/bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    report: dict[str, Any] = {"command": command.strip(), "machine": machine(), "model": args.model, "n": args.n}
+    report: dict[str, Any] = {
+        "command": command.strip(),
+        "machine": machine(),
+        "model": args.model,
+        "backend": os.environ.get("VISIONQ_BACKEND", "auto"),
+        "n": args.n,
+    }
     print(f"images: making {args.n}", flush=True)
     images = make_images(args.n)
 
@@ -386,7 +393,7 @@ def summary(r: dict[str, Any]) -> str:
     p, raw = r["pipeline"], r["raw"]
     lines = [
         f"machine: {r['machine']}",
-        f"model: {r['model']} ({raw['version']}), N={r['n']}",
+        f"model: {r['model']} ({raw['version']}), backend {r.get('backend', 'auto')}, N={r['n']}",
         f"(a) raw model, best batch {raw['best_batch']}: {raw['images_per_second']:.2f} img/s",
         f"(b) pipeline: {p['images_per_second']:.2f} img/s  ({p['seconds']:.1f} s)",
     ]

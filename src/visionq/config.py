@@ -110,6 +110,9 @@ class WorkerSettings(AwsSettings):
     device: str | None = Field(default=None, validation_alias="VISIONQ_DEVICE")
     image_size: int | None = Field(default=None, validation_alias="VISIONQ_IMAGE_SIZE")  # None: the model's own
     confidence: float = Field(default=0.25, validation_alias="VISIONQ_CONFIDENCE")
+    # Ultralytics models on a CPU: "auto" runs them on ONNX Runtime (exported once, cached beside the
+    # weights; measured faster here, bench/RESULTS.md), "torch" on PyTorch eager, "onnx" forces it.
+    backend: str = Field(default="auto", validation_alias="VISIONQ_BACKEND")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, validation_alias="VISIONQ_MAX_IMAGE_BYTES")
     max_image_pixels: int = Field(default=50_000_000, validation_alias="VISIONQ_MAX_IMAGE_PIXELS")
     # Throughput knobs (see the README): a batch runs when full or when its oldest image has

@@ -17,6 +17,7 @@ import numpy as np
 from visionq.errors import ModelUnavailable
 from visionq.models import pick_device
 from visionq.models.digest import weights_digest
+from visionq.models.onnx_export import choose_backend, onnx_weights, set_onnx_threads
 from visionq.models.spec import ModelSpec
 from visionq.outputs import (
     Box,
@@ -82,10 +83,7 @@ class UltralyticsModel:
     @property
     def input_size(self) -> int:
         """The longer side the network sees (letterboxed to this): images are decoded down to it."""
-        if self.image_size:
-            return self.image_size
-        trained = getattr(self._model, "overrides", {}).get("imgsz")
-        return int(trained) if isinstance(trained, int) else _ULTRALYTICS_DEFAULT_SIZE
+        return self.image_size or _trained_size(self._model)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
         if not images:
@@ -170,6 +168,11 @@ class UltralyticsModel:
         return OrientedBoxes(width=image.shape[1], height=image.shape[0], items=boxes)
 
 
+def _trained_size(model: Any) -> int:
+    trained = getattr(model, "overrides", {}).get("imgsz")
+    return int(trained) if isinstance(trained, int) else _ULTRALYTICS_DEFAULT_SIZE
+
+
 def _label(names: Any, class_id: int) -> str:
     return str(names.get(class_id, class_id)) if isinstance(names, dict) else str(names[class_id])
 
@@ -229,24 +232,35 @@ def load_ultralytics(spec: ModelSpec, weights: str, *, device: str | None = None
         raise ModelUnavailable(
             f"model {spec.name!r}: the weights {weights!r} are a {model.task} model, not {spec.task} as configured"
         )
-    model.to(device)
-    network: Any = model.model
-    network.eval()
+    # An architecture yaml has no weights file to export: it stays on PyTorch.
+    backend = "torch" if untrained else choose_backend(str(spec.option("backend", "auto")), device)
+    image_size = spec.option("image_size") or _trained_size(model)
+    if backend == "onnx":
+        onnx_path = onnx_weights(Path(getattr(model, "ckpt_path", None) or weights), image_size=image_size)
+        # task= is needed: Ultralytics would guess it from the file name, and guess detect.
+        model = YOLO(str(onnx_path), task=model.task)
+    else:
+        model.to(device)
+        network: Any = model.model
+        network.eval()
     loaded = UltralyticsModel(
         model,
-        version=version,
+        version=version,  # the .pt's: an export of the same weights gives the same results
         untrained=untrained,
         device=device,
-        image_size=spec.option("image_size"),
+        image_size=image_size,
         confidence=float(spec.option("confidence", 0.25)),
         top_k=int(spec.option("top_k", 5)),
     )
     loaded.warm_up()
+    if backend == "onnx" and spec.option("onnx_threads"):
+        set_onnx_threads(model, onnx_path, int(spec.option("onnx_threads")))
     logger.info(
-        "model %s loaded: %s (%s) on %s in %.0f ms%s",
+        "model %s loaded: %s (%s, %s) on %s in %.0f ms%s",
         spec.name,
         version,
         loaded.task,
+        backend,
         device,
         (time.perf_counter() - started) * 1000,
         " (UNTRAINED architecture: its outputs are meaningless)" if untrained else "",
@@ -261,9 +275,10 @@ def load_detector(
     image_size: int | None = None,
     confidence: float = 0.25,
     seed: int = 0,
+    backend: str = "auto",
 ) -> UltralyticsModel:
     """One Ultralytics model from its weights alone (the single-model worker, the benchmarks)."""
-    options: dict[str, Any] = {"confidence": confidence}
+    options: dict[str, Any] = {"confidence": confidence, "backend": backend}
     if image_size:
         options["image_size"] = image_size
     spec = ModelSpec(name=Path(weights).stem, family="ultralytics", weights=weights, options=options)
