@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = raw_captioner(blip, images[:8], args.raw_repeats)
     report["raw_caption"] = raw
     batch = raw["best_batch"]
+    (args.out / "state").mkdir(exist_ok=True)
     stack = BenchStack(args.out / "state")
     try:
         env = {"VISIONQ_MAX_BATCH": str(batch), "VISIONQ_TORCH_THREADS": str(threads)}

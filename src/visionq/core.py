@@ -197,9 +197,9 @@ class Processor:
             item.timings["decode_ms"] = ms_since(started)
             return None
         except ObjectChanged as exc:
-            if job_id_in_key(self.settings.upload_prefix, obj.key):
+            if obj.model is None and job_id_in_key(self.settings.upload_prefix, obj.key):
                 # A job made by the API is its key's, whatever version: the newer upload's own event
-                # runs it, so this stale event changes nothing.
+                # runs it, so this stale event changes nothing. (A reprocessing job is the version's.)
                 logger.info("stale event: the object was overwritten since", extra=item.log_extra())
                 return Outcome.DONE
             return await self._settler.fail(item, JobError(code=exc.code, message=exc.message))

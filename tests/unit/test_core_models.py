@@ -108,3 +108,13 @@ def test_reprocessing_adds_a_result_beside_the_old_one_and_a_second_run_adds_not
     assert len(h.results.rows) == 2  # one per model, side by side
     assert len(captioner.batches) == 1  # the second run found the job done and ran nothing
     assert h.processor.stats.duplicates == 1
+
+
+def test_reprocessing_an_overwritten_api_upload_fails_that_job_instead_of_leaving_it_running() -> None:
+    h, _, _ = _two_models()
+    key = f"uploads/{'b' * 32}/photo.png"
+    old = h.objects.put(key, png(4))
+    h.objects.put(key, png(5))  # overwritten since it was listed
+    assert h.run(lambda: h.process(message(replace(old, model="caption")))) is Outcome.DONE
+    job = h.jobs.jobs[direct_upload_job_id(old.bucket, key, f"{old.etag}#model=caption")]
+    assert job.status is JobStatus.FAILED and job.error is not None and job.error.code == "object_changed"
