@@ -14,7 +14,15 @@ from visionq.errors import ConfigError
 def test_operator_commands_read_the_local_stack_env_file_and_the_environment_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("API_URL", "VISIONQ_API_KEY", "VISIONQ_QUEUE_URL", "VISIONQ_DLQ_URL", "VISIONQ_JOBS_TABLE"):
+    for name in (
+        "API_URL",
+        "VISIONQ_API_KEY",
+        "VISIONQ_QUEUE_URL",
+        "VISIONQ_DLQ_URL",
+        "VISIONQ_JOBS_TABLE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".visionq").mkdir()
