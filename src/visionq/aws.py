@@ -35,7 +35,7 @@ def client_config(
         # botocore would pass 0 on to the socket as "no timeout" or "non-blocking": neither is a bound.
         raise ValueError(f"timeouts must be positive (connect {connect_timeout}, read {read_timeout})")
     # Emulators and MinIO serve buckets by path, not by virtual host name.
-    s3_options: Any = {"addressing_style": "path"} if settings.aws_endpoint_url else {}
+    s3_options: Any = {"addressing_style": "path"} if settings.endpoint_for("s3") else {}
     return Config(
         region_name=settings.aws_region,
         s3=s3_options,
@@ -58,7 +58,7 @@ def boto3_client(
     session: Any = boto3.session.Session()
     return session.client(
         service,
-        endpoint_url=settings.aws_endpoint_url,
+        endpoint_url=settings.endpoint_for(service),
         region_name=settings.aws_region,
         config=client_config(settings, connect_timeout=connect_timeout, read_timeout=read_timeout, **config),
         **settings.credentials(),
@@ -76,7 +76,7 @@ def aio_client_kwargs(
     """Keyword arguments for aiobotocore's ``session.create_client``, with the same choices."""
     return {
         "service_name": service,
-        "endpoint_url": settings.aws_endpoint_url,
+        "endpoint_url": settings.endpoint_for(service),
         "region_name": settings.aws_region,
         "config": client_config(settings, connect_timeout=connect_timeout, read_timeout=read_timeout, **config),
         **settings.credentials(),

@@ -7,6 +7,7 @@ local stack writes every name explicitly into `.visionq/local.env`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -58,6 +59,14 @@ class AwsSettings(BaseSettings):
     # unset: boto3's own chain (environment, profile, instance or task role).
     aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(default=None, validation_alias="AWS_SECRET_ACCESS_KEY")
+
+    def endpoint_for(self, service: str) -> str | None:
+        """Where ``service`` is: ``AWS_ENDPOINT_URL_<SERVICE>`` (botocore's own per-service variable,
+        e.g. ``AWS_ENDPOINT_URL_S3``) if set, else ``AWS_ENDPOINT_URL``, else AWS itself. Lets one
+        stack mix endpoints: LocalStack for S3 and SQS with moto's DynamoDB, or presigned URLs
+        signed for the host's name of a container."""
+        specific = os.environ.get(f"AWS_ENDPOINT_URL_{service.upper().replace('-', '_')}")
+        return specific or self.aws_endpoint_url
 
     def credentials(self) -> dict[str, str]:
         """Keyword arguments for a boto3/aiobotocore client: the credentials given here, if any."""

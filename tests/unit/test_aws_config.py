@@ -140,3 +140,14 @@ def test_a_silent_endpoint_fails_an_aiobotocore_call_within_the_read_timeout(sil
 
     with pytest.raises(ReadTimeoutError):
         asyncio.run(bounded())
+
+
+def test_a_per_service_endpoint_wins_over_the_global_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's AWS_ENDPOINT_URL_<SERVICE>: S3 and SQS on one emulator, DynamoDB on another."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://localstack.test:4566")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB", raising=False)
+    settings = AwsSettings(aws_endpoint_url="http://moto.test:5000")
+    assert boto3_client("s3", settings).meta.endpoint_url == "http://localstack.test:4566"
+    assert boto3_client("dynamodb", settings).meta.endpoint_url == "http://moto.test:5000"
+    assert aio_client_kwargs("s3", settings)["endpoint_url"] == "http://localstack.test:4566"
+    assert client_config(settings).s3 == {"addressing_style": "path"}

@@ -1,0 +1,85 @@
+"""docker-compose.localstack.yml is a valid Compose file, and every process in it is configured for
+what its settings read (no Docker engine here: the file is validated by a Compose-spec parser after
+YAML merges, as Docker Compose applies them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from visionq import config
+from visionq.config import ApiSettings, WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.localstack.yml"
+# Read by `visionq bootstrap`'s arguments, not by a settings class.
+CLI_VARIABLES = {"VISIONQ_QUEUE_NAME", "VISIONQ_BUCKET", "VISIONQ_JOBS_TABLE", "DATABASE_URL"}
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def _settings_variables() -> set[str]:
+    names: set[str] = set()
+    for value in vars(config).values():
+        if isinstance(value, type) and issubclass(value, BaseSettings):
+            for field in value.model_fields.values():
+                alias = field.validation_alias
+                if isinstance(alias, str):
+                    names.add(alias)
+                elif isinstance(alias, AliasChoices):
+                    names.update(str(choice) for choice in alias.choices)
+    return names
+
+
+def test_the_compose_file_is_valid_compose() -> None:
+    compose_spec = pytest.importorskip("compose_spec")
+    parsed = compose_spec.PyCompose.from_yaml(yaml.safe_dump(_compose()))
+    assert sorted(parsed.service_names()) == ["api", "bootstrap", "keys", "localstack", "postgres", "worker"]
+
+
+def test_every_image_it_builds_has_its_dockerfile() -> None:
+    for name, service in _compose()["services"].items():
+        if "build" in service:
+            assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file(), name
+
+
+def test_every_variable_it_sets_is_one_visionq_reads() -> None:
+    known = _settings_variables() | CLI_VARIABLES
+    for name, service in _compose()["services"].items():
+        for variable in service.get("environment", {}):
+            if variable.startswith(("VISIONQ_", "DATABASE_URL")):
+                assert variable in known, f"{name}: {variable} is read by nothing"
+
+
+@pytest.mark.parametrize(("service", "settings"), [("api", ApiSettings), ("worker", WorkerSettings)])
+def test_the_api_and_the_worker_get_every_setting_they_need(
+    service: str, settings: type[BaseSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    for variable in list(os.environ):
+        if variable.startswith(("VISIONQ_", "AWS_", "DATABASE_URL")):
+            monkeypatch.delenv(variable)
+    environment = _compose()["services"][service]["environment"]
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, str(value).replace("${VISIONQ_MODEL:-yolo11n.pt}", "yolo11n.pt"))
+    loaded = settings()
+    assert loaded.aws_endpoint_url == "http://localstack:4566"  # type: ignore[attr-defined]
+    if service == "api":  # upload URLs are signed for the host, the rest stays inside compose
+        assert loaded.endpoint_for("s3") == "http://localhost:4566"  # type: ignore[attr-defined]
+        assert loaded.endpoint_for("dynamodb") == "http://localstack:4566"  # type: ignore[attr-defined]
+
+
+def test_queue_urls_name_the_queues_bootstrap_creates() -> None:
+    env = _compose()["services"]["worker"]["environment"]
+    queue = env["VISIONQ_QUEUE_NAME"]
+    assert env["VISIONQ_QUEUE_URL"].endswith(f"/{queue}")
+    assert env["VISIONQ_DLQ_URL"].endswith(f"/{queue}-dlq")  # infra.bootstrap.StackNames.dead_letter_queue
