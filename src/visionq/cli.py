@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--upload-prefix", default=os.environ.get("VISIONQ_UPLOAD_PREFIX", DEFAULT_UPLOAD_PREFIX))
     boot.add_argument("--max-receive-count", type=int, default=DEFAULT_MAX_RECEIVE_COUNT)
     boot.add_argument("--visibility-timeout", type=int, default=DEFAULT_VISIBILITY_TIMEOUT)
+    boot.add_argument(
+        "--schema-only", action="store_true", help="only apply the PostgreSQL migrations (a stack deployed by SAM)"
+    )
     boot.set_defaults(func=cmd_bootstrap)
     return parser
 
@@ -297,10 +300,15 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    from infra.bootstrap import StackNames, bootstrap_aws, bootstrap_database
+    from infra.bootstrap import StackNames, bootstrap_aws
     from visionq.aws import boto3_client
     from visionq.config import AwsSettings
 
+    if args.schema_only:
+        # A deployed stack: the template made the AWS resources; only PostgreSQL needs its migrations.
+        if not args.database_url:
+            raise ConfigError("bootstrap --schema-only needs --database-url (or DATABASE_URL)")
+        return _migrate(args.database_url)
     missing = [
         flag
         for flag, value in (("--bucket", args.bucket), ("--queue", args.queue), ("--table", args.table))
@@ -322,17 +330,25 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     resources = bootstrap_aws(
         names, s3=boto3_client("s3", aws), sqs=boto3_client("sqs", aws), dynamodb=boto3_client("dynamodb", aws)
     )
-    if args.database_url:
-        try:
-            schema = bootstrap_database(args.database_url)
-        except VisionqError as exc:  # a changed or failed migration, PostgreSQL unreachable
-            print(f"visionq: {exc.message}", file=sys.stderr)
-            return 1
-        print(schema, file=sys.stderr)  # stdout stays KEY=VALUE lines
+    if args.database_url and _migrate(args.database_url):
+        return 1
     print(f"VISIONQ_BUCKET={resources.bucket}")
     print(f"VISIONQ_QUEUE_URL={resources.queue_url}")
     print(f"VISIONQ_DLQ_URL={resources.dead_letter_queue_url}")
     print(f"VISIONQ_JOBS_TABLE={resources.jobs_table}")
+    return 0
+
+
+def _migrate(database_url: str) -> int:
+    """Apply the pending PostgreSQL migrations; 0, or 1 with one line saying why not."""
+    from infra.bootstrap import bootstrap_database
+
+    try:
+        schema = bootstrap_database(database_url)
+    except VisionqError as exc:  # a changed or failed migration, PostgreSQL unreachable
+        print(f"visionq: {exc.message}", file=sys.stderr)
+        return 1
+    print(schema, file=sys.stderr)  # stdout stays KEY=VALUE lines
     return 0
 
 

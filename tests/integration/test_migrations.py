@@ -362,3 +362,18 @@ def test_bootstrap_command_reports_the_versions(
 
     assert main([*argv, "--database-url", url]) == 0
     assert f"PostgreSQL schema: up to date at version {max(all_versions())}" in capsys.readouterr().err
+
+
+def test_schema_only_bootstrap_touches_no_aws_resource(
+    new_database: NewDatabase, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For a stack SAM deployed: the template owns the bucket, queues and table; bootstrap only migrates."""
+    from visionq.cli import main
+
+    url = new_database()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: any AWS call would fail
+    assert main(["bootstrap", "--schema-only", "--database-url", url]) == 0
+    assert f"now at version {max(all_versions())}" in capsys.readouterr().err
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["bootstrap", "--schema-only"]) == 2
+    assert "needs --database-url" in capsys.readouterr().err
