@@ -74,6 +74,8 @@ async def serve_worker(
         # Only possible in the main thread of a POSIX process; tests run the worker on a thread.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal)
+    if settings.ready_file is not None:  # one left by a previous run (a restarted container) says nothing yet
+        settings.ready_file.unlink(missing_ok=True)
     models = LoadedModels.of(model) if model is not None else await asyncio.to_thread(load_served_models, settings)
     if settings.torch_threads:
         import torch
@@ -118,6 +120,8 @@ async def serve_worker(
         try:
             await poller.run(stop)
         finally:
+            if settings.ready_file is not None:
+                settings.ready_file.unlink(missing_ok=True)
             processor.close()
             processor.stats.aws_requests = dict(sorted(requests.items()))
             logger.info("worker totals", extra={"stats": vars(processor.stats)})

@@ -8,11 +8,12 @@ per image, in the coordinates of the array it was given; the core maps them to t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from visionq.outputs import ModelOutput
+
+if TYPE_CHECKING:  # numpy is a worker dependency; the API imports this package without it
+    import numpy as np
 
 
 class Model(Protocol):
