@@ -3,6 +3,11 @@
 Integration and end-to-end tests use real servers: moto in server mode (HTTP) and an embedded
 PostgreSQL server (TCP), each started once per test session on free ports; every test starts
 from empty resources (moto reset + bootstrap, tables truncated).
+
+``VISIONQ_TEST_AWS`` picks where S3 and SQS are: ``moto`` (the default: moto serves S3, SQS and
+DynamoDB) or ``localstack`` (LocalStack's runtime from ``.localstack-venv``, see
+``scripts/setup-localstack``, serves S3 and SQS; DynamoDB stays on moto through
+``AWS_ENDPOINT_URL_DYNAMODB``, which every client of visionq honours).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ TABLE = "visionq-test-jobs"
 # No test may reach a hub; Ultralytics must not try either.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+TEST_AWS = os.environ.get("VISIONQ_TEST_AWS", "") or "moto"
+if TEST_AWS not in ("moto", "localstack"):
+    raise pytest.UsageError(f"VISIONQ_TEST_AWS must be moto or localstack, not {TEST_AWS!r}")
+ON_LOCALSTACK = TEST_AWS == "localstack"
+
 
 @pytest.fixture(scope="session")
 def draw_scene() -> Callable[..., Any]:
@@ -52,6 +62,27 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     os.environ.update(LOCAL_AWS_CREDENTIALS)
     server = MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto.log").start()
     yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def aws_server(moto_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Where S3 and SQS are (``VISIONQ_TEST_AWS``): moto itself, or LocalStack with DynamoDB left on
+    moto. Its ``endpoint`` is the ``AWS_ENDPOINT_URL`` of the tests' settings; ``reset()`` empties it."""
+    if not ON_LOCALSTACK:
+        yield moto_server
+        return
+    from visionq.localstack_server import LocalStackServer
+
+    state = tmp_path_factory.mktemp("localstack")
+    server = LocalStackServer(state_dir=state, log_path=state / "localstack.log").start()
+    saved = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
+    os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = moto_server.endpoint
+    yield server
+    if saved is None:
+        os.environ.pop("AWS_ENDPOINT_URL_DYNAMODB", None)
+    else:
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = saved
     server.stop()
 
 
@@ -110,14 +141,17 @@ class Stack:
 
 
 @pytest.fixture
-def stack(moto_server: Any, database_url: str) -> Stack:
-    """Empty resources for one test: moto reset and bootstrapped again, result tables truncated."""
+def stack(moto_server: Any, aws_server: Any, database_url: str) -> Stack:
+    """Empty resources for one test: moto (and LocalStack) reset and bootstrapped again, result
+    tables truncated."""
     from infra.bootstrap import StackNames, bootstrap_aws, bootstrap_database
     from visionq.aws import boto3_client
     from visionq.config import AwsSettings
 
     moto_server.reset()
-    aws = AwsSettings(aws_endpoint_url=moto_server.endpoint, aws_region="us-east-1")
+    if aws_server is not moto_server:
+        aws_server.reset()
+    aws = AwsSettings(aws_endpoint_url=aws_server.endpoint, aws_region="us-east-1")
     s3, sqs, dynamodb = (boto3_client(name, aws) for name in ("s3", "sqs", "dynamodb"))
     resources = bootstrap_aws(
         StackNames(bucket=BUCKET, queue=QUEUE, jobs_table=TABLE, max_receive_count=3, visibility_timeout=30),
@@ -132,7 +166,7 @@ def stack(moto_server: Any, database_url: str) -> Stack:
     # that count messages start from an empty queue.
     sqs.purge_queue(QueueUrl=resources.queue_url)
     return Stack(
-        endpoint=moto_server.endpoint,
+        endpoint=aws_server.endpoint,
         database_url=database_url,
         queue_url=resources.queue_url,
         dlq_url=resources.dead_letter_queue_url,
@@ -143,7 +177,7 @@ def stack(moto_server: Any, database_url: str) -> Stack:
 
 
 @pytest.fixture(scope="session")
-def api_url(moto_server: Any) -> Iterator[str]:
+def api_url(aws_server: Any) -> Iterator[str]:
     """The HTTP API, served by uvicorn over real HTTP, for the whole session (names are fixed)."""
     import uvicorn
 
@@ -152,7 +186,7 @@ def api_url(moto_server: Any) -> Iterator[str]:
     from visionq.local_stack import free_port, wait_until
 
     settings = ApiSettings(
-        bucket=BUCKET, jobs_table=TABLE, aws_endpoint_url=moto_server.endpoint, aws_region="us-east-1"
+        bucket=BUCKET, jobs_table=TABLE, aws_endpoint_url=aws_server.endpoint, aws_region="us-east-1"
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
