@@ -1,8 +1,13 @@
 """Create visionq's resources; idempotent, safe to re-run, any endpoint (moto, LocalStack, AWS).
 
 Bucket ─(s3:ObjectCreated:* on the upload prefix)─▶ queue ─(maxReceiveCount)─▶ dead-letter queue;
-the jobs table (on-demand, TTL, by-object index); the PostgreSQL schema, by applying the pending
-migrations of ``infra/migrations/`` (``visionq.stores.migrations``).
+the jobs table (on-demand, TTL, by-object index, point-in-time recovery); the PostgreSQL schema, by
+applying the pending migrations of ``infra/migrations/`` (``visionq.stores.migrations``).
+
+The settings of these resources (notification events and prefix, redrive, visibility timeout,
+retention, the table's keys, indexes and TTL) are read from ``template.yaml``, the AWS deployment
+(``infra/template_settings.py``): one definition for the local stack and the cloud. A caller may
+override the prefix, redrive and visibility timeout (the tests shorten them); names are its own.
 """
 
 from __future__ import annotations
@@ -14,8 +19,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from visionq.config import DEFAULT_MAX_RECEIVE_COUNT, DEFAULT_UPLOAD_PREFIX, DEFAULT_VISIBILITY_TIMEOUT
-from visionq.stores.job_store import BY_OBJECT_INDEX
+from infra.template_settings import TemplateSettings, template_settings
 from visionq.stores.migrations import Migration, current_version, discover_migrations, migrate
 
 logger = logging.getLogger(__name__)
@@ -26,9 +30,10 @@ class StackNames:
     bucket: str
     queue: str
     jobs_table: str
-    upload_prefix: str = DEFAULT_UPLOAD_PREFIX
-    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
-    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    # Defaults: what template.yaml declares.
+    upload_prefix: str = field(default_factory=lambda: template_settings().upload_prefix)
+    max_receive_count: int = field(default_factory=lambda: template_settings().max_receive_count)
+    visibility_timeout: int = field(default_factory=lambda: template_settings().visibility_timeout)
 
     @property
     def dead_letter_queue(self) -> str:
@@ -43,37 +48,30 @@ class StackResources:
     jobs_table: str
 
 
-def bootstrap_aws(names: StackNames, *, s3: Any, sqs: Any, dynamodb: Any) -> StackResources:
-    dlq_url = _ensure_queue(sqs, names.dead_letter_queue, {"MessageRetentionPeriod": "1209600"})
+def bootstrap_aws(
+    names: StackNames, *, s3: Any, sqs: Any, dynamodb: Any, settings: TemplateSettings | None = None
+) -> StackResources:
+    """Create (or bring up to date) the bucket, its notification, the queues and the jobs table as
+    ``settings`` (default: template.yaml's) declare them, under ``names``."""
+    tpl = settings or template_settings()
+    encryption = {"SqsManagedSseEnabled": "true"} if tpl.sqs_managed_sse else {}
+    dlq_url = _ensure_queue(
+        sqs, names.dead_letter_queue, {"MessageRetentionPeriod": str(tpl.dead_letter_retention_seconds), **encryption}
+    )
     dlq_arn = _queue_arn(sqs, dlq_url)
     queue_url = _ensure_queue(
         sqs,
         names.queue,
         {
             "VisibilityTimeout": str(names.visibility_timeout),
+            "MessageRetentionPeriod": str(tpl.queue_retention_seconds),
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": names.max_receive_count}),
+            **encryption,
         },
     )
     queue_arn = _queue_arn(sqs, queue_url)
-    # On AWS, S3 may only send to the queue if its policy allows the bucket to.
     sqs.set_queue_attributes(
-        QueueUrl=queue_url,
-        Attributes={
-            "Policy": json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "s3.amazonaws.com"},
-                            "Action": "sqs:SendMessage",
-                            "Resource": queue_arn,
-                            "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{names.bucket}"}},
-                        }
-                    ],
-                }
-            )
-        },
+        QueueUrl=queue_url, Attributes={"Policy": json.dumps(queue_policy(queue_arn, names.bucket))}
     )
     _ensure_bucket(s3, names.bucket)
     s3.put_bucket_notification_configuration(
@@ -83,16 +81,46 @@ def bootstrap_aws(names: StackNames, *, s3: Any, sqs: Any, dynamodb: Any) -> Sta
                 {
                     "Id": "visionq-uploads",
                     "QueueArn": queue_arn,
-                    "Events": ["s3:ObjectCreated:*"],
+                    "Events": list(tpl.notification_events),
                     "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": names.upload_prefix}]}},
                 }
             ]
         },
     )
-    _ensure_jobs_table(dynamodb, names.jobs_table)
+    _ensure_jobs_table(dynamodb, names.jobs_table, tpl)
     return StackResources(
         bucket=names.bucket, queue_url=queue_url, dead_letter_queue_url=dlq_url, jobs_table=names.jobs_table
     )
+
+
+def queue_policy(queue_arn: str, bucket: str) -> dict[str, Any]:
+    """The work queue's policy, as template.yaml's JobQueuePolicy: S3 may send to it from this
+    bucket of this account only (on AWS, S3 checks it when the notification is configured)."""
+    partition, account = queue_arn.split(":")[1], queue_arn.split(":")[4]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "UploadBucketOnly",
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {
+                    "ArnLike": {"aws:SourceArn": f"arn:{partition}:s3:::{bucket}"},
+                    "StringEquals": {"aws:SourceAccount": account},
+                },
+            },
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "sqs:*",
+                "Resource": queue_arn,
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            },
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -148,34 +176,23 @@ def _ensure_bucket(s3: Any, bucket: str) -> None:
             raise
 
 
-def _ensure_jobs_table(dynamodb: Any, table: str) -> None:
+def _ensure_jobs_table(dynamodb: Any, table: str, tpl: TemplateSettings) -> None:
     try:
-        dynamodb.create_table(
-            TableName=table,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "job_id", "AttributeType": "S"},
-                {"AttributeName": "object_id", "AttributeType": "S"},
-                {"AttributeName": "created_at", "AttributeType": "S"},
-            ],
-            KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": BY_OBJECT_INDEX,
-                    "KeySchema": [
-                        {"AttributeName": "object_id", "KeyType": "HASH"},
-                        {"AttributeName": "created_at", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "KEYS_ONLY"},
-                }
-            ],
-        )
+        dynamodb.create_table(TableName=table, **tpl.table.create_table_kwargs())
         dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
-    ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
-    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-        dynamodb.update_time_to_live(
-            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
-        )
+    if tpl.table.ttl_attribute:
+        ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+        if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+            dynamodb.update_time_to_live(
+                TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": tpl.table.ttl_attribute}
+            )
+    if tpl.table.point_in_time_recovery:
+        backups = dynamodb.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
+        pitr = backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus")
+        if pitr != "ENABLED":
+            dynamodb.update_continuous_backups(
+                TableName=table, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
+            )

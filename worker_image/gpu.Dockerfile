@@ -37,6 +37,7 @@ COPY README.md ./
 COPY src ./src
 COPY functions ./functions
 COPY infra ./infra
+COPY template.yaml ./
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /dist .
 
 # --- runtime ----------------------------------------------------------------------------------------

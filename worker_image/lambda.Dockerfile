@@ -28,6 +28,7 @@ COPY README.md ./
 COPY src ./src
 COPY functions ./functions
 COPY infra ./infra
+COPY template.yaml ./
 RUN pip install --no-deps --target /opt/app . \
     && rm -rf /opt/app/bin
 

@@ -15,11 +15,6 @@ from pathlib import Path
 import httpx
 
 from visionq.client import ApiError
-from visionq.config import (
-    DEFAULT_MAX_RECEIVE_COUNT,
-    DEFAULT_UPLOAD_PREFIX,
-    DEFAULT_VISIBILITY_TIMEOUT,
-)
 from visionq.errors import ConfigError, VisionqError
 from visionq.logs import WORKER_CANNOT_START
 
@@ -101,9 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--queue", default=os.environ.get("VISIONQ_QUEUE_NAME"), help="queue name")
     boot.add_argument("--table", default=os.environ.get("VISIONQ_JOBS_TABLE"))
     boot.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
-    boot.add_argument("--upload-prefix", default=os.environ.get("VISIONQ_UPLOAD_PREFIX", DEFAULT_UPLOAD_PREFIX))
-    boot.add_argument("--max-receive-count", type=int, default=DEFAULT_MAX_RECEIVE_COUNT)
-    boot.add_argument("--visibility-timeout", type=int, default=DEFAULT_VISIBILITY_TIMEOUT)
+    boot.add_argument("--upload-prefix", default=os.environ.get("VISIONQ_UPLOAD_PREFIX"))
+    # Unset: what template.yaml declares (infra/template_settings.py), as on AWS.
+    boot.add_argument("--max-receive-count", type=int, default=None)
+    boot.add_argument("--visibility-timeout", type=int, default=None)
     boot.add_argument(
         "--schema-only", action="store_true", help="only apply the PostgreSQL migrations (a stack deployed by SAM)"
     )
@@ -319,14 +315,16 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
             "bootstrap needs " + ", ".join(missing) + " (or VISIONQ_BUCKET, VISIONQ_QUEUE_NAME, VISIONQ_JOBS_TABLE)"
         )
     aws = AwsSettings()
-    names = StackNames(
-        bucket=args.bucket,
-        queue=args.queue,
-        jobs_table=args.table,
-        upload_prefix=args.upload_prefix,
-        max_receive_count=args.max_receive_count,
-        visibility_timeout=args.visibility_timeout,
-    )
+    given = {
+        name: value
+        for name, value in (
+            ("upload_prefix", args.upload_prefix),
+            ("max_receive_count", args.max_receive_count),
+            ("visibility_timeout", args.visibility_timeout),
+        )
+        if value is not None
+    }
+    names = StackNames(bucket=args.bucket, queue=args.queue, jobs_table=args.table, **given)
     resources = bootstrap_aws(
         names, s3=boto3_client("s3", aws), sqs=boto3_client("sqs", aws), dynamodb=boto3_client("dynamodb", aws)
     )
