@@ -87,7 +87,7 @@ def bootstrap_aws(
             ]
         },
     )
-    _ensure_jobs_table(dynamodb, names.jobs_table, tpl)
+    ensure_jobs_table(dynamodb, names.jobs_table, tpl)
     return StackResources(
         bucket=names.bucket, queue_url=queue_url, dead_letter_queue_url=dlq_url, jobs_table=names.jobs_table
     )
@@ -176,7 +176,9 @@ def _ensure_bucket(s3: Any, bucket: str) -> None:
             raise
 
 
-def _ensure_jobs_table(dynamodb: Any, table: str, tpl: TemplateSettings) -> None:
+def ensure_jobs_table(dynamodb: Any, table: str, tpl: TemplateSettings | None = None) -> None:
+    """The jobs table as the template declares it (unit tests make it in moto's in-process mock)."""
+    tpl = tpl or template_settings()
     try:
         dynamodb.create_table(TableName=table, **tpl.table.create_table_kwargs())
         dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from moto import mock_aws
 
 from functions.http_api import create_app
-from infra.bootstrap import _ensure_jobs_table
+from infra.bootstrap import ensure_jobs_table
 from visionq.api_keys import ApiKey, ApiKeyStore
 from visionq.config import ApiSettings
 from visionq.errors import TransientError
@@ -31,7 +31,7 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiKeyStore]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
         dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-        _ensure_jobs_table(dynamodb, "jobs")
+        ensure_jobs_table(dynamodb, "jobs")
         yield ApiKeyStore(dynamodb, "jobs", cache_seconds=0)
 
 

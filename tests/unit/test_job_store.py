@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from infra.bootstrap import _ensure_jobs_table
+from infra.bootstrap import ensure_jobs_table
 from visionq.errors import JobNotFound, TransitionRejected
 from visionq.jobs import (
     CLAIM,
@@ -33,7 +33,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoJobStore]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        _ensure_jobs_table(client, "jobs")
+        ensure_jobs_table(client, "jobs")
         yield DynamoJobStore(client, "jobs")
 
 
