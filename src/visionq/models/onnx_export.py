@@ -28,7 +28,6 @@ satisfied and never reaches the network.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,14 +35,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from visionq.errors import ConfigError, ModelUnavailable
 from visionq.models.digest import weights_digest
+from visionq.models.weights import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +116,7 @@ def onnx_weights(weights: Path, *, image_size: int, task: str | None = None) -> 
             target = cache / name
             if target.is_file():
                 return target
-            with _locked(cache / (name + _LOCK_SUFFIX)):
+            with file_lock(cache / (name + _LOCK_SUFFIX)):
                 if target.is_file():  # another exporter finished it while we waited
                     return target
                 _sweep(cache)
@@ -214,17 +212,6 @@ def _check_requirements() -> None:
             "cannot export to ONNX: onnx, onnxruntime and onnxslim must be installed "
             f"({', '.join(str(r) for r in _REQUIREMENTS)}); nothing is installed at run time"
         )
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path``: one exporter per entry, across threads and processes."""
-    with path.open("ab") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def _sweep(cache: Path) -> None:

@@ -180,7 +180,15 @@ def _download(client: Any, uri: str, bucket: str, key: str, etag: str, size: int
 def _locked(entry: Path) -> Iterator[None]:
     """Hold the entry's lock: one resolver at a time fills it, across threads and processes."""
     entry.mkdir(parents=True, exist_ok=True)
-    with (entry / _LOCK_NAME).open("ab") as lock:
+    with file_lock(entry / _LOCK_NAME):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if absent), across threads and processes; the
+    weights cache and the ONNX export cache both fill their entries under one."""
+    with path.open("ab") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             yield
