@@ -145,3 +145,38 @@ def _jobs_by_key(stack: Stack) -> dict[str, dict[str, Any]]:
         if "object_key" in item:
             jobs[item["object_key"]["S"]] = {k: next(iter(v.values())) for k, v in item.items()}
     return jobs
+
+
+def test_the_scheduled_sweeper_fails_the_jobs_of_parked_messages_and_leaves_them_parked(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Lambda flavour's dead-letter sweeper (functions/dlq_sweeper.py): a message SQS parked
+    after maxReceiveCount deliveries ends its job FAILED poison_message; the message stays for
+    `visionq dlq`, and a second sweep changes nothing."""
+    from functions import dlq_sweeper
+    from visionq.events import object_created_record
+    from visionq.jobs import direct_upload_job_id, ttl_from_now
+    from visionq.stores.job_store import DynamoJobStore
+
+    obj = ObjectCreated(bucket=BUCKET, key="uploads/poison/crash.jpg", etag="0123abcd", size=10)
+    job_id = direct_upload_job_id(obj.bucket, obj.key, obj.etag)
+    jobs = DynamoJobStore(stack.dynamodb, TABLE)
+    jobs.claim(job_id, obj.ref, model="default", expires_at=ttl_from_now(1))  # its worker died holding it
+    body = json.dumps({"Records": [object_created_record(obj, source="aws:s3")]})
+    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody=body)
+    for name, value in {
+        "VISIONQ_QUEUE_URL": stack.queue_url,
+        "VISIONQ_DLQ_URL": stack.dlq_url,
+        "VISIONQ_JOBS_TABLE": TABLE,
+        "AWS_ENDPOINT_URL": stack.endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert dlq_sweeper.handler({"source": "aws.events"}, FakeContext()) == {"failed": 1}
+    job = jobs.get(job_id)
+    assert (str(job.status), job.error.code if job.error else None) == ("FAILED", "poison_message")
+    assert dlq_sweeper.handler({"source": "aws.events"}, FakeContext()) == {"failed": 0}
+    parked = stack.sqs.get_queue_attributes(
+        QueueUrl=stack.dlq_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    assert int(parked["ApproximateNumberOfMessages"]) + int(parked["ApproximateNumberOfMessagesNotVisible"]) == 1

@@ -44,7 +44,9 @@ def packaged_template() -> dict[str, Any]:
     """The template as `sam package` leaves it: code locations in S3 and ECR."""
     sam = copy.deepcopy(load_template())
     sam["Resources"]["HttpApiFunction"]["Properties"]["CodeUri"] = f"s3://{ARTIFACTS_BUCKET}/{API_ZIP_KEY}"
-    sam["Resources"]["LambdaWorkerFunction"]["Properties"]["ImageUri"] = WORKER_IMAGE
+    for resource in sam["Resources"].values():  # the worker and the dead-letter sweeper share one image
+        if resource["Type"] == "AWS::Serverless::Function" and resource["Properties"].get("PackageType") == "Image":
+            resource["Properties"]["ImageUri"] = WORKER_IMAGE
     return sam
 
 
@@ -144,6 +146,7 @@ def test_iam_least_privilege() -> None:
     assert set(roles) == {
         "HttpApiFunctionRole",
         "LambdaWorkerRole",
+        "DeadLetterSweeperRole",
         "GpuInstanceRole",
         "GpuTaskExecutionRole",
         "GpuTaskRole",
@@ -161,6 +164,9 @@ def test_iam_least_privilege() -> None:
     assert "sqs:" not in api and "ModelWeightsUri" not in api
     for worker in ("LambdaWorkerRole", "GpuTaskRole"):
         assert "s3:PutObject" not in json.dumps(roles[worker]["Properties"]["Policies"])
+    # The dead-letter sweeper reads parked messages and ends jobs: nothing else.
+    sweeper = json.dumps(roles["DeadLetterSweeperRole"]["Properties"]["Policies"])
+    assert "s3:" not in sweeper and "sqs:DeleteMessage" not in sweeper and "JobQueue" not in sweeper
     # Only the task's execution role reads the database secret (the functions get it resolved at deploy).
     secret_readers = [k for k, r in roles.items() if "secretsmanager:GetSecretValue" in json.dumps(r)]
     assert secret_readers == ["GpuTaskExecutionRole"]
@@ -256,7 +262,7 @@ def test_deploys_into_moto(moto_server: Any, flavour: str) -> None:
     for logical_id in ("UploadBucket", "JobQueue", "DeadLetterQueue", "JobsTable", "HttpApiFunction"):
         assert created[logical_id]["ResourceStatus"] == "CREATE_COMPLETE"
     worker_resources = (
-        {"LambdaWorkerFunction", "LambdaWorkerFunctionJobs", "LambdaWorkerRole"}
+        {"LambdaWorkerFunction", "LambdaWorkerFunctionJobs", "LambdaWorkerRole", "DeadLetterSweeperFunction"}
         if flavour == "lambda"
         else {"GpuCluster", "GpuLaunchTemplate", "GpuAutoScalingGroup", "GpuTaskDefinition", "GpuWorkerService"}
     )
