@@ -129,8 +129,10 @@ def onnx_weights(weights: Path, *, image_size: int, task: str | None = None) -> 
     raise ModelUnavailable(f"cannot export {weights} to ONNX: no writable cache directory")
 
 
-def set_onnx_threads(model: Any, onnx_path: Path, threads: int) -> None:
-    """Run a loaded ``YOLO(<onnx>)`` on ``threads`` ONNX Runtime intra-op threads.
+def set_onnx_threads(model: Any, onnx_path: Path, threads: int, *, spinning: bool = True) -> None:
+    """Run a loaded ``YOLO(<onnx>)`` on ``threads`` ONNX Runtime intra-op threads (0: one per
+    core), spin-waiting between operators or not (``spinning``: off leaves the CPU to the rest of a
+    worker between forward passes).
 
     Ultralytics builds its session with ONNX Runtime's defaults (one intra-op thread per core,
     spin-waiting between operators) and has no argument to change them; this rebuilds the session
@@ -140,12 +142,14 @@ def set_onnx_threads(model: Any, onnx_path: Path, threads: int) -> None:
     backend = getattr(getattr(getattr(model, "predictor", None), "model", None), "backend", None)
     if backend is None or not hasattr(backend, "session"):
         raise RuntimeError("set_onnx_threads: the model has no ONNX Runtime predictor yet (predict once first)")
-    if threads < 1:
-        raise ConfigError(f"ONNX Runtime threads {threads}: must be at least 1")
+    if threads < 0:
+        raise ConfigError(f"ONNX Runtime threads {threads}: must be at least 0 (0: one per core)")
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     backend.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 

@@ -253,8 +253,13 @@ def load_ultralytics(spec: ModelSpec, weights: str, *, device: str | None = None
         top_k=int(spec.option("top_k", 5)),
     )
     loaded.warm_up()
-    if backend == "onnx" and spec.option("onnx_threads"):
-        set_onnx_threads(model, onnx_path, int(spec.option("onnx_threads")))
+    if backend == "onnx":
+        # In a worker the model shares the CPU with decoding and I/O: ONNX Runtime's threads do not
+        # spin-wait between operators unless asked (bench/RESULTS.md, run 8).
+        spinning = bool(spec.option("onnx_spinning", False))
+        threads = int(spec.option("onnx_threads", 0))
+        if threads or not spinning:
+            set_onnx_threads(model, onnx_path, threads, spinning=spinning)
     logger.info(
         "model %s loaded: %s (%s, %s) on %s in %.0f ms%s",
         spec.name,
