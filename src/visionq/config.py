@@ -191,6 +191,21 @@ class ClientSettings(LocalEnvSettings):
     api_key: str | None = Field(default=None, validation_alias="VISIONQ_API_KEY")
 
 
+def environment_names() -> set[str]:
+    """Every environment variable some settings class here reads (for checks that a deployment
+    sets only names visionq knows)."""
+    names: set[str] = set()
+    for value in list(globals().values()):
+        if isinstance(value, type) and issubclass(value, BaseSettings):
+            for field in value.model_fields.values():
+                alias = field.validation_alias
+                if isinstance(alias, str):
+                    names.add(alias)
+                elif isinstance(alias, AliasChoices):
+                    names.update(str(choice) for choice in alias.choices)
+    return names
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 

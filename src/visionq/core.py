@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -192,8 +191,7 @@ class Processor:
             data = await self._calls.bounded(self.objects.read(obj, max_bytes=self.limits.max_bytes), "read the object")
             item.timings["fetch_ms"] = ms_since(started)
             started = time.perf_counter()
-            decode = functools.partial(decode_image, data, self.limits, max_side=model.input_size)
-            item.image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, decode)
+            item.image = await run_in(self._decode_pool, decode_image, data, self.limits, max_side=model.input_size)
             item.timings["decode_ms"] = ms_since(started)
             return None
         except ObjectChanged as exc:

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from visionq import config
@@ -26,19 +25,6 @@ def _compose() -> dict[str, Any]:
     return data
 
 
-def _settings_variables() -> set[str]:
-    names: set[str] = set()
-    for value in vars(config).values():
-        if isinstance(value, type) and issubclass(value, BaseSettings):
-            for field in value.model_fields.values():
-                alias = field.validation_alias
-                if isinstance(alias, str):
-                    names.add(alias)
-                elif isinstance(alias, AliasChoices):
-                    names.update(str(choice) for choice in alias.choices)
-    return names
-
-
 def test_the_compose_file_is_valid_compose() -> None:
     compose_spec = pytest.importorskip("compose_spec")
     parsed = compose_spec.PyCompose.from_yaml(yaml.safe_dump(_compose()))
@@ -52,7 +38,7 @@ def test_every_image_it_builds_has_its_dockerfile() -> None:
 
 
 def test_every_variable_it_sets_is_one_visionq_reads() -> None:
-    known = _settings_variables() | CLI_VARIABLES
+    known = config.environment_names() | CLI_VARIABLES
     for name, service in _compose()["services"].items():
         for variable in service.get("environment", {}):
             if variable.startswith(("VISIONQ_", "DATABASE_URL")):

@@ -14,7 +14,6 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from pydantic_settings import BaseSettings
 
 from infra.bootstrap import StackNames, bootstrap_aws
 from infra.template_settings import load_template, template_settings
@@ -151,22 +150,9 @@ def test_visibility_timeout_covers_six_lambda_timeouts() -> None:
     assert props("JobQueue")["VisibilityTimeout"] >= 6 * timeout
 
 
-def _aliases() -> set[str]:
-    names: set[str] = set()
-    for cls in vars(config).values():
-        if isinstance(cls, type) and issubclass(cls, BaseSettings):
-            for field in cls.model_fields.values():
-                alias = field.validation_alias
-                if isinstance(alias, str):
-                    names.add(alias)
-                elif alias is not None:
-                    names.update(str(c) for c in getattr(alias, "choices", ()))
-    return names
-
-
 def test_environment_names_are_settings() -> None:
     """Every VISIONQ_* / DATABASE_URL the template sets is a name src/visionq/config.py reads."""
-    known = _aliases()
+    known = config.environment_names()
     api = props("HttpApiFunction")["Environment"]["Variables"]
     lam = props("LambdaWorkerFunction")["Environment"]["Variables"]
     container = props("GpuTaskDefinition")["ContainerDefinitions"][0]

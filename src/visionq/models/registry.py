@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import Any
 
 from visionq.errors import ConfigError, ModelUnavailable, PermanentError
-from visionq.models import Model
+from visionq.models import Model, pick_device
 from visionq.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -137,10 +137,12 @@ def registry_from_settings(settings: Any) -> Registry:
 
 # --- loading ------------------------------------------------------------------------------------
 
+# How a family is loaded: (spec, local weights, requested device) -> the loaded model.
 Loader = Callable[[ModelSpec, str, str | None], Model]
 
 
-def _load_family(spec: ModelSpec, weights: str, device: str | None) -> Model:
+def _load_family(spec: ModelSpec, weights: str, requested_device: str | None) -> Model:
+    device = pick_device(requested_device)
     # Imported on use: transformers alone takes seconds to import, and a worker may not need it.
     if spec.family == "ultralytics":
         from visionq.models.yolo import load_ultralytics
@@ -149,16 +151,10 @@ def _load_family(spec: ModelSpec, weights: str, device: str | None) -> Model:
     if spec.family == "blip":
         from visionq.models.blip import load_blip
 
-        return load_blip(spec, weights, device=_device(device))
+        return load_blip(spec, weights, device=device)
     from visionq.models.hf_pipeline import load_hf_pipeline
 
-    return load_hf_pipeline(spec, weights, device=_device(device))
-
-
-def _device(requested: str | None) -> str:
-    from visionq.models import pick_device
-
-    return pick_device(requested)
+    return load_hf_pipeline(spec, weights, device=device)
 
 
 @dataclass
@@ -205,7 +201,7 @@ def load_models(
     names: Iterable[str] | None = None,
     device: str | None = None,
     resolve: Callable[[str], str] = lambda weights: weights,
-    loader: Callable[[ModelSpec, str, str | None], Model] = _load_family,
+    loader: Loader = _load_family,
 ) -> LoadedModels:
     """Load ``names`` (default: every registered model) once each. A worker serving one model
     refuses to start when it cannot load it (ModelUnavailable, one sentence); a worker serving
