@@ -24,12 +24,16 @@ async def sweep_once(settings: DeadLetterSettings) -> int:
     from aiobotocore.session import get_session
 
     from visionq.aws import aio_client_kwargs, boto3_client
+    from visionq.notifications import announcer
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.queue import SqsQueue
 
     jobs = DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table)
     async with get_session().create_client(**aio_client_kwargs("sqs", settings)) as sqs:
-        return await dead_letters.sweep(SqsQueue(sqs, settings.dlq_url), jobs, settings.upload_prefix)
+        announce = announcer(SqsQueue(sqs, settings.notify_queue_url)) if settings.notify_queue_url else None
+        return await dead_letters.sweep(
+            SqsQueue(sqs, settings.dlq_url), jobs, settings.upload_prefix, announce=announce
+        )
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, int]:

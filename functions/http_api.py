@@ -8,19 +8,22 @@ Lambda behind an API Gateway HTTP API (``handler``, through Mangum).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from visionq import __version__
+from visionq import __version__, batch_service
 from visionq.api_keys import ApiKey, ApiKeyStore, Unauthorized
 from visionq.aws import boto3_client
+from visionq.batch_service import BatchItem, BatchState
 from visionq.config import ApiSettings, load_settings
+from visionq.console import install_console
 from visionq.errors import (
     ConfigError,
     InvalidRequest,
@@ -28,10 +31,20 @@ from visionq.errors import (
     TransientError,
     VisionqError,
 )
-from visionq.job_service import OutputReader, create_upload_job, find_job_by_key, get_job
-from visionq.jobs import Job
+from visionq.job_service import (
+    OutputReader,
+    UploadTicket,
+    create_upload_job,
+    find_job_by_key,
+    get_job,
+    upload_ticket,
+)
+from visionq.jobs import Job, JobStatus
+from visionq.metrics import observe_request, render_latest
 from visionq.models.registry import registry_from_settings
+from visionq.stores.batch_store import DynamoBatchStore
 from visionq.stores.job_store import DynamoJobStore, JobStore
+from visionq.webhook_rules import SIGNATURE_HEADER, WebhookRules
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +53,7 @@ logger = logging.getLogger(__name__)
 ERROR_RESPONSES: dict[type[Exception], tuple[int, str | None]] = {
     InvalidRequest: (400, None),
     Unauthorized: (401, "unauthorized"),
-    JobNotFound: (404, "job_not_found"),
+    JobNotFound: (404, None),  # job_not_found, batch_not_found
     TransientError: (503, "service_unavailable"),
     ConfigError: (500, "internal_error"),
     VisionqError: (500, "internal_error"),
@@ -54,6 +67,30 @@ class CreateJobRequest(BaseModel):
     content_type: str = Field(min_length=1, max_length=100, examples=["image/jpeg"])
     # A name from the model registry (GET /v1/models); unset: the registry's default.
     model: str | None = Field(default=None, min_length=1, max_length=64, examples=["caption"])
+    # Announced here when the job ends (docs/webhooks.md): https, a public address.
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
+
+
+class BatchItemRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=200, examples=["frame-000012.jpg"])
+    content_type: str = Field(min_length=1, max_length=100, examples=["image/jpeg"])
+    # The client's own fields, kept with the job and returned with it (a frame's index and time).
+    meta: dict[str, str | int | float | bool | None] | None = Field(default=None, max_length=16)
+
+
+class CreateBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[BatchItemRequest] = Field(default_factory=list)
+    model: str | None = Field(default=None, min_length=1, max_length=64)
+    name: str | None = Field(default=None, max_length=200)
+    meta: dict[str, str | int | float | bool | None] | None = Field(default=None, max_length=32)
+    # Members the client will add by uploading under the batch's prefix (they count towards completion).
+    expected: int = Field(default=0, ge=0, le=1_000_000)
+    # Announced here once every member has ended.
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
 
 class ErrorBody(BaseModel):
@@ -78,6 +115,23 @@ class JobCreated(BaseModel):
     expires_at: str
 
 
+class BatchCreated(BaseModel):
+    batch_id: str
+    # Objects put here directly (any S3 client) join the batch.
+    upload_prefix: str
+    jobs: list[JobCreated]
+
+
+class WebhookView(BaseModel):
+    status: str  # pending | delivered | failed
+    attempts: list[dict[str, Any]]
+
+
+class WebhookSecret(BaseModel):
+    secret: str
+    header: str
+
+
 class ModelList(BaseModel):
     default: str
     models: list[str]
@@ -92,6 +146,34 @@ class JobView(BaseModel):
     updated_at: str
     result: dict[str, Any] | None = None
     error: ErrorBody | None = None
+    filename: str | None = None
+    batch_id: str | None = None
+    meta: dict[str, Any] | None = None
+    webhook: WebhookView | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class BatchView(BaseModel):
+    batch_id: str
+    status: str  # open | complete
+    model: str
+    name: str | None
+    created_at: str
+    upload_prefix: str
+    size: int
+    expected: int
+    total: int
+    finished: int
+    progress: float
+    counts: dict[str, int]
+    meta: dict[str, Any] | None
+    webhook: WebhookView | None = None
+    jobs: list[JobView]
+    next_cursor: str | None
 
 
 def job_view(job: Job) -> JobView:
@@ -104,6 +186,48 @@ def job_view(job: Job) -> JobView:
         updated_at=job.updated_at,
         result=job.result,
         error=ErrorBody(code=job.error.code, message=job.error.message) if job.error else None,
+        filename=job.filename,
+        batch_id=job.batch_id,
+        meta=job.meta,
+        webhook=_webhook_view(job.webhook, wanted=job.webhook_url is not None),
+    )
+
+
+def _webhook_view(record: dict[str, Any] | None, *, wanted: bool) -> WebhookView | None:
+    if record is None:
+        return WebhookView(status="pending", attempts=[]) if wanted else None
+    return WebhookView(status=str(record.get("status", "pending")), attempts=list(record.get("attempts", [])))
+
+
+def batch_view(state: BatchState) -> BatchView:
+    batch, progress = state.batch, state.progress
+    return BatchView(
+        batch_id=batch.batch_id,
+        status="complete" if progress.complete(batch) else "open",
+        model=batch.model,
+        name=batch.name,
+        created_at=batch.created_at,
+        upload_prefix=batch.upload_prefix,
+        size=batch.size,
+        expected=batch.expected,
+        total=progress.total,
+        finished=progress.finished,
+        progress=progress.fraction(batch),
+        counts=dict(sorted(progress.counts.items())),
+        meta=batch.meta,
+        webhook=_webhook_view(batch.webhook, wanted=batch.webhook_url is not None),
+        jobs=[job_view(job) for job in state.page.jobs],
+        next_cursor=state.page.cursor,
+    )
+
+
+def job_created(ticket: UploadTicket) -> JobCreated:
+    return JobCreated(
+        job_id=ticket.job.job_id,
+        status=str(ticket.job.status),
+        key=ticket.job.key,
+        upload=UploadForm(url=ticket.upload.url, fields=ticket.upload.fields),
+        expires_at=ticket.expires_at,
     )
 
 
@@ -112,6 +236,7 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 
 MAX_BODY_BYTES = 16 * 1024  # a job request is a filename and a content type
+MAX_BATCH_BODY_BYTES = 1024 * 1024  # a batch request lists up to max_batch_items of them
 API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="a key from `visionq keys create`")
 
 
@@ -131,12 +256,15 @@ def create_app(
     keys: ApiKeyStore | None = None,
     s3_client: Any = None,
     results: OutputReader | None = None,
+    batches: DynamoBatchStore | None = None,
 ) -> FastAPI:
     settings = settings or load_settings(ApiSettings)
     if jobs is None or keys is None:
         dynamodb = boto3_client("dynamodb", settings)
         jobs = jobs or DynamoJobStore(dynamodb, settings.jobs_table)
         keys = keys or ApiKeyStore(dynamodb, settings.jobs_table)
+    if batches is None:
+        batches = DynamoBatchStore(boto3_client("dynamodb", settings), settings.jobs_table)
     s3_client = s3_client or boto3_client("s3", settings)
     if results is None and settings.database_url:
         from visionq.stores.result_store import PostgresResultStore
@@ -144,6 +272,7 @@ def create_app(
         results = PostgresResultStore(settings.database_url)
 
     registry = registry_from_settings(settings)
+    webhooks = WebhookRules.from_settings(settings)
 
     app = FastAPI(title="visionq", version=__version__, description="Asynchronous computer vision on object storage.")
     app.state.keys = keys
@@ -154,9 +283,28 @@ def create_app(
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return error_response(413, "request_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        limit = MAX_BATCH_BODY_BYTES if request.url.path == "/v1/batches" else MAX_BODY_BYTES
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return error_response(413, "request_too_large", f"request bodies are limited to {limit} bytes")
         return await call_next(request)
+
+    @app.middleware("http")
+    async def record_metrics(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            observe_request(route, status, time.perf_counter() - started)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        """Prometheus text format: requests by route and status, latency (this process's)."""
+        body, content_type = render_latest()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -173,14 +321,56 @@ def create_app(
             settings=settings,
             jobs=jobs,
             s3_client=s3_client,
+            webhook_url=webhooks.check(body.webhook_url) if body.webhook_url is not None else None,
         )
-        return JobCreated(
-            job_id=ticket.job.job_id,
-            status=str(ticket.job.status),
-            key=ticket.job.key,
-            upload=UploadForm(url=ticket.upload.url, fields=ticket.upload.fields),
-            expires_at=ticket.expires_at,
+        return job_created(ticket)
+
+    @app.post("/v1/jobs/{job_id}/upload", status_code=201, response_model=JobCreated, responses=error_responses)
+    def renew_upload(job_id: str, key: Caller) -> JobCreated:
+        """A fresh presigned upload for a job still PENDING (an expired one, a resumed submission)."""
+        job = get_job(job_id, owner=key.key_id, jobs=jobs)
+        if job.status is not JobStatus.PENDING:
+            raise InvalidRequest(
+                f"job {job_id} is {job.status}: its object has arrived already", code="job_not_pending"
+            )
+        return job_created(upload_ticket(job, settings, s3_client))
+
+    @app.post("/v1/batches", status_code=201, response_model=BatchCreated, responses=error_responses)
+    def create_batch(body: CreateBatchRequest, key: Caller) -> BatchCreated:
+        created = batch_service.create_batch(
+            [BatchItem(filename=i.filename, content_type=i.content_type, meta=i.meta) for i in body.items],
+            owner=key.key_id,
+            model=body.model,
+            registry=registry,
+            settings=settings,
+            batches=batches,
+            s3_client=s3_client,
+            name=body.name,
+            meta=body.meta,
+            expected=body.expected,
+            webhook_url=body.webhook_url,
+            check_webhook=webhooks.check if webhooks.enabled else None,
         )
+        return BatchCreated(
+            batch_id=created.batch.batch_id,
+            upload_prefix=created.batch.upload_prefix,
+            jobs=[job_created(ticket) for ticket in created.tickets],
+        )
+
+    @app.get("/v1/batches/{batch_id}", response_model=BatchView, responses=error_responses)
+    def read_batch(
+        batch_id: str,
+        key: Caller,
+        limit: Annotated[int, Query(ge=0, le=500, description="members per page; 0: counts only")] = 100,
+        cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    ) -> BatchView:
+        state = batch_service.read_batch(batch_id, owner=key.key_id, batches=batches, limit=limit, cursor=cursor)
+        return batch_view(state)
+
+    @app.get("/v1/webhooks/secret", response_model=WebhookSecret, responses=error_responses)
+    def webhook_secret(key: Caller) -> WebhookSecret:
+        """The secret this key's notices are signed with (docs/webhooks.md shows how to check one)."""
+        return WebhookSecret(secret=webhooks.secret_for(key.key_id), header=SIGNATURE_HEADER)
 
     @app.get("/v1/models", response_model=ModelList, responses=error_responses)
     def list_models(key: Caller) -> ModelList:
@@ -190,13 +380,26 @@ def create_app(
     def read_job(job_id: str, key: Caller) -> JobView:
         return job_view(get_job(job_id, owner=key.key_id, jobs=jobs, results=results))
 
-    @app.get("/v1/jobs", response_model=JobView, responses=error_responses)
-    def find_job(
+    @app.get("/v1/jobs", response_model=JobView | JobList, responses=error_responses)
+    def find_or_list_jobs(
         caller_key: Caller,
-        key: Annotated[str, Query(min_length=1, max_length=1024, description="the object key")],
-    ) -> JobView:
-        return job_view(find_job_by_key(key, owner=caller_key.key_id, settings=settings, jobs=jobs, results=results))
+        key: Annotated[str | None, Query(min_length=1, max_length=1024, description="an object key: its job")] = None,
+        status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
+        model: Annotated[str | None, Query(max_length=64, description="only jobs of this model")] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    ) -> JobView | JobList:
+        """With ``key``: the job of that object. Without: this key's jobs, newest first."""
+        if key is not None:
+            return job_view(
+                find_job_by_key(key, owner=caller_key.key_id, settings=settings, jobs=jobs, results=results)
+            )
+        page = batches.recent_jobs(
+            caller_key.key_id, limit=limit, cursor=cursor, status=str(status) if status else None, model=model
+        )
+        return JobList(jobs=[job_view(job) for job in page.jobs], next_cursor=page.cursor)
 
+    install_console(app)
     install_error_handlers(app)
     return app
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools.utilities.data_classes import SQSEvent
 
+from visionq import metrics
 from visionq.config import WorkerSettings, load_settings
 from visionq.core import Processor
 from visionq.models import Model
@@ -49,13 +50,21 @@ class LambdaWorker:
 
         from visionq.aws import aio_client_kwargs, boto3_client
         from visionq.models.registry import LoadedModels, load_served_models
+        from visionq.notifications import announcer
         from visionq.stores.job_store import DynamoJobStore
         from visionq.stores.object_store import S3ObjectReader
+        from visionq.stores.queue import SqsQueue
         from visionq.stores.result_store import PostgresResultStore
 
         settings = self.settings
         models = LoadedModels.of(model) if model is not None else load_served_models(settings)
         s3 = await self._resources.enter_async_context(get_session().create_client(**aio_client_kwargs("s3", settings)))
+        announce = None
+        if settings.notify_queue_url:
+            sqs = await self._resources.enter_async_context(
+                get_session().create_client(**aio_client_kwargs("sqs", settings))
+            )
+            announce = announcer(SqsQueue(sqs, settings.notify_queue_url))
         return Processor(
             settings=settings,
             jobs=DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table),
@@ -64,6 +73,7 @@ class LambdaWorker:
             models=models,
             max_batch=default_max_batch(settings, models.device),
             max_wait=settings.max_wait_ms / 1000,
+            announce=announce,
         )
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -87,6 +97,7 @@ class LambdaWorker:
             )
         failures = [m.message_id for m, outcome in zip(messages, outcomes, strict=True) if outcome is Outcome.RETRY]
         logger.info("invocation: %d messages, %d to retry", len(messages), len(failures))
+        metrics.invocation_done(received=len(messages), retried=len(failures))
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
 
     def close(self) -> None:

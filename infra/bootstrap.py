@@ -39,6 +39,10 @@ class StackNames:
     def dead_letter_queue(self) -> str:
         return f"{self.queue}-dlq"
 
+    @property
+    def notify_queue(self) -> str:
+        return f"{self.queue}-notify"
+
 
 @dataclass(frozen=True)
 class StackResources:
@@ -46,6 +50,7 @@ class StackResources:
     queue_url: str
     dead_letter_queue_url: str
     jobs_table: str
+    notify_queue_url: str
 
 
 def bootstrap_aws(
@@ -87,10 +92,40 @@ def bootstrap_aws(
             ]
         },
     )
+    notify_url = _ensure_queue(
+        sqs,
+        names.notify_queue,
+        {
+            "VisibilityTimeout": str(tpl.notify_visibility_timeout),
+            "MessageRetentionPeriod": str(tpl.notify_retention_seconds),
+            **encryption,
+        },
+    )
     ensure_jobs_table(dynamodb, names.jobs_table, tpl)
     return StackResources(
-        bucket=names.bucket, queue_url=queue_url, dead_letter_queue_url=dlq_url, jobs_table=names.jobs_table
+        bucket=names.bucket,
+        queue_url=queue_url,
+        dead_letter_queue_url=dlq_url,
+        jobs_table=names.jobs_table,
+        notify_queue_url=notify_url,
     )
+
+
+def _add_missing_indexes(dynamodb: Any, table: str, tpl: TemplateSettings) -> None:
+    """A table made by an older version gets the indexes the template has added since (one per
+    UpdateTable call, as DynamoDB requires; each is built in the background)."""
+    existing = {
+        index["IndexName"]
+        for index in dynamodb.describe_table(TableName=table)["Table"].get("GlobalSecondaryIndexes", [])
+    }
+    for index in tpl.table.global_secondary_indexes:
+        if index["IndexName"] in existing:
+            continue
+        dynamodb.update_table(
+            TableName=table,
+            AttributeDefinitions=[dict(a) for a in tpl.table.attribute_definitions],
+            GlobalSecondaryIndexUpdates=[{"Create": dict(index)}],
+        )
 
 
 def queue_policy(queue_arn: str, bucket: str) -> dict[str, Any]:
@@ -185,6 +220,7 @@ def ensure_jobs_table(dynamodb: Any, table: str, tpl: TemplateSettings | None = 
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
+        _add_missing_indexes(dynamodb, table, tpl)
     if tpl.table.ttl_attribute:
         ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
         if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):

@@ -130,6 +130,8 @@ class TemplateSettings:
     sqs_managed_sse: bool
     lambda_worker_timeout: int  # the Lambda worker's; the visibility timeout is at least 6 x this
     table: TableSettings
+    notify_retention_seconds: int = 86400  # the notifications queue's (NotifyQueue)
+    notify_visibility_timeout: int = 180
 
 
 class _Resolver:
@@ -186,6 +188,7 @@ def settings_from_template(template: dict[str, Any]) -> TemplateSettings:
     bucket = _resource(template, "UploadBucket", "AWS::S3::Bucket")
     table = _resource(template, "JobsTable", "AWS::DynamoDB::Table")
     worker = _resource(template, "LambdaWorkerFunction", "AWS::Serverless::Function")
+    notify = _resource(template, "NotifyQueue", "AWS::SQS::Queue")
 
     (notification,) = bucket["NotificationConfiguration"]["QueueConfigurations"]
     rules = notification["Filter"]["S3Key"]["Rules"]
@@ -205,7 +208,11 @@ def settings_from_template(template: dict[str, Any]) -> TemplateSettings:
         dead_letter_retention_seconds=_int(
             resolve(dlq["MessageRetentionPeriod"], "DeadLetterQueue"), "DeadLetterQueue retention"
         ),
-        sqs_managed_sse=bool(queue.get("SqsManagedSseEnabled")) and bool(dlq.get("SqsManagedSseEnabled")),
+        sqs_managed_sse=all(bool(q.get("SqsManagedSseEnabled")) for q in (queue, dlq, notify)),
+        notify_retention_seconds=_int(
+            resolve(notify["MessageRetentionPeriod"], "NotifyQueue"), "NotifyQueue retention"
+        ),
+        notify_visibility_timeout=_int(resolve(notify["VisibilityTimeout"], "NotifyQueue"), "NotifyQueue visibility"),
         lambda_worker_timeout=_int(resolve(worker["Timeout"], "LambdaWorkerFunction"), "LambdaWorkerFunction.Timeout"),
         table=TableSettings(
             billing_mode=str(table["BillingMode"]),

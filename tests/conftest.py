@@ -13,6 +13,7 @@ DynamoDB) or ``localstack`` (LocalStack's runtime from ``.localstack-venv``, see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -111,6 +112,7 @@ class Stack:
     database_url: str
     queue_url: str
     dlq_url: str
+    notify_queue_url: str
     s3: Any
     sqs: Any
     dynamodb: Any
@@ -170,32 +172,43 @@ def stack(moto_server: Any, aws_server: Any, database_url: str) -> Stack:
         database_url=database_url,
         queue_url=resources.queue_url,
         dlq_url=resources.dead_letter_queue_url,
+        notify_queue_url=resources.notify_queue_url,
         s3=s3,
         sqs=sqs,
         dynamodb=dynamodb,
     )
 
 
-@pytest.fixture(scope="session")
-def api_url(aws_server: Any) -> Iterator[str]:
-    """The HTTP API, served by uvicorn over real HTTP, for the whole session (names are fixed)."""
+@contextlib.contextmanager
+def serving_api(settings: Any) -> Iterator[str]:
+    """The HTTP API with ``settings``, served by uvicorn over real HTTP on a thread; its URL."""
     import uvicorn
 
     from functions.http_api import create_app
-    from visionq.config import ApiSettings
     from visionq.local_stack import free_port, wait_until
 
-    settings = ApiSettings(
-        bucket=BUCKET, jobs_table=TABLE, aws_endpoint_url=aws_server.endpoint, aws_region="us-east-1"
-    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout=30, what="uvicorn")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def api_url(aws_server: Any) -> Iterator[str]:
+    """The HTTP API for the whole session (names are fixed)."""
+    from visionq.config import ApiSettings
+
+    settings = ApiSettings(
+        bucket=BUCKET, jobs_table=TABLE, aws_endpoint_url=aws_server.endpoint, aws_region="us-east-1"
+    )
+    with serving_api(settings) as url:
+        yield url
 
 
 @pytest.fixture

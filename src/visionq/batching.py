@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from visionq import metrics
 from visionq.waiting import wait_event
 
 T = TypeVar("T")
@@ -59,7 +60,9 @@ class MicroBatcher(Generic[T]):
                 full = len(self._items) >= self.max_batch
                 waited = time.monotonic() - oldest >= self.max_wait
                 if full or waited or self._closed or not self._more_coming():
-                    return [self._items.popleft()[1] for _ in range(min(self.max_batch, len(self._items)))]
+                    taken = [self._items.popleft() for _ in range(min(self.max_batch, len(self._items)))]
+                    metrics.WORKER.batch_formed([entered for entered, _ in taken], time.monotonic())
+                    return [item for _, item in taken]
                 timeout: float | None = max(0.0, oldest + self.max_wait - time.monotonic())
             elif self._closed:
                 raise BatcherClosed("the batcher is closed and empty")

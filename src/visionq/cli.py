@@ -14,13 +14,13 @@ from pathlib import Path
 
 import httpx
 
+from visionq import cli_batches
 from visionq.client import ApiError
+from visionq.config import STATE_DIR
 from visionq.errors import ConfigError, VisionqError
 from visionq.logs import WORKER_CANNOT_START
 
 logger = logging.getLogger("visionq")
-
-STATE_DIR = Path(".visionq")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"visionq: {exc.message}", file=sys.stderr)
         return 2
+    except VisionqError as exc:  # a bad file, an over-long clip, a batch not found...
+        print(f"visionq: {exc.message}", file=sys.stderr)
+        return 2
+    except TimeoutError as exc:
+        print(f"visionq: {exc}", file=sys.stderr)
+        return 1
     except ApiError as exc:
         print(f"visionq: the API answered {exc}", file=sys.stderr)
         return 1
@@ -49,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the local stack in the foreground (emulator, PostgreSQL, API, worker)")
     up.add_argument("--model", default=os.environ.get("VISIONQ_MODEL", "yolo11n.pt"))
     up.add_argument("--api-port", type=int, default=None)
+    up.add_argument("--workers", type=int, default=1, help="worker processes, each restarted if it dies (default 1)")
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="bring the stack up, detect objects in sample images, shut down")
@@ -57,11 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("images", nargs="*", type=Path, help="images or folders (default: Ultralytics' samples)")
     demo.set_defaults(func=cmd_demo)
 
-    submit = sub.add_parser("submit", help="submit images through the API")
-    submit.add_argument("paths", nargs="+", type=Path)
-    submit.add_argument("--wait", action="store_true", help="wait and print the results")
-    submit.add_argument("--timeout", type=float, default=300)
-    submit.set_defaults(func=cmd_submit)
+    cli_batches.add_commands(sub)  # submit, batch, render
 
     status = sub.add_parser("status", help="print a job as JSON")
     status.add_argument("job_id")
@@ -69,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker (configured by environment)")
     worker.set_defaults(func=cmd_worker)
+
+    stats = sub.add_parser("stats", help="metrics in the terminal: queue depth and age, images/s, stages, failures")
+    stats.add_argument("urls", nargs="*", help="metrics endpoints (default: the API's and the local stack's workers')")
+    stats.add_argument("--interval", type=float, default=1.0, help="seconds between the two scrapes (0: one)")
+    stats.set_defaults(func=cmd_stats)
+
+    notifier = sub.add_parser("notifier", help="deliver webhooks of ended jobs and batches (configured by environment)")
+    notifier.set_defaults(func=cmd_notifier)
 
     api = sub.add_parser("api", help="serve the HTTP API (configured by environment)")
     api.add_argument("--host", default="127.0.0.1")
@@ -108,14 +119,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from visionq.local_stack import LocalStack, free_port
+    from visionq.local_stack import LocalStack, ServiceDied, free_port
 
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     _console_logging()
     stack = LocalStack(
         state_dir=STATE_DIR,
         model=args.model,
         api_port=args.api_port or free_port(),
         database_url=os.environ.get("DATABASE_URL"),
+        workers=args.workers,
     )
     _raise_on_sigterm()
     try:
@@ -131,13 +145,24 @@ def cmd_up(args: argparse.Namespace) -> int:
         ):
             print(f"  {key}={stack.env[key]}")
         print(f"  settings written to {STATE_DIR / 'local.env'}; logs in {STATE_DIR}/*.log")
-        print("  try: visionq submit path/to/image.jpg --wait      (Ctrl-C stops everything)")
+        print(
+            f"  the API, {args.workers} worker(s) and the notifier are restarted if they die; pids in {STATE_DIR}/*.pid"
+        )
+        print(f"  the console: {stack.env['API_URL']}/ (API key: VISIONQ_API_KEY in local.env); metrics: visionq stats")
+        print("  try: visionq submit path/to/image.jpg --wait      (Ctrl-C stops everything)", flush=True)
         while True:
-            stack.check_children()
-            time.sleep(1)
+            stack.supervise()  # restarts what died; never blocks
+            time.sleep(0.5)
     except KeyboardInterrupt:
-        print("\nstopping...")
+        print("\nstopping (workers first finish what they hold)...", flush=True)
+    except ServiceDied as exc:
+        print(f"visionq: {exc}", file=sys.stderr)
+        return 1
     finally:
+        # Stopping takes up to a minute (workers finish what they hold); a second Ctrl-C or SIGTERM
+        # must not cut it short and leave the emulator or PostgreSQL running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
     return 0
 
@@ -150,24 +175,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, images=args.images, out_dir=args.out, state_dir=STATE_DIR)
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from visionq.client import VisionqClient, expand_image_paths, format_results
-
-    client = VisionqClient(*_api())
-    submitted = [client.submit_file(path) for path in expand_image_paths(args.paths)]
-    for item in submitted:
-        print(f"{item.job_id}  {item.path}")
-    if args.wait:
-        jobs = client.wait([s.job_id for s in submitted], timeout=args.timeout)
-        print(format_results([(s.path.name, jobs[s.job_id]) for s in submitted]))
-        return 0 if all(job["status"] == "SUCCEEDED" for job in jobs.values()) else 1
-    return 0
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from visionq.client import VisionqClient
+    from visionq.client import client_from_settings
 
-    print(json.dumps(VisionqClient(*_api()).get_job(args.job_id), indent=2))
+    print(json.dumps(client_from_settings().get_job(args.job_id), indent=2))
     return 0
 
 
@@ -188,6 +199,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except Exception:
         logger.exception("worker failed")
         return 1
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from visionq.config import ClientSettings, load_settings
+    from visionq.stats import run_stats
+
+    urls = list(args.urls)
+    if not urls:
+        try:
+            settings = load_settings(ClientSettings)
+        except ConfigError as exc:
+            raise ConfigError("no metrics endpoints given and no local stack running: run `visionq up` first") from exc
+        urls = [settings.api_url, *filter(None, settings.metrics_urls.split(","))]
+    print(run_stats(urls, interval=args.interval))
+    return 0
+
+
+def cmd_notifier(args: argparse.Namespace) -> int:
+    import threading
+
+    from visionq.config import NotifierSettings, load_settings
+    from visionq.logs import configure_logging
+    from visionq.notifications import serve_notifier
+
+    configure_logging(os.environ.get("VISIONQ_LOG_LEVEL", "INFO"))
+    settings = load_settings(NotifierSettings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    serve_notifier(settings, stop)
     return 0
 
 
@@ -334,6 +376,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     print(f"VISIONQ_QUEUE_URL={resources.queue_url}")
     print(f"VISIONQ_DLQ_URL={resources.dead_letter_queue_url}")
     print(f"VISIONQ_JOBS_TABLE={resources.jobs_table}")
+    print(f"VISIONQ_NOTIFY_QUEUE_URL={resources.notify_queue_url}")
     return 0
 
 
@@ -348,17 +391,6 @@ def _migrate(database_url: str) -> int:
         return 1
     print(schema, file=sys.stderr)  # stdout stays KEY=VALUE lines
     return 0
-
-
-def _api() -> tuple[str, str | None]:
-    """The API's URL and key: from the environment, else from the local stack's local.env."""
-    from visionq.config import ClientSettings, load_settings
-
-    try:
-        settings = load_settings(ClientSettings)
-    except ConfigError as exc:
-        raise ConfigError("API_URL is not set and .visionq/local.env does not exist: run `visionq up` first") from exc
-    return settings.api_url, settings.api_key
 
 
 def _console_logging() -> None:

@@ -58,6 +58,31 @@ class VisionqClient:
         self.upload(ticket, path.read_bytes(), content_type)
         return Submitted(path=path, job_id=ticket["job_id"])
 
+    def create_batch(self, items: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
+        """POST /v1/batches: ``items`` of {filename, content_type, meta}; ``options``: model, name,
+        meta, expected, webhook_url (None values left out)."""
+        body = {"items": items, **{k: v for k, v in options.items() if v is not None}}
+        return self._json(self._http.post("/v1/batches", json=body))
+
+    def get_batch(self, batch_id: str, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self._json(self._http.get(f"/v1/batches/{batch_id}", params=params))
+
+    def batch_members(self, batch_id: str) -> list[dict[str, Any]]:
+        """Every member of a batch, page after page."""
+        members: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self.get_batch(batch_id, limit=500, cursor=cursor)
+            members.extend(page["jobs"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return members
+
+    def renew_upload(self, job_id: str) -> dict[str, Any]:
+        """A fresh presigned upload for a job still waiting for its object (a resumed submission)."""
+        return self._json(self._http.post(f"/v1/jobs/{job_id}/upload"))
+
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))
 
@@ -93,6 +118,22 @@ class VisionqClient:
             )
         assert isinstance(body, dict)
         return body
+
+
+def client_from_settings() -> VisionqClient:
+    """A client for the API the environment names, else the running local stack's (local.env)."""
+    from visionq.config import ClientSettings, load_settings
+    from visionq.errors import ConfigError
+
+    try:
+        settings = load_settings(ClientSettings)
+    except ConfigError as exc:
+        raise ConfigError("API_URL is not set and .visionq/local.env does not exist: run `visionq up` first") from exc
+    if not settings.api_key:
+        raise ConfigError(
+            f"VISIONQ_API_KEY is not set: the API at {settings.api_url} needs a key (`visionq keys create NAME`)"
+        )
+    return VisionqClient(settings.api_url, settings.api_key)
 
 
 def expand_image_paths(paths: Iterable[Path]) -> list[Path]:

@@ -17,7 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from visionq.errors import ConfigError
 
-LOCAL_ENV_FILE = Path(".visionq/local.env")
+STATE_DIR = Path(".visionq")  # the local stack's state, logs and settings; the client's batch manifests
+LOCAL_ENV_FILE = STATE_DIR / "local.env"
 
 # Defaults, in one place: the settings below, `visionq bootstrap` and the local stack use these.
 DEFAULT_UPLOAD_PREFIX = "uploads/"
@@ -85,7 +86,40 @@ class LocalEnvSettings(AwsSettings):
     model_config = SettingsConfigDict(env_file=LOCAL_ENV_FILE, env_prefix="", extra="ignore", populate_by_name=True)
 
 
-class ApiSettings(AwsSettings):
+class WebhookSettings(AwsSettings):
+    """Who may receive completion notices (webhooks.py): the rules the API checks a URL against when
+    a job or batch names one, and the notifier again before every delivery."""
+
+    # Signs every notice (HMAC-SHA256); each API key gets its own secret derived from it
+    # (GET /v1/webhooks/secret). Unset: requests naming a webhook are refused.
+    webhook_secret: SecretStr | None = Field(default=None, validation_alias="VISIONQ_WEBHOOK_SECRET")
+    # Plain http to a loopback address (the local stack's receivers); https only otherwise.
+    webhook_allow_http_loopback: bool = Field(default=False, validation_alias="VISIONQ_WEBHOOK_ALLOW_HTTP_LOOPBACK")
+    # Comma-separated networks (CIDR) a receiver may resolve to although private (a receiver in
+    # your own VPC); every private, loopback and link-local address is refused otherwise.
+    webhook_allowed_networks: str = Field(default="", validation_alias="VISIONQ_WEBHOOK_ALLOWED_NETWORKS")
+    # Comma-separated exact host names admitted whatever they resolve to.
+    webhook_allowed_hosts: str = Field(default="", validation_alias="VISIONQ_WEBHOOK_ALLOWED_HOSTS")
+
+
+class NotifierSettings(WebhookSettings):
+    """The notifier (`visionq notifier`, functions/notifier.py): it delivers completion notices."""
+
+    notify_queue_url: str = Field(validation_alias="VISIONQ_NOTIFY_QUEUE_URL")
+    jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
+    # Attempts per notice (the first included); retries wait base * 2^n seconds, with full jitter,
+    # at most cap (SQS delays a message by at most 900 s).
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20, validation_alias="VISIONQ_WEBHOOK_MAX_ATTEMPTS")
+    webhook_backoff_seconds: float = Field(default=30.0, gt=0, validation_alias="VISIONQ_WEBHOOK_BACKOFF_SECONDS")
+    webhook_backoff_cap_seconds: float = Field(
+        default=900.0, gt=0, le=900, validation_alias="VISIONQ_WEBHOOK_BACKOFF_CAP_SECONDS"
+    )
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=30, validation_alias="VISIONQ_WEBHOOK_TIMEOUT_SECONDS")
+    # Deliveries in flight at once (each a thread: a slow receiver holds one, never the others).
+    notifier_concurrency: int = Field(default=16, ge=1, le=256, validation_alias="VISIONQ_NOTIFIER_CONCURRENCY")
+
+
+class ApiSettings(WebhookSettings):
     """What the HTTP functions need: where uploads go and where jobs are recorded."""
 
     bucket: str = Field(validation_alias="VISIONQ_BUCKET")
@@ -94,6 +128,8 @@ class ApiSettings(AwsSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, validation_alias="VISIONQ_MAX_UPLOAD_BYTES")
     upload_expiry_seconds: int = Field(default=600, validation_alias="VISIONQ_UPLOAD_EXPIRY_SECONDS")
     job_ttl_days: int = Field(default=DEFAULT_JOB_TTL_DAYS, validation_alias="VISIONQ_JOB_TTL_DAYS")
+    # Jobs one POST /v1/batches may create (each gets a presigned upload in the answer).
+    max_batch_items: int = Field(default=1000, ge=1, le=5000, validation_alias="VISIONQ_MAX_BATCH_ITEMS")
     # The models a job may ask for (models/registry.py): a registry file, else one model, "default".
     models_file: Path | None = Field(default=None, validation_alias="VISIONQ_MODELS_FILE")
     model: str = Field(default=DEFAULT_MODEL_WEIGHTS, validation_alias="VISIONQ_MODEL")
@@ -155,6 +191,10 @@ class WorkerSettings(AwsSettings):
     summary_max_items: int = Field(default=300, ge=1, validation_alias="VISIONQ_SUMMARY_MAX_ITEMS")
     # Created once the models are loaded and the worker is about to receive (`visionq up` waits for it).
     ready_file: Path | None = Field(default=None, validation_alias="VISIONQ_READY_FILE")
+    # Prometheus' /metrics of the worker on this port (every interface); unset: no endpoint (metrics.py).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, validation_alias="VISIONQ_METRICS_PORT")
+    # Where ended jobs that asked for a webhook are handed to the notifier; unset: not announced.
+    notify_queue_url: str | None = Field(default=None, validation_alias="VISIONQ_NOTIFY_QUEUE_URL")
     # Lambda: stop this long before the invocation's end, so the outcome can still be reported.
     lambda_margin_seconds: float = Field(default=10.0, ge=0, validation_alias="VISIONQ_LAMBDA_MARGIN_SECONDS")
 
@@ -172,6 +212,8 @@ class DeadLetterSettings(LocalEnvSettings):
     dlq_url: str = Field(validation_alias="VISIONQ_DLQ_URL")
     jobs_table: str = Field(validation_alias="VISIONQ_JOBS_TABLE")
     upload_prefix: str = Field(default=DEFAULT_UPLOAD_PREFIX, validation_alias="VISIONQ_UPLOAD_PREFIX")
+    # Jobs the sweeper ends are announced like any other (webhooks).
+    notify_queue_url: str | None = Field(default=None, validation_alias="VISIONQ_NOTIFY_QUEUE_URL")
 
 
 class ReprocessSettings(LocalEnvSettings):
@@ -189,6 +231,8 @@ class ClientSettings(LocalEnvSettings):
 
     api_url: str = Field(validation_alias="API_URL")
     api_key: str | None = Field(default=None, validation_alias="VISIONQ_API_KEY")
+    # Comma-separated /metrics endpoints of the workers (`visionq stats`; `visionq up` writes them).
+    metrics_urls: str = Field(default="", validation_alias="VISIONQ_METRICS_URLS")
 
 
 def environment_names() -> set[str]:

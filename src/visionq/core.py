@@ -26,16 +26,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from visionq import metrics
 from visionq.batching import MicroBatcher
 from visionq.config import WorkerSettings
 from visionq.errors import ObjectChanged, PermanentError, TransientError
 from visionq.events import MalformedEvent, ObjectCreated, parse_s3_event
 from visionq.faults import Failpoints
 from visionq.images import ImageLimits, decode_image
-from visionq.jobs import JobError, JobStatus, job_id_for_object, job_id_in_key, ttl_from_now
+from visionq.jobs import Job, JobError, JobStatus, batch_id_in_key, job_id_for_object, job_id_in_key, ttl_from_now
 from visionq.models import Model
 from visionq.models.registry import LoadedModels
 from visionq.outputs import ModelOutput
@@ -63,6 +64,7 @@ class Processor:
         max_batch: int,
         max_wait: float,
         failpoints: Failpoints | None = None,
+        announce: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -70,6 +72,7 @@ class Processor:
         self.results = results
         self.models = models
         self.failpoints = failpoints or Failpoints()
+        self.announce = announce  # ended jobs that asked for a webhook go to the notifier (notifications.py)
         self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         self.stats = ProcessingStats()
         # Decoding is CPU work and store calls block (boto3, psycopg): both stay off the event loop.
@@ -77,7 +80,9 @@ class Processor:
         self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         self._calls = BoundedCalls(settings.store_timeout_seconds)
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
-        self._settler = Settler(settings=settings, jobs=jobs, results=results, calls=self._calls, stats=self.stats)
+        self._settler = Settler(
+            settings=settings, jobs=jobs, results=results, calls=self._calls, stats=self.stats, announce=announce
+        )
         self._preparing = 0
         # Batches are formed per model; forward passes of all models share the one infer thread.
         self._batchers: dict[str, MicroBatcher[WorkItem]] = {
@@ -178,12 +183,14 @@ class Processor:
                 obj.ref,
                 model=requested,
                 expires_at=ttl_from_now(self.settings.job_ttl_days),
+                batch_id=batch_id_in_key(self.settings.upload_prefix, obj.key),
             )
             item.model_name = job.model or requested
             if job.status.terminal:
                 logger.info("duplicate event for a finished job", extra=item.log_extra(status=str(job.status)))
                 self.stats.duplicates += 1
-                return await self._settler.settle_failed(item) if job.status is JobStatus.FAILED else Outcome.DONE
+                settled = await self._settler.settle_failed(item) if job.status is JobStatus.FAILED else Outcome.DONE
+                return await self._settler.announced(item, job, settled)
             log_state(item, JobStatus.RUNNING)
             model = self.models.get(item.model_name)  # unknown or not loaded here: FAILED, permanent
             self.failpoints.check_key(obj.key)
@@ -287,7 +294,7 @@ class Processor:
         ]
         try:
             # One transaction for the batch: all its rows commit, or none do.
-            stored = await self._calls.store(self.results.record_results, records)
+            stored = await metrics.timed(self._calls.store(self.results.record_results, records), "write", len(records))
         except TransientError as exc:
             for item, _ in ready:
                 item.finish(await self._settler.retry_or_fail(item, exc))

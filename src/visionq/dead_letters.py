@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from visionq.config import DEFAULT_JOB_TTL_DAYS
 from visionq.errors import PermanentError, TransitionRejected
 from visionq.events import ObjectCreated, parse_s3_event
-from visionq.jobs import POISON_MESSAGE, JobError, job_id_for_object, ttl_from_now
+from visionq.jobs import POISON_MESSAGE, Job, JobError, job_id_for_object, ttl_from_now
 from visionq.stores.job_store import JobStore
 from visionq.stores.queue import Message, Queue
 
@@ -66,8 +67,11 @@ async def peek(
     return list(found.values())
 
 
-async def sweep(dlq: Queue, jobs: JobStore, upload_prefix: str) -> int:
-    """Mark the jobs of parked messages FAILED; return how many changed.
+async def sweep(
+    dlq: Queue, jobs: JobStore, upload_prefix: str, *, announce: Callable[[Job], Awaitable[None]] | None = None
+) -> int:
+    """Mark the jobs of parked messages FAILED; return how many changed. ``announce``: hands
+    those that asked for a webhook to the notifier (notifications.py).
 
     The messages are left visible, so `visionq dlq list` sees them; a later sweep finds their
     jobs already FAILED and changes nothing.
@@ -82,20 +86,27 @@ async def sweep(dlq: Queue, jobs: JobStore, upload_prefix: str) -> int:
             ),
         )
         for obj, job_id in zip(letter.objects, letter.job_ids, strict=True):
-            if await asyncio.to_thread(_fail_job, jobs, job_id, obj, error):
+            job = await asyncio.to_thread(_fail_job, jobs, job_id, obj, error)
+            if job is not None:
                 failed += 1
                 logger.warning("job FAILED: %s", POISON, extra={"job_id": job_id, "key": obj.key, "status": "FAILED"})
+                if job.notify and announce is not None:
+                    # If this fails the notice is lost: the next sweep finds the job FAILED already
+                    # and changes nothing. Rare (SQS, which the sweep has just read from); logged.
+                    try:
+                        await announce(job)
+                    except Exception:
+                        logger.exception("could not announce a poison job's end", extra={"job_id": job_id})
     return failed
 
 
-def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) -> bool:
-    """FAILED (the record created if the worker died before it could make one); False if it had
+def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) -> Job | None:
+    """FAILED (the record created if the worker died before it could make one); None if it had
     already ended."""
     try:
-        jobs.mark_failed(job_id, error, obj=obj.ref, expires_at=ttl_from_now(DEFAULT_JOB_TTL_DAYS))
+        return jobs.mark_failed(job_id, error, obj=obj.ref, expires_at=ttl_from_now(DEFAULT_JOB_TTL_DAYS))
     except TransitionRejected:
-        return False
-    return True
+        return None
 
 
 async def redrive(dlq: Queue, queue: Queue, jobs: JobStore, upload_prefix: str) -> int:

@@ -34,18 +34,49 @@ def create_upload_job(
     settings: ApiSettings,
     jobs: JobStore,
     s3_client: Any,
+    webhook_url: str | None = None,
 ) -> UploadTicket:
     """Record a PENDING job for ``model`` (the registry's default if None), then hand back a
     presigned POST for exactly its object key."""
-    filename = validate_filename(filename, content_type)
+    job = new_upload_job(
+        filename=filename,
+        content_type=content_type,
+        model=checked_model(model, registry),
+        owner=owner,
+        settings=settings,
+        webhook_url=webhook_url,
+    )
+    # The job is written before the client can upload, so the worker always finds it.
+    jobs.create(job)
+    return upload_ticket(job, settings, s3_client)
+
+
+def checked_model(model: str | None, registry: Registry) -> str:
     model = model or registry.default
     if model not in registry.models:
         raise InvalidRequest(
             f"model {model!r} is not one of this service's models: {', '.join(registry.names)}", code="unknown_model"
         )
+    return model
+
+
+def new_upload_job(
+    *,
+    filename: str,
+    content_type: str,
+    model: str,
+    owner: str,
+    settings: ApiSettings,
+    now: float | None = None,
+    batch_notifies: bool = False,
+    **extra: Any,
+) -> Job:
+    """A PENDING job whose object the client will upload (``extra``: batch, meta, webhook fields).
+    ``batch_notifies``: its batch has a webhook, so its end must reach the notifier."""
+    filename = validate_filename(filename, content_type)
     job_id = new_job_id()
-    now = time.time()
-    job = Job(
+    now = now if now is not None else time.time()
+    return Job(
         job_id=job_id,
         status=JobStatus.PENDING,
         bucket=settings.bucket,
@@ -57,17 +88,22 @@ def create_upload_job(
         filename=filename,
         content_type=content_type,
         owner=owner,
+        notify=bool(extra.get("webhook_url")) or batch_notifies,
+        **extra,
     )
-    # The job is written before the client can upload, so the worker always finds it.
-    jobs.create(job)
+
+
+def upload_ticket(job: Job, settings: ApiSettings, s3_client: Any) -> UploadTicket:
+    assert job.content_type is not None
     upload = presign_upload_post(
         s3_client,
         bucket=settings.bucket,
         key=job.key,
-        content_type=content_type,
+        content_type=job.content_type,
         max_bytes=settings.max_upload_bytes,
         expires_in=settings.upload_expiry_seconds,
     )
+    now = time.time()
     return UploadTicket(job=job, upload=upload, expires_at=utc_now_iso(now + settings.upload_expiry_seconds))
 
 

@@ -94,6 +94,29 @@ def job_id_in_key(prefix: str, key: str) -> str | None:
     return match.group("job_id") if match else None
 
 
+BATCHES_SEGMENT = "batches/"  # direct uploads under <prefix>[models/<name>/]batches/<id>/ join that batch
+_BATCH_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def batch_id_in_key(prefix: str, key: str) -> str | None:
+    """The batch a directly uploaded object joins by its key: ``<prefix>batches/<id>/...``, or
+    ``<prefix>models/<name>/batches/<id>/...`` (the grammar of ``batch_upload_prefix``)."""
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix) :].split("/")
+    if parts[:1] == ["models"]:
+        parts = parts[2:]
+    if len(parts) >= 3 and parts[0] + "/" == BATCHES_SEGMENT and _BATCH_ID.match(parts[1]):
+        return parts[1]
+    return None
+
+
+def batch_upload_prefix(prefix: str, batch_id: str, model: str | None = None) -> str:
+    """Where objects put into the bucket directly join ``batch_id`` (for ``model``, when not the default)."""
+    models = f"models/{model}/" if model else ""
+    return f"{prefix}{models}{BATCHES_SEGMENT}{batch_id}/"
+
+
 def object_id(bucket: str, key: str) -> str:
     """The jobs table's index key for 'which job is this object?'."""
     return f"{bucket}/{key}"
@@ -130,6 +153,12 @@ class Job:
     result: dict[str, Any] | None = None
     error: JobError | None = None
     owner: str | None = None  # the API key id that created it; None for direct uploads
+    batch_id: str | None = None  # the batch it belongs to (batches.py)
+    meta: dict[str, Any] | None = None  # the client's own fields, kept as given (a video frame's index and time)
+    webhook_url: str | None = None  # where its completion is announced (notifications.py)
+    # True when its end must reach a notifier: a webhook of its own, or of its batch.
+    notify: bool = False
+    webhook: dict[str, Any] | None = None  # the delivery: status and every attempt
 
 
 def ttl_from_now(days: int, now: float | None = None) -> int:

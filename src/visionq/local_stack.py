@@ -2,6 +2,10 @@
 
 Each runs in a process of its own (so the emulator never competes with the worker for one
 interpreter) and is reached the way the cloud would be: AWS over HTTP, PostgreSQL over TCP.
+
+The API and the workers are supervised children (``Child``): one that dies is started again
+after a delay that doubles while it keeps dying, so a crashed worker never takes the emulator's
+in-memory bucket, queue and jobs down with it.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,23 +226,88 @@ def write_env_file(path: Path, values: Mapping[str, str]) -> None:
 
 WORKER_START_SECONDS = 600  # loading a model may mean downloading its weights first
 
+# Restarting a child that died: after RESTART_DELAY, doubled on each death that comes soon after
+# the previous (re)start, up to MAX_RESTART_DELAY; a child that ran STABLE_SECONDS starts over at
+# RESTART_DELAY.
+RESTART_DELAY = 0.5
+MAX_RESTART_DELAY = 30.0
+STABLE_SECONDS = 60.0
 
-def _startup_error(log: Path) -> str | None:
-    """The reason a worker gave for not starting: the last "worker cannot start" line of its log."""
-    for line in reversed(log.read_text(errors="replace").splitlines() if log.exists() else []):
-        with contextlib.suppress(ValueError):
+
+def _startup_error(log: Path, offset: int = 0) -> str | None:
+    """The reason a worker gave for not starting: the last "worker cannot start" line of its log
+    (from byte ``offset``: the start of this life of the process)."""
+    text = ""
+    if log.exists():
+        with log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    for line in reversed(text.splitlines()):
+        with contextlib.suppress(ValueError, AttributeError):  # not JSON, or not a JSON object
             message = str(json.loads(line).get("message", ""))
             if message.startswith(WORKER_CANNOT_START):
                 return message[len(WORKER_CANNOT_START) :].strip()
     return None
 
 
+def visionq_argv(*args: str) -> list[str]:
+    """The command line of a `visionq` subcommand, run by this interpreter."""
+    return [sys.executable, "-m", "visionq", *args]
+
+
+def describe_exit(returncode: int) -> str:
+    """How a process ended, for a log line: "exited with status 2", "was killed by SIGKILL"."""
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+        return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+@dataclass(frozen=True)
+class Child:
+    """A process `visionq up` runs and restarts when it dies.
+
+    ``env`` comes on top of the stack's settings; ``log`` defaults to ``<state_dir>/<name>.log``.
+    With a ``ready_file``, the child counts as up only once it has created that file (the
+    supervisor deletes it before each start).
+    """
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    log: Path | None = None
+    ready_file: Path | None = None
+
+
+@dataclass
+class Supervised:
+    """A child's current life and its restart schedule."""
+
+    child: Child
+    log: Path
+    pid_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.monotonic() of the latest start
+    log_offset: int = 0  # the log's size at the latest start
+    ready: bool = False
+    starts: int = 0
+    delay: float = RESTART_DELAY  # before the next restart
+    restart_at: float | None = None  # a restart is due then (the child is dead)
+
+
+class ServiceDied(RuntimeError):
+    """The emulator or the database exited: the stack cannot go on (their state is not restarted)."""
+
+
 @dataclass
 class LocalStack:
-    """Everything `visionq up` runs: emulator, database, bootstrap, then the API and a worker.
+    """Everything `visionq up` runs: emulator, database, bootstrap, then the API and the workers.
 
-    The API and the worker are the same commands one would run against AWS (`visionq api`,
+    The API and the workers are the same commands one would run against AWS (`visionq api`,
     `visionq worker`), started as child processes with the stack's settings in their environment.
+    ``supervise()``, called every half second or so, restarts a child that died (with backoff);
+    without it, a dead child stays dead. Each child's pid is in ``<state_dir>/<name>.pid``.
     """
 
     state_dir: Path
@@ -245,10 +315,20 @@ class LocalStack:
     api_port: int = field(default_factory=free_port)
     database_url: str | None = None  # a server of the user's; else the embedded one
     worker_env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # one: "worker" (worker.log); more: "worker-1", "worker-2", ...
     moto: MotoServer | None = None
     postgres: EmbeddedPostgres | None = None
-    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    restart_delay: float = RESTART_DELAY
+    max_restart_delay: float = MAX_RESTART_DELAY
+    stable_seconds: float = STABLE_SECONDS
+    supervised: dict[str, Supervised] = field(default_factory=dict, init=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def children(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The current process of each child, by name (dead ones included until restarted)."""
+        return {name: s.proc for name, s in self.supervised.items() if s.proc is not None}
 
     def start(self, *, with_api: bool = True, with_worker: bool = True) -> LocalStack:
         from infra.bootstrap import StackNames, bootstrap_aws, bootstrap_database
@@ -256,6 +336,9 @@ class LocalStack:
         from visionq.aws import boto3_client
         from visionq.config import AwsSettings
 
+        if self.workers < 1:
+            raise ConfigError(f"the local stack needs at least one worker, not {self.workers}")
+        self._stopping = False
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.moto = MotoServer(log_path=self.state_dir / "moto.log").start()
@@ -283,16 +366,32 @@ class LocalStack:
                 "VISIONQ_UPLOAD_PREFIX": names.upload_prefix,
                 "VISIONQ_MODEL": self.model,
                 "VISIONQ_API_KEY": api_key,
+                "VISIONQ_NOTIFY_QUEUE_URL": resources.notify_queue_url,
+                # Webhooks: signed with a secret of this stack's own; receivers on this machine
+                # (plain http to loopback) are allowed here, and nowhere else by default.
+                "VISIONQ_WEBHOOK_SECRET": secrets.token_urlsafe(32),
+                "VISIONQ_WEBHOOK_ALLOW_HTTP_LOOPBACK": "true",
             }
             if with_api:
-                self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.api_port))
+                api = self.add_child(
+                    Child("api", visionq_argv("api", "--host", "127.0.0.1", "--port", str(self.api_port)))
+                )
+                assert api.proc is not None
+                proc = api.proc
                 wait_until(
-                    lambda: httpx.get(f"{self.env['API_URL']}/healthz", timeout=1).status_code == 200,
+                    lambda: (
+                        proc.poll() is not None
+                        or httpx.get(f"{self.env['API_URL']}/healthz", timeout=1).status_code == 200
+                    ),
                     timeout=60,
                     what="the HTTP API",
                 )
+                if proc.poll() is not None:
+                    why = describe_exit(proc.returncode)
+                    raise ConfigError(f"the API cannot start: it {why} (details in {api.log})")
             if with_worker:
-                self._start_worker()
+                self._start_workers()
+                self.add_child(Child("notifier", visionq_argv("notifier")))
             # Written last: its presence means the stack is ready for clients.
             write_env_file(self.state_dir / "local.env", self.env)
         except BaseException:
@@ -300,42 +399,148 @@ class LocalStack:
             raise
         return self
 
-    def _start_worker(self) -> None:
-        """Spawn the worker and wait until its models are loaded: a stack whose worker cannot load
-        its model is not up, and says why in one sentence."""
-        ready = self.state_dir / "worker.ready"
-        ready.unlink(missing_ok=True)
-        self._spawn("worker", "worker", extra_env={"VISIONQ_READY_FILE": str(ready), **self.worker_env})
-        worker = self.children["worker"]
-        wait_until(
-            lambda: ready.exists() or worker.poll() is not None,
-            timeout=WORKER_START_SECONDS,
-            what="the worker to load its models",
+    def worker_children(self) -> list[Child]:
+        names = ["worker"] if self.workers == 1 else [f"worker-{i}" for i in range(1, self.workers + 1)]
+        children = []
+        metrics_urls = []
+        for name in names:
+            ready = self.state_dir / f"{name}.ready"
+            port = free_port()  # each worker's own /metrics (`visionq stats` reads them all)
+            metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
+            env = {"VISIONQ_READY_FILE": str(ready), "VISIONQ_METRICS_PORT": str(port), **self.worker_env}
+            children.append(Child(name, visionq_argv("worker"), env=env, ready_file=ready))
+        self.env["VISIONQ_METRICS_URLS"] = ",".join(metrics_urls)
+        return children
+
+    def _start_workers(self) -> None:
+        """Spawn the workers and wait until each has loaded its models: a stack whose worker cannot
+        load its model is not up, and says why in one sentence."""
+        workers = [self.add_child(child) for child in self.worker_children()]
+
+        def settled() -> bool:
+            for s in workers:
+                assert s.child.ready_file is not None and s.proc is not None
+                s.ready = s.child.ready_file.exists()
+                if not s.ready and s.proc.poll() is not None:
+                    return True  # one cannot start: say so now, not once the others are up
+            return all(s.ready for s in workers)
+
+        wait_until(settled, timeout=WORKER_START_SECONDS, what="the worker to load its models")
+        for s in workers:
+            if not s.ready:
+                assert s.proc is not None
+                reason = _startup_error(s.log, s.log_offset) or f"it {describe_exit(s.proc.returncode)}"
+                raise ConfigError(f"the worker cannot start: {reason} (details in {s.log})")
+
+    def add_child(self, child: Child) -> Supervised:
+        """Start ``child`` now and supervise it from then on (``supervise()`` restarts it)."""
+        if child.name in self.supervised:
+            raise ValueError(f"a child named {child.name!r} is already supervised")
+        state = Supervised(
+            child=child,
+            log=child.log or self.state_dir / f"{child.name}.log",
+            pid_file=self.state_dir / f"{child.name}.pid",
+            delay=self.restart_delay,
         )
-        if not ready.exists():
-            reason = _startup_error(self.state_dir / "worker.log") or f"it exited with status {worker.returncode}"
-            raise ConfigError(f"the worker cannot start: {reason} (details in {self.state_dir}/worker.log)")
+        self.supervised[child.name] = state
+        self._launch(state)
+        return state
+
+    def supervise(self) -> None:
+        """One pass of supervision (the foreground loop of `visionq up` calls it every ~0.5 s):
+        note children that became ready, schedule a restart for each that died, and restart those
+        whose delay has passed. Never blocks; raises ServiceDied if the emulator or the database
+        exited."""
+        if self._stopping:
+            return
+        for name, service in (("the AWS emulator (moto)", self.moto), ("PostgreSQL", self.postgres)):
+            if service is not None and service.proc is not None and service.proc.poll() is not None:
+                raise ServiceDied(
+                    f"{name} {describe_exit(service.proc.returncode)}; the stack cannot go on without it "
+                    f"(logs in {self.state_dir})"
+                )
+        now = time.monotonic()
+        for s in self.supervised.values():
+            if s.restart_at is not None:
+                if now >= s.restart_at:
+                    self._launch(s)
+                    if s.ready:  # nothing to wait for
+                        logger.info("%s restarted (pid %d)", s.child.name, self._pid(s))
+                continue
+            assert s.proc is not None
+            returncode = s.proc.poll()
+            if returncode is None:
+                if not s.ready and s.child.ready_file is not None and s.child.ready_file.exists():
+                    s.ready = True
+                    if s.starts > 1:
+                        logger.info("%s is up again (pid %d)", s.child.name, self._pid(s))
+                continue
+            self._schedule_restart(s, returncode, now)
+
+    def _schedule_restart(self, s: Supervised, returncode: int, now: float) -> None:
+        if now - s.started_at >= self.stable_seconds:
+            s.delay = self.restart_delay  # it had run well: this death is news, not a pattern
+        why = describe_exit(returncode)
+        if not s.ready and s.child.ready_file is not None and s.child.ready_file.exists():
+            s.ready = True  # it got ready and died between two passes (a killed worker leaves the file)
+        if not s.ready:
+            reason = _startup_error(s.log, s.log_offset)
+            why += f" before it was ready ({reason})" if reason else " before it was ready"
+        logger.warning(
+            "%s (pid %d) %s; restarting it in %.1f s (log: %s)", s.child.name, self._pid(s), why, s.delay, s.log
+        )
+        s.pid_file.unlink(missing_ok=True)
+        s.restart_at = now + s.delay
+        s.delay = min(s.delay * 2, self.max_restart_delay)
 
     def check_children(self) -> None:
-        """Raise if the API or the worker died (the foreground loop of `visionq up` calls this)."""
+        """Raise if a child died (for callers that do not supervise)."""
         for name, child in self.children.items():
             if child.poll() is not None:
                 raise RuntimeError(f"the {name} exited with status {child.returncode}; see {self.state_dir}/{name}.log")
 
     def stop(self) -> None:
+        """Stop the children (SIGTERM to all, then wait: 30 s each at most), then the services."""
+        self._stopping = True
         (self.state_dir / "local.env").unlink(missing_ok=True)
-        for child in reversed(self.children.values()):
-            stop_process(child, timeout=30)
-        self.children.clear()
+        running = [s.proc for s in reversed(self.supervised.values()) if s.proc is not None and s.proc.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for s in self.supervised.values():
+            s.pid_file.unlink(missing_ok=True)
+            if s.child.ready_file is not None:
+                s.child.ready_file.unlink(missing_ok=True)
+        self.supervised.clear()
         for service in (self.moto, self.postgres):
             if service is not None:
                 service.stop()
 
-    def _spawn(self, name: str, *args: str, extra_env: Mapping[str, str] | None = None) -> None:
-        log = (self.state_dir / f"{name}.log").open("ab")
-        self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", "visionq", *args],
-            env={**os.environ, **self.env, **(extra_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def _launch(self, s: Supervised) -> None:
+        if s.child.ready_file is not None:
+            s.child.ready_file.unlink(missing_ok=True)  # one left by a killed predecessor says nothing
+        s.log.parent.mkdir(parents=True, exist_ok=True)
+        s.log_offset = s.log.stat().st_size if s.log.exists() else 0
+        with s.log.open("ab") as log:
+            s.proc = subprocess.Popen(
+                list(s.child.argv),
+                env={**os.environ, **self.env, **s.child.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        s.started_at = time.monotonic()
+        s.starts += 1
+        s.ready = s.child.ready_file is None
+        s.restart_at = None
+        s.pid_file.write_text(f"{s.proc.pid}\n")
+
+    @staticmethod
+    def _pid(s: Supervised) -> int:
+        return s.proc.pid if s.proc is not None else -1

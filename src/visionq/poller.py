@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from visionq import dead_letters
+from visionq import dead_letters, metrics
 from visionq.config import WorkerSettings
 from visionq.core import Processor
 from visionq.errors import TransientError, VisionqError
@@ -88,9 +88,14 @@ class Poller:
         jobs: JobStore | None = None,
         dead_letters: Queue | None = None,
         failpoints: Failpoints | None = None,
+        sampler: metrics.QueueSampler | None = None,
+        emf: metrics.EmfReporter | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
+        self.sampler = sampler  # queue depths for the metrics, sampled while the worker runs
+        self.emf = emf  # CloudWatch EMF lines, every emf_period seconds and once at the end
+        self.emf_period = 60.0
         self.queue = queue
         self.pipeline = pipeline
         self.jobs = jobs
@@ -116,6 +121,10 @@ class Poller:
             loops.append(group.create_task(self._lease_loop(), name="leases"))
             if self.dead_letters is not None and self.jobs is not None:
                 loops.append(group.create_task(self._sweep_loop(self.dead_letters, self.jobs), name="dlq-sweeper"))
+            if self.sampler is not None:
+                loops.append(group.create_task(self.sampler.run(), name="queue-sampler"))
+            if self.emf is not None:
+                loops.append(group.create_task(self.emf.run(self.emf_period), name="emf"))
             receivers = [
                 group.create_task(self._receive_loop(stop), name=f"receiver-{i}")
                 for i in range(self.pipeline.receivers)
@@ -126,6 +135,8 @@ class Poller:
             await self._drain(self.settings.shutdown_grace_seconds)
             for task in [*loops, *self._messages]:
                 task.cancel()
+        if self.emf is not None:
+            self.emf.flush()  # the last period's numbers
         logger.info("worker stopped")
 
     # --- receive and settle --------------------------------------------------------------------
@@ -135,6 +146,7 @@ class Poller:
             wanted = await self._take_slots(stop)
             if not wanted:
                 return
+            receive_started = time.perf_counter()
             receive = asyncio.ensure_future(
                 self.queue.receive(
                     max_messages=wanted,
@@ -158,6 +170,9 @@ class Poller:
                 await wait_event(stop, 2.0)
                 continue
             self._give_slots(wanted - len(messages))
+            metrics.WORKER.received(messages, time.perf_counter() - receive_started)
+            if self.sampler is not None:
+                self.sampler.seen(messages)
             if messages:
                 self.failpoints.hit("after_receive")
             for message in messages:
@@ -182,6 +197,7 @@ class Poller:
     async def _run_message(self, held: Held) -> None:
         deadline = held.received_at + self.settings.job_deadline_seconds
         outcome = await self.processor.process(held.message, deadline=deadline, on_expiry=Expiry.FAIL_JOB)
+        metrics.WORKER.settled(outcome.value)
         self._held.pop(held.message.message_id, None)
         if outcome is Outcome.DONE:
             self._to_delete.append(held.message)
@@ -211,7 +227,8 @@ class Poller:
                 chunk, self._to_delete = self._to_delete[:10], self._to_delete[10:]
                 try:
                     # Not deleted: redelivered later, and found finished (results are idempotent).
-                    _log_failures("SQS did not delete", await self.queue.delete(chunk))
+                    deleting = metrics.timed(self.queue.delete(chunk), "acknowledge", len(chunk))
+                    _log_failures("SQS did not delete", await deleting)
                 except TransientError as exc:
                     logger.warning("could not delete %d messages (they will be redelivered): %s", len(chunk), exc)
                 self._give_slots(len(chunk))
@@ -238,7 +255,7 @@ class Poller:
         """Give the jobs of messages SQS parked in the dead-letter queue their terminal state."""
         while True:
             try:
-                await dead_letters.sweep(dlq, jobs, self.settings.upload_prefix)
+                await dead_letters.sweep(dlq, jobs, self.settings.upload_prefix, announce=self.processor.announce)
             except VisionqError as exc:  # a store outage: the next sweep tries again
                 logger.warning("dead-letter sweep failed: %s", exc)
             await asyncio.sleep(self.settings.dlq_sweep_seconds)

@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from visionq import metrics
 from visionq.config import WorkerSettings
 from visionq.errors import TransientError, TransitionRejected
-from visionq.jobs import JobError, JobStatus, ttl_from_now
+from visionq.jobs import Job, JobError, JobStatus, ttl_from_now
 from visionq.outputs import summarize
 from visionq.stores.job_store import JobStore
 from visionq.stores.result_store import ResultStore, StoredResult
@@ -85,12 +86,16 @@ class Settler:
         results: ResultStore,
         calls: BoundedCalls,
         stats: ProcessingStats,
+        announce: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
         self.results = results
         self.calls = calls
         self.stats = stats
+        # Hands an ended job that asked for it (a webhook of its own or of its batch) to the
+        # notifier (notifications.py): a queue message, never the receiver itself.
+        self.announce = announce
 
     async def succeed(self, item: WorkItem, row: StoredResult, *, model_version: str) -> Outcome:
         # Made from the row PostgreSQL holds (ours, or an earlier delivery's): the two agree.
@@ -99,19 +104,19 @@ class Settler:
             model=item.model_name, model_version=model_version, inference_ms=round(row.inference_ms or 0.0, 2)
         )
         try:
-            await self.calls.store(self.jobs.mark_succeeded, item.job_id, summary)
+            job = await metrics.timed(self.calls.store(self.jobs.mark_succeeded, item.job_id, summary), "settle")
         except TransitionRejected:
             return await self.after_rejection(item)
         except Exception as exc:  # noqa: BLE001 - the row is committed; a redelivery finds it
             return await self.retry_or_fail(item, exc)
         self.stats.succeeded += 1
         log_state(item, JobStatus.SUCCEEDED, **{k: v for k, v in summary.items() if k.endswith("_count")})
-        return Outcome.DONE
+        return await self.announced(item, job, Outcome.DONE)
 
     async def fail(self, item: WorkItem, error: JobError) -> Outcome:
         """Record FAILED (creating the job if it has no record yet), then make sure it has no result."""
         try:
-            await self.calls.store(
+            job = await self.calls.store(
                 self.jobs.mark_failed,
                 item.job_id,
                 error,
@@ -125,7 +130,21 @@ class Settler:
             return Outcome.RETRY
         self.stats.failed += 1
         log_state(item, JobStatus.FAILED, error_code=error.code, error_message=error.message)
-        return await self.settle_failed(item)
+        return await self.announced(item, job, await self.settle_failed(item))
+
+    async def announced(self, item: WorkItem, job: Job, outcome: Outcome) -> Outcome:
+        """``outcome``, once an ended job that wants its end announced has been handed on. If that
+        fails the message comes back; its redelivery finds the job ended and hands it on again
+        (``Processor`` calls this for duplicates too), so an announcement is never lost; it may
+        be made twice, which the notifier and the receivers' event ids absorb."""
+        if outcome is not Outcome.DONE or not job.notify or self.announce is None or not job.status.terminal:
+            return outcome
+        try:
+            await self.calls.bounded(self.announce(job), "announce the job's end")
+        except Exception as exc:  # noqa: BLE001 - the redelivered message announces it
+            logger.warning("could not hand the job's end to the notifier, will retry: %s", exc, extra=item.log_extra())
+            return Outcome.RETRY
+        return outcome
 
     async def after_rejection(self, item: WorkItem) -> Outcome:
         """Another delivery ended the job first; if it FAILED, the job must keep no result."""
@@ -135,8 +154,8 @@ class Settler:
             return await self.retry_or_fail(item, exc)
         self.stats.duplicates += 1
         if job.status is JobStatus.FAILED:
-            return await self.settle_failed(item)
-        return Outcome.DONE if job.status.terminal else Outcome.RETRY
+            return await self.announced(item, job, await self.settle_failed(item))
+        return await self.announced(item, job, Outcome.DONE) if job.status.terminal else Outcome.RETRY
 
     async def settle_failed(self, item: WorkItem) -> Outcome:
         """The one place that enforces "a FAILED job has no result": acknowledged only once true."""
@@ -163,6 +182,7 @@ class Settler:
 
 
 def log_state(item: WorkItem, status: JobStatus, **more: Any) -> None:
+    metrics.WORKER.job_state(item, status, more.get("error_code"))
     logger.info(
         "job %s",
         status,

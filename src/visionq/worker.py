@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import logging
 
+from visionq import metrics
 from visionq.config import WorkerSettings
 from visionq.core import Processor
 from visionq.faults import Failpoints
 from visionq.models import Model
+from visionq.notifications import announcer
 from visionq.poller import Pipeline, Poller
 from visionq.settle import ProcessingStats
 from visionq.stores.object_store import S3ObjectReader
@@ -44,6 +46,18 @@ def _arm_exit_watchdog(seconds: float) -> None:
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
+
+
+def _queue_sampler(settings: WorkerSettings, sqs: object) -> metrics.QueueSampler | None:
+    """Queue depths are sampled (GetQueueAttributes, every few seconds: billed requests) only when
+    someone reads them: a metrics endpoint, or EMF lines."""
+    if settings.metrics_port is None and not metrics.emf_enabled():
+        return None
+    main = metrics.queue_name(settings.queue_url)
+    sources: dict[str, metrics.DepthSource] = {main: metrics.SqsDepth(sqs, settings.queue_url)}
+    if settings.dlq_url:
+        sources[metrics.queue_name(settings.dlq_url)] = metrics.SqsDepth(sqs, settings.dlq_url)
+    return metrics.QueueSampler(sources, main=main)
 
 
 async def serve_worker(
@@ -105,6 +119,7 @@ async def serve_worker(
             max_batch=pipeline.max_batch,
             max_wait=pipeline.max_wait,
             failpoints=failpoints,
+            announce=announcer(SqsQueue(sqs, settings.notify_queue_url)) if settings.notify_queue_url else None,
         )
         poller = Poller(
             settings=settings,
@@ -114,7 +129,10 @@ async def serve_worker(
             jobs=jobs,
             dead_letters=SqsQueue(sqs, settings.dlq_url) if settings.dlq_url else None,
             failpoints=failpoints,
+            sampler=_queue_sampler(settings, sqs),
+            emf=metrics.EmfReporter() if metrics.emf_enabled() else None,
         )
+        metrics_server = metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
         if settings.ready_file is not None:
             settings.ready_file.touch()
         try:
@@ -122,6 +140,7 @@ async def serve_worker(
         finally:
             if settings.ready_file is not None:
                 settings.ready_file.unlink(missing_ok=True)
+            metrics.stop_serving(metrics_server)
             processor.close()
             processor.stats.aws_requests = dict(sorted(requests.items()))
             logger.info("worker totals", extra={"stats": vars(processor.stats)})

@@ -71,6 +71,14 @@ def test_up_submit_and_stop_leave_nothing_behind(tmp_path: Path, draw_scene: Cal
         for cls, *_ in truth:
             assert any(line.startswith("shapes.png") and names[cls] in line for line in lines), submit.stdout
         assert any(line.startswith("more.png") and "SUCCEEDED" in line for line in lines), submit.stdout
+        # The same run seen through the metrics of the worker and the API.
+        stats = subprocess.run(
+            [*VISIONQ, "stats", "--interval", "0"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60
+        )
+        assert stats.returncode == 0, stats.stdout + stats.stderr
+        assert "endpoints: 2 answered" in stats.stdout, stats.stdout
+        assert "images: 2 succeeded, 0 failed" in stats.stdout, stats.stdout
+        assert "/v1/batches" in stats.stdout, stats.stdout
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 3  # emulator, database, API, worker
     finally:

@@ -43,7 +43,9 @@ GPU_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/visionq-worker-gpu:tes
 def packaged_template() -> dict[str, Any]:
     """The template as `sam package` leaves it: code locations in S3 and ECR."""
     sam = copy.deepcopy(load_template())
-    sam["Resources"]["HttpApiFunction"]["Properties"]["CodeUri"] = f"s3://{ARTIFACTS_BUCKET}/{API_ZIP_KEY}"
+    for resource in sam["Resources"].values():  # the API and the notifier share the API's zip
+        if resource["Type"] == "AWS::Serverless::Function" and resource["Properties"].get("CodeUri") == "build/api":
+            resource["Properties"]["CodeUri"] = f"s3://{ARTIFACTS_BUCKET}/{API_ZIP_KEY}"
     for resource in sam["Resources"].values():  # the worker and the dead-letter sweeper share one image
         if resource["Type"] == "AWS::Serverless::Function" and resource["Properties"].get("PackageType") == "Image":
             resource["Properties"]["ImageUri"] = WORKER_IMAGE
@@ -147,6 +149,7 @@ def test_iam_least_privilege() -> None:
         "HttpApiFunctionRole",
         "LambdaWorkerRole",
         "DeadLetterSweeperRole",
+        "NotifierRole",
         "GpuInstanceRole",
         "GpuTaskExecutionRole",
         "GpuTaskRole",
@@ -167,6 +170,9 @@ def test_iam_least_privilege() -> None:
     # The dead-letter sweeper reads parked messages and ends jobs: nothing else.
     sweeper = json.dumps(roles["DeadLetterSweeperRole"]["Properties"]["Policies"])
     assert "s3:" not in sweeper and "sqs:DeleteMessage" not in sweeper and "JobQueue" not in sweeper
+    # The notifier reads notices and job records, and writes delivery records: no object, no work queue.
+    notifier = json.dumps(roles["NotifierRole"]["Properties"]["Policies"])
+    assert "s3:" not in notifier and "JobQueue" not in notifier and "dynamodb:PutItem" not in notifier
     # Only the task's execution role reads the database secret (the functions get it resolved at deploy).
     secret_readers = [k for k, r in roles.items() if "secretsmanager:GetSecretValue" in json.dumps(r)]
     assert secret_readers == ["GpuTaskExecutionRole"]
@@ -202,6 +208,13 @@ def test_sam_translator_produces_cloudformation() -> None:
         assert resources[logical_id]["Condition"] == "IsEcsWorker"
     assert resources["GpuAutoScalingGroup"]["Properties"]["MinSize"] == "0"
     assert resources["GpuWorkerScalableTarget"]["Properties"]["MinCapacity"] == 0
+    notifier = resources["NotifierFunction"]
+    assert notifier["Condition"] == "HasWebhookSecret"
+    assert notifier["Properties"]["Code"] == {"S3Bucket": ARTIFACTS_BUCKET, "S3Key": API_ZIP_KEY}
+    assert notifier["Properties"]["Handler"] == "functions.notifier.handler"
+    notices = resources["NotifierFunctionNotices"]["Properties"]
+    assert notices["EventSourceArn"] == {"Fn::GetAtt": ["NotifyQueue", "Arn"]}
+    assert notices["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
 # --- deployed into moto's CloudFormation -------------------------------------------------------------
@@ -228,6 +241,8 @@ def test_deploys_into_moto(moto_server: Any, flavour: str) -> None:
         z.writestr("functions/http_api.py", "def handler(event, context):\n    return {}\n")
     s3.put_object(Bucket=ARTIFACTS_BUCKET, Key=API_ZIP_KEY, Body=code.getvalue())
     secret_arn = secrets.create_secret(Name=f"{stack_name}/database-url", SecretString="postgresql://db/visionq")["ARN"]
+    # Webhooks on in one flavour only: the notifier is created with a signing secret, and not without.
+    webhook_arn = secrets.create_secret(Name=f"{stack_name}/webhooks", SecretString="signing")["ARN"]
     ami_parameter = f"/{stack_name}/gpu-ami"  # stands in for AWS's public ECS GPU AMI parameter
     ssm.put_parameter(Name=ami_parameter, Value=ec2.describe_images()["Images"][0]["ImageId"], Type="String")
     subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
@@ -240,6 +255,7 @@ def test_deploys_into_moto(moto_server: Any, flavour: str) -> None:
         "SecurityGroupIds": group,
         "GpuAmiId": ami_parameter,
         "WorkerImageUri": GPU_IMAGE if flavour == "ecs" else "",
+        "WebhookSecretArn": webhook_arn if flavour == "lambda" else "",
     }
     cloudformation.create_stack(
         StackName=stack_name,
@@ -253,14 +269,15 @@ def test_deploys_into_moto(moto_server: Any, flavour: str) -> None:
     stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_COMPLETE"
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
-    assert {"ApiUrl", "Bucket", "QueueUrl", "DeadLetterQueueUrl", "JobsTable"} <= set(outputs)
+    assert {"ApiUrl", "Bucket", "QueueUrl", "DeadLetterQueueUrl", "NotifyQueueUrl", "JobsTable"} <= set(outputs)
     created = {
         r["LogicalResourceId"]: r
         for r in cloudformation.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
         if r["LogicalResourceId"]
     }
-    for logical_id in ("UploadBucket", "JobQueue", "DeadLetterQueue", "JobsTable", "HttpApiFunction"):
+    for logical_id in ("UploadBucket", "JobQueue", "DeadLetterQueue", "NotifyQueue", "JobsTable", "HttpApiFunction"):
         assert created[logical_id]["ResourceStatus"] == "CREATE_COMPLETE"
+    assert ("NotifierFunction" in created) == (flavour == "lambda")
     worker_resources = (
         {"LambdaWorkerFunction", "LambdaWorkerFunctionJobs", "LambdaWorkerRole", "DeadLetterSweeperFunction"}
         if flavour == "lambda"
@@ -285,7 +302,9 @@ def test_deploys_into_moto(moto_server: Any, flavour: str) -> None:
     table = dynamodb.describe_table(TableName=outputs["JobsTable"])["Table"]
     assert table["KeySchema"] == list(settings.table.key_schema)
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
-    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by_object"]
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by_object", "by_batch", "by_owner"]
+    notify = sqs.get_queue_attributes(QueueUrl=outputs["NotifyQueueUrl"], AttributeNames=["All"])["Attributes"]
+    assert int(notify["VisibilityTimeout"]) == settings.notify_visibility_timeout
 
     if flavour == "lambda":
         function = created["LambdaWorkerFunction"]["PhysicalResourceId"]

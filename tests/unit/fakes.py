@@ -79,28 +79,37 @@ class MemoryJobStore:
                 return job
         raise JobNotFound(key)
 
-    def claim(self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int) -> Job:
+    def claim(
+        self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int, batch_id: str | None = None
+    ) -> Job:
         self.faults.enter("claim")
         with self.lock:
             try:
                 current = self.jobs.get(job_id)
-                return self._move(CLAIM, job_id, obj, etag=obj.version, model=(current and current.model) or model)
+                return self._move(
+                    CLAIM,
+                    job_id,
+                    obj,
+                    etag=obj.version,
+                    model=(current and current.model) or model,
+                    batch_id=(current and current.batch_id) or batch_id,
+                )
             except TransitionRejected:
                 return self.jobs[job_id]
 
-    def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
+    def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> Job:
         self.faults.enter("mark_succeeded")
         with self.lock:
-            self._move(SUCCEED, job_id, None, result=result)
+            return self._move(SUCCEED, job_id, None, result=result)
 
     def mark_failed(
         self, job_id: str, error: JobError, *, obj: ObjectVersion | None = None, expires_at: int | None = None
-    ) -> None:
+    ) -> Job:
         self.faults.enter("mark_failed")
         with self.lock:
             if obj is None and job_id not in self.jobs:
                 raise TransitionRejected("no record")
-            self._move(FAIL, job_id, obj, error=error)
+            return self._move(FAIL, job_id, obj, error=error)
 
     def reopen(self, job_id: str) -> None:
         raise NotImplementedError

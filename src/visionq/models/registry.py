@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from visionq import metrics
 from visionq.errors import ConfigError, ModelUnavailable, PermanentError
 from visionq.models import Model, pick_device
 from visionq.models.spec import ModelSpec
@@ -211,7 +213,9 @@ def load_models(
     for name in wanted:
         spec = registry.spec(name)
         try:
+            started = time.perf_counter()
             loaded.models[name] = loader(spec, resolve(spec.weights), device)
+            metrics.WORKER.model_loaded(name, time.perf_counter() - started)
         except ModelUnavailable as exc:
             if len(wanted) == 1:
                 raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from visionq.errors import (
     ConfigError,
@@ -36,6 +36,17 @@ _MISSING_RESOURCE = {
     "QueueDoesNotExist",
 }
 _MISSING_OBJECT = {"NoSuchKey", "404", "NotFound"}
+_BAD_CREDENTIALS = {
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidSignatureException",
+    "AccessDenied",
+    "AccessDeniedException",
+}
 
 
 def translate_client_error(exc: ClientError, what: str) -> VisionqError:
@@ -51,6 +62,8 @@ def translate_client_error(exc: ClientError, what: str) -> VisionqError:
         return ObjectChanged(f"{what}: the object was overwritten after its event (a newer version has its own)")
     if code in _MISSING_OBJECT:
         return ObjectMissing(f"{what}: the object no longer exists")
+    if code in _BAD_CREDENTIALS:
+        return ConfigError(f"{what}: AWS refused these credentials or this identity ({code}); check AWS_PROFILE, AWS_*")
     if code in _MISSING_RESOURCE:
         return ConfigError(f"{what}: resource does not exist ({code}); run `visionq bootstrap`")
     if code in _THROTTLING or status >= 500:
@@ -65,5 +78,9 @@ def aws_errors(what: str) -> Iterator[None]:
         yield
     except ClientError as exc:
         raise translate_client_error(exc, what) from exc
+    except NoCredentialsError as exc:
+        raise ConfigError(f"{what}: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/...)") from exc
+    except EndpointConnectionError as exc:
+        raise TransientError(f"{what}: cannot reach AWS at {exc.kwargs.get('endpoint_url', 'its endpoint')}") from exc
     except BotoCoreError as exc:  # connection refused, timeouts, ...
         raise TransientError(f"{what}: cannot reach AWS ({type(exc).__name__})") from exc

@@ -38,11 +38,13 @@ class JobStore(Protocol):
     def create(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job: ...
     def find_by_object(self, bucket: str, key: str) -> Job: ...
-    def claim(self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int) -> Job: ...
-    def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None: ...
+    def claim(
+        self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int, batch_id: str | None = None
+    ) -> Job: ...
+    def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> Job: ...
     def mark_failed(
         self, job_id: str, error: JobError, *, obj: ObjectVersion | None = None, expires_at: int | None = None
-    ) -> None: ...
+    ) -> Job: ...
     def reopen(self, job_id: str) -> None: ...
 
 
@@ -55,24 +57,10 @@ class DynamoJobStore:
 
     def create(self, job: Job) -> None:
         assert CREATE.target == job.status
-        item = {
-            "job_id": job.job_id,
-            "status": str(job.status),
-            "bucket": job.bucket,
-            "object_key": job.key,
-            "object_id": object_id(job.bucket, job.key),
-            "created_at": job.created_at,
-            "updated_at": job.updated_at,
-            "expires_at": job.expires_at,
-            "model": job.model,
-            "filename": job.filename,
-            "content_type": job.content_type,
-            "owner": job.owner,
-        }
         with aws_errors("create job"):
             self._client.put_item(
                 TableName=self._table,
-                Item=_to_item(item),
+                Item=_to_item(_job_item(job)),
                 ConditionExpression="attribute_not_exists(job_id)",
             )
 
@@ -100,10 +88,13 @@ class DynamoJobStore:
         # The index projects keys only; read the item itself for a consistent, complete view.
         return self.get(items[0]["job_id"]["S"])
 
-    def claim(self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int) -> Job:
+    def claim(
+        self, job_id: str, obj: ObjectVersion, *, model: str, expires_at: int, batch_id: str | None = None
+    ) -> Job:
         """A worker takes the object: the job becomes RUNNING, created first if the object was put
         into the bucket directly. One conditional write, so one request per image. ``model`` is the
         model to record if the job names none yet; the returned job says which model it gets.
+        ``batch_id``: the batch a direct upload's key joins (kept if the job already has one).
 
         Returns the job as it now stands; a job already finished (a duplicate or redelivered
         event) is returned unchanged, for the caller to acknowledge without running it again.
@@ -116,7 +107,7 @@ class DynamoJobStore:
                 expires_at=expires_at,
                 # The model named when the job was created (through the API) stands; a direct upload's
                 # record gets the one its key names.
-                if_absent={"model": model},
+                if_absent={"model": model, **({"batch_id": batch_id} if batch_id else {})},
                 return_new=True,
             )
         except TransitionRejected:
@@ -124,23 +115,28 @@ class DynamoJobStore:
         assert attributes is not None
         return _job_from_item(attributes)
 
-    def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
-        self._apply(SUCCEED, job_id, {"result": json.dumps(result, separators=(",", ":"))})
+    def mark_succeeded(self, job_id: str, result: dict[str, Any]) -> Job:
+        """SUCCEEDED with ``result``; the job as it now stands (whether its end must be announced)."""
+        return self._ended(self._apply(SUCCEED, job_id, {"result": json.dumps(result, separators=(",", ":"))}))
 
     def mark_failed(
         self, job_id: str, error: JobError, *, obj: ObjectVersion | None = None, expires_at: int | None = None
-    ) -> None:
+    ) -> Job:
         """FAILED with ``error``. Given the object, a job with no record yet gets one, so an object
         whose job could never be claimed still ends in a record a client can find."""
         fields: dict[str, Any] = {"error_code": error.code, "error_message": error.message}
         if obj is None:
-            self._apply(FAIL, job_id, fields, may_create=False)
-        else:
-            self._apply(FAIL, job_id, {**fields, **_object_fields(obj)}, expires_at=expires_at)
+            return self._ended(self._apply(FAIL, job_id, fields, may_create=False))
+        return self._ended(self._apply(FAIL, job_id, {**fields, **_object_fields(obj)}, expires_at=expires_at))
+
+    @staticmethod
+    def _ended(attributes: dict[str, Any] | None) -> Job:
+        assert attributes is not None
+        return _job_from_item(attributes)
 
     def reopen(self, job_id: str) -> None:
         """FAILED (``poison_message``) -> QUEUED: the one backward move, an operator's redrive."""
-        self._apply(REOPEN, job_id, {}, remove=("error_code", "error_message"))
+        self._apply(REOPEN, job_id, {}, remove=("error_code", "error_message"), return_new=False)
 
     def _apply(
         self,
@@ -152,7 +148,7 @@ class DynamoJobStore:
         may_create: bool = True,
         remove: tuple[str, ...] = (),
         if_absent: dict[str, Any] | None = None,
-        return_new: bool = False,
+        return_new: bool = True,
     ) -> dict[str, Any] | None:
         """Move ``job_id`` along ``transition`` if its current state allows; else TransitionRejected."""
         now = utc_now_iso()
@@ -207,6 +203,29 @@ def _object_fields(obj: ObjectVersion) -> dict[str, Any]:
     }
 
 
+def _job_item(job: Job) -> dict[str, Any]:
+    """A new job's record (None values are left out)."""
+    return {
+        "job_id": job.job_id,
+        "status": str(job.status),
+        "bucket": job.bucket,
+        "object_key": job.key,
+        "object_id": object_id(job.bucket, job.key),
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "expires_at": job.expires_at,
+        "model": job.model,
+        "filename": job.filename,
+        "content_type": job.content_type,
+        "owner": job.owner,
+        # What ties a job to its batch and to its notifier.
+        "batch_id": job.batch_id,
+        "meta": json.dumps(job.meta, separators=(",", ":")) if job.meta else None,
+        "webhook_url": job.webhook_url,
+        "notify": True if job.notify else None,
+    }
+
+
 def _to_item(values: dict[str, Any]) -> dict[str, Any]:
     return {k: _serializer.serialize(v) for k, v in values.items() if v is not None}
 
@@ -235,4 +254,9 @@ def _job_from_item(item: dict[str, Any]) -> Job:
         result=json.loads(data["result"]) if data.get("result") else None,
         error=error,
         owner=data.get("owner"),
+        batch_id=data.get("batch_id"),
+        meta=json.loads(data["meta"]) if data.get("meta") else None,
+        webhook_url=data.get("webhook_url"),
+        notify=bool(data.get("notify")),
+        webhook=json.loads(data["webhook"]) if data.get("webhook") else None,
     )

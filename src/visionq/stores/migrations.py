@@ -152,9 +152,11 @@ def migrate(
                     (time.monotonic() - started) * 1000,
                 )
     except psycopg.OperationalError as exc:
-        raise TransientError(f"migrations: PostgreSQL unavailable or too slow ({type(exc).__name__}: {exc})") from exc
+        reason = " ".join(str(exc).split())  # psycopg's messages run over several lines
+        raise TransientError(f"migrations: PostgreSQL unavailable or slow ({type(exc).__name__}: {reason})") from exc
     except psycopg.Error as exc:
-        raise MigrationError(f"migrations: PostgreSQL rejected a statement ({type(exc).__name__}: {exc})") from exc
+        reason = " ".join(str(exc).split())
+        raise MigrationError(f"migrations: PostgreSQL rejected a statement ({type(exc).__name__}: {reason})") from exc
 
 
 def current_version(conninfo: str, *, timeouts: PostgresTimeouts = MIGRATION_TIMEOUTS) -> int:

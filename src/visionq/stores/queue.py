@@ -15,6 +15,7 @@ class Message:
     receipt_handle: str
     body: str
     receive_count: int
+    sent_at: float | None = None  # epoch seconds SQS first accepted it (SentTimestamp), where known
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class SqsQueue:
                 MaxNumberOfMessages=max(1, min(10, max_messages)),
                 WaitTimeSeconds=wait_seconds,
                 VisibilityTimeout=visibility_timeout,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             )
         return [
             Message(
@@ -55,6 +56,7 @@ class SqsQueue:
                 receipt_handle=m["ReceiptHandle"],
                 body=m.get("Body", ""),
                 receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+                sent_at=int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000 or None,
             )
             for m in response.get("Messages", [])
         ]

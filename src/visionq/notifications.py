@@ -1,0 +1,289 @@
+"""Completion notices: a job (or a whole batch) that asked for a webhook is announced when it ends.
+
+The worker never talks to a receiver. When a job that wants a notice ends, it puts one small
+message on the notifications queue (``announcer``) before acknowledging its own work message, so a
+crash in between only means the redelivered work message announces the job again. The notifier
+(``Notifier``; run by `visionq notifier` or the Lambda in functions/notifier.py) takes those
+messages and delivers: it signs the body, checks the URL against the SSRF rules again, connects to
+the address it checked, records every attempt in the job's record (``webhook``: status and
+attempts, shown by GET /v1/jobs/{id}), and retries a failure later through a delayed message
+(exponential backoff with jitter). When a batch member ends and every member of its batch has
+ended, the batch's own notice goes out the same way, once (a conditional write claims it).
+
+Deliveries are at least once: a receiver de-duplicates by the ``visionq-event-id`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from visionq.batches import BATCH_ITEM_PREFIX, Batch, BatchProgress
+from visionq.config import NotifierSettings
+from visionq.jobs import Job, utc_now_iso
+from visionq.stores.aws_errors import aws_errors
+from visionq.stores.batch_store import DynamoBatchStore
+from visionq.stores.job_store import DynamoJobStore
+from visionq.stores.queue import Queue
+from visionq.webhook_rules import WebhookRules
+from visionq.webhooks import batch_event, build_headers, deliver, job_event, next_delay
+
+logger = logging.getLogger(__name__)
+
+MAX_RECEIVES = 10  # a notice the notifier failed to handle this often is dropped, with a log line
+
+
+def notice(kind: str, item_id: str, attempt: int = 1, *, retry: bool = False) -> str:
+    return json.dumps({"kind": kind, "id": item_id, "attempt": attempt, "retry": retry}, separators=(",", ":"))
+
+
+def announcer(queue: Queue) -> Callable[[Job], Awaitable[None]]:
+    """What the worker calls for an ended job that wants a notice: one message, nothing more."""
+
+    async def announce(job: Job) -> None:
+        await queue.send(notice("job", job.job_id))
+
+    return announce
+
+
+def job_payload(job: Job) -> dict[str, Any]:
+    """What a job's notice says: what GET /v1/jobs/{id} says about it."""
+    return {
+        "job_id": job.job_id,
+        "status": str(job.status),
+        "key": job.key,
+        "filename": job.filename,
+        "model": job.model,
+        "batch_id": job.batch_id,
+        "meta": job.meta,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "result": job.result,
+        "error": asdict(job.error) if job.error else None,
+    }
+
+
+def batch_payload(batch: Batch, progress: BatchProgress) -> dict[str, Any]:
+    return {
+        "batch_id": batch.batch_id,
+        # When the notifier saw it complete (kept in its delivery record): every attempt's body is the same.
+        "completed_at": (batch.webhook or {}).get("completed_at"),
+        "name": batch.name,
+        "model": batch.model,
+        "meta": batch.meta,
+        "total": progress.total,
+        "finished": progress.finished,
+        "counts": dict(sorted(progress.counts.items())),
+    }
+
+
+class Notifier:
+    """Handles one notice at a time (thread-safe: many run at once on a pool)."""
+
+    def __init__(
+        self,
+        *,
+        settings: NotifierSettings,
+        dynamodb: Any,
+        sqs: Any,
+        deliver_fn: Callable[..., Any] = deliver,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.rules = WebhookRules.from_settings(settings)
+        self.jobs = DynamoJobStore(dynamodb, settings.jobs_table)
+        self.batches = DynamoBatchStore(dynamodb, settings.jobs_table)
+        self._dynamodb = dynamodb
+        self._sqs = sqs
+        self._deliver = deliver_fn
+        self._rng = rng
+
+    def handle(self, body: str) -> None:
+        """Act on one notice; an exception means "not done": the message comes back."""
+        try:
+            message = json.loads(body)
+            kind, item_id, attempt = str(message["kind"]), str(message["id"]), int(message.get("attempt", 1))
+            retry = bool(message.get("retry", False))
+        except (ValueError, KeyError, TypeError):
+            logger.error("dropping a malformed notice: %.200s", body)
+            return
+        if kind == "job":
+            job = self.jobs.get(item_id)
+            if job.webhook_url and job.owner and job.status.terminal:
+                self._attempt(
+                    "job",
+                    job.job_id,
+                    job.webhook_url,
+                    job.owner,
+                    job_event(job_payload(job)),
+                    job.webhook,
+                    attempt,
+                    retry,
+                )
+            if job.batch_id and job.status.terminal:
+                self._batch_if_complete(job.batch_id)
+        elif kind == "batch":
+            batch = self.batches.get(item_id)
+            if batch.webhook_url and batch.owner:
+                body_bytes = batch_event(batch_payload(batch, self.batches.progress(item_id)))
+                self._attempt(
+                    "batch", item_id, batch.webhook_url, batch.owner, body_bytes, batch.webhook, attempt, retry
+                )
+        else:
+            logger.error("dropping a notice of unknown kind %r", kind)
+
+    def _batch_if_complete(self, batch_id: str) -> None:
+        batch = self.batches.get(batch_id)
+        if not batch.webhook_url or batch.webhook is not None:
+            return
+        if not self.batches.progress(batch_id).complete(batch):
+            return
+        # Many members may end at once: one conditional write decides which notifier sends it.
+        record = {"status": "pending", "attempts": [], "completed_at": utc_now_iso()}
+        if self._record(BATCH_ITEM_PREFIX + batch_id, record, recorded=None):
+            self.handle(notice("batch", batch_id))
+
+    def _attempt(
+        self,
+        kind: str,
+        item_id: str,
+        url: str,
+        owner: str,
+        body: bytes,
+        record: dict[str, Any] | None,
+        attempt: int,
+        retry: bool,
+    ) -> None:
+        record = dict(record or {"status": "pending", "attempts": []})
+        attempts: list[dict[str, Any]] = list(record.get("attempts", []))
+        if record.get("status") != "pending":
+            return  # delivered, or given up
+        if attempt <= len(attempts):
+            # Made already. A retry's message that came back (its successor could not be queued)
+            # queues the successor now; a repeated announcement changes nothing.
+            if retry:
+                self._schedule(kind, item_id, len(attempts) + 1)
+            return
+        secret = self.rules.secret_for(owner).encode()
+        headers = build_headers(secret, body, str(json.loads(body)["id"]))
+        result = self._deliver(
+            url, body, headers, policy=self.rules.policy, timeout=self.settings.webhook_timeout_seconds
+        )
+        attempts.append(result.to_dict())
+        last = attempt >= self.settings.webhook_max_attempts
+        status = "delivered" if result.ok else ("failed" if last else "pending")
+        key = item_id if kind == "job" else BATCH_ITEM_PREFIX + item_id
+        if not self._record(key, {**record, "status": status, "attempts": attempts}, recorded=len(attempts) - 1):
+            return  # another notifier recorded this attempt first
+        log = logger.info if result.ok else logger.warning
+        log(
+            "webhook %s: attempt %d %s",
+            kind,
+            attempt,
+            "delivered" if result.ok else f"failed ({result.error or result.status_code})",
+            extra={"job_id" if kind == "job" else "batch_id": item_id, "webhook_status": status},
+        )
+        if status == "pending":
+            self._schedule(kind, item_id, attempt + 1)
+
+    def _schedule(self, kind: str, item_id: str, attempt: int) -> None:
+        delay = next_delay(
+            attempt - 1,
+            base=self.settings.webhook_backoff_seconds,
+            cap=self.settings.webhook_backoff_cap_seconds,
+            rng=self._rng,
+        )
+        with aws_errors("queue a webhook retry"):
+            self._sqs.send_message(
+                QueueUrl=self.settings.notify_queue_url,
+                MessageBody=notice(kind, item_id, attempt, retry=True),
+                DelaySeconds=min(900, round(delay)),
+            )
+
+    def _record(self, key: str, record: dict[str, Any], *, recorded: int | None) -> bool:
+        """Write the delivery record if no one else has moved it on: ``recorded`` attempts known
+        before this one (None: only if there is no record yet)."""
+        if recorded is None or recorded == 0:
+            condition = "attribute_not_exists(webhook_attempts)"
+            if recorded == 0:
+                condition += " OR webhook_attempts = :before"
+        else:
+            condition = "webhook_attempts = :before"
+        values: dict[str, Any] = {
+            ":record": {"S": json.dumps(record, separators=(",", ":"))},
+            ":count": {"N": str(len(record["attempts"]))},
+        }
+        if recorded is not None:
+            values[":before"] = {"N": str(recorded)}
+        try:
+            with aws_errors("record a webhook attempt"):
+                self._dynamodb.update_item(
+                    TableName=self.settings.jobs_table,
+                    Key={"job_id": {"S": key}},
+                    UpdateExpression="SET webhook = :record, webhook_attempts = :count",
+                    ConditionExpression=f"attribute_exists(job_id) AND ({condition})",
+                    ExpressionAttributeValues=values,
+                )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+
+def serve_notifier(settings: NotifierSettings, stop: threading.Event, *, wait_seconds: int = 5) -> None:
+    """The notifier's loop: receive notices, handle each on a pool thread (a slow receiver holds
+    one thread, never the loop), delete those handled; run until ``stop`` is set."""
+    from visionq.aws import boto3_client
+
+    sqs = boto3_client("sqs", settings, max_pool_connections=settings.notifier_concurrency + 4)
+    dynamodb = boto3_client("dynamodb", settings, max_pool_connections=settings.notifier_concurrency + 4)
+    notifier = Notifier(settings=settings, dynamodb=dynamodb, sqs=sqs)
+    # Long enough for one delivery and its bookkeeping; a notice whose handler died comes back.
+    visibility = int(settings.webhook_timeout_seconds * 2 + 30)
+    in_flight: set[Future[None]] = set()
+
+    def process(message: dict[str, Any]) -> None:
+        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        try:
+            if receives > MAX_RECEIVES:
+                logger.error("dropping a notice received %d times: %.200s", receives, message["Body"])
+            else:
+                notifier.handle(message["Body"])
+        except Exception:
+            logger.exception("could not handle a notice; it will come back")
+            return
+        with aws_errors("delete a notice"):
+            sqs.delete_message(QueueUrl=settings.notify_queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    with ThreadPoolExecutor(settings.notifier_concurrency, thread_name_prefix="notify") as pool:
+        while not stop.is_set():
+            free = settings.notifier_concurrency - len(in_flight)
+            if free <= 0:
+                wait(list(in_flight), timeout=1, return_when=FIRST_COMPLETED)
+                continue
+            try:
+                response = sqs.receive_message(
+                    QueueUrl=settings.notify_queue_url,
+                    MaxNumberOfMessages=min(10, free),
+                    WaitTimeSeconds=wait_seconds,
+                    VisibilityTimeout=visibility,
+                    AttributeNames=["ApproximateReceiveCount"],
+                )
+            except Exception:
+                logger.exception("cannot receive notices; trying again")
+                stop.wait(2)
+                continue
+            for message in response.get("Messages", []):
+                future = pool.submit(process, message)
+                in_flight.add(future)
+                future.add_done_callback(in_flight.discard)
+        wait(list(in_flight), timeout=settings.webhook_timeout_seconds + 10)
