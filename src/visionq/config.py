@@ -193,6 +193,9 @@ class WorkerSettings(AwsSettings):
     ready_file: Path | None = Field(default=None, validation_alias="VISIONQ_READY_FILE")
     # Prometheus' /metrics of the worker on this port (every interface); unset: no endpoint (metrics.py).
     metrics_port: int | None = Field(default=None, ge=0, le=65535, validation_alias="VISIONQ_METRICS_PORT")
+    # CloudWatch embedded metric format in the logs: on by default on Lambda, off elsewhere
+    # (metrics.emf_enabled reads the same variable, so the Lambda handler needs no settings object).
+    metrics_emf: bool | None = Field(default=None, validation_alias="VISIONQ_METRICS_EMF")
     # Where ended jobs that asked for a webhook are handed to the notifier; unset: not announced.
     notify_queue_url: str | None = Field(default=None, validation_alias="VISIONQ_NOTIFY_QUEUE_URL")
     # Lambda: stop this long before the invocation's end, so the outcome can still be reported.

@@ -12,7 +12,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from visionq import config
-from visionq.config import ApiSettings, WorkerSettings
+from visionq.config import ApiSettings, NotifierSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.localstack.yml"
@@ -28,7 +28,15 @@ def _compose() -> dict[str, Any]:
 def test_the_compose_file_is_valid_compose() -> None:
     compose_spec = pytest.importorskip("compose_spec")
     parsed = compose_spec.PyCompose.from_yaml(yaml.safe_dump(_compose()))
-    assert sorted(parsed.service_names()) == ["api", "bootstrap", "keys", "localstack", "postgres", "worker"]
+    assert sorted(parsed.service_names()) == [
+        "api",
+        "bootstrap",
+        "keys",
+        "localstack",
+        "notifier",
+        "postgres",
+        "worker",
+    ]
 
 
 def test_every_image_it_builds_has_its_dockerfile() -> None:
@@ -45,7 +53,9 @@ def test_every_variable_it_sets_is_one_visionq_reads() -> None:
                 assert variable in known, f"{name}: {variable} is read by nothing"
 
 
-@pytest.mark.parametrize(("service", "settings"), [("api", ApiSettings), ("worker", WorkerSettings)])
+@pytest.mark.parametrize(
+    ("service", "settings"), [("api", ApiSettings), ("worker", WorkerSettings), ("notifier", NotifierSettings)]
+)
 def test_the_api_and_the_worker_get_every_setting_they_need(
     service: str, settings: type[BaseSettings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -56,7 +66,8 @@ def test_the_api_and_the_worker_get_every_setting_they_need(
             monkeypatch.delenv(variable)
     environment = _compose()["services"][service]["environment"]
     for variable, value in environment.items():
-        monkeypatch.setenv(variable, str(value).replace("${VISIONQ_MODEL:-yolo11n.pt}", "yolo11n.pt"))
+        value = str(value).replace("${VISIONQ_MODEL:-yolo11n.pt}", "yolo11n.pt")
+        monkeypatch.setenv(variable, value.replace("${VISIONQ_WEBHOOK_SECRET:-change-me-locally}", "secret"))
     loaded = settings()
     assert loaded.aws_endpoint_url == "http://localstack:4566"  # type: ignore[attr-defined]
     if service == "api":  # upload URLs are signed for the host, the rest stays inside compose
@@ -69,3 +80,4 @@ def test_queue_urls_name_the_queues_bootstrap_creates() -> None:
     queue = env["VISIONQ_QUEUE_NAME"]
     assert env["VISIONQ_QUEUE_URL"].endswith(f"/{queue}")
     assert env["VISIONQ_DLQ_URL"].endswith(f"/{queue}-dlq")  # infra.bootstrap.StackNames.dead_letter_queue
+    assert env["VISIONQ_NOTIFY_QUEUE_URL"].endswith(f"/{queue}-notify")  # StackNames.notify_queue
