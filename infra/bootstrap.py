@@ -79,6 +79,8 @@ def bootstrap_aws(
         QueueUrl=queue_url, Attributes={"Policy": json.dumps(queue_policy(queue_arn, names.bucket))}
     )
     _ensure_bucket(s3, names.bucket)
+    if tpl.cors_rules:  # the console's browser uploads (PUT replaces the rules: idempotent)
+        s3.put_bucket_cors(Bucket=names.bucket, CORSConfiguration={"CORSRules": [dict(r) for r in tpl.cors_rules]})
     s3.put_bucket_notification_configuration(
         Bucket=names.bucket,
         NotificationConfiguration={

@@ -130,6 +130,7 @@ class TemplateSettings:
     sqs_managed_sse: bool
     lambda_worker_timeout: int  # the Lambda worker's; the visibility timeout is at least 6 x this
     table: TableSettings
+    cors_rules: tuple[dict[str, Any], ...] = ()  # the bucket's, in the S3 API's shape (PutBucketCors)
     notify_retention_seconds: int = 86400  # the notifications queue's (NotifyQueue)
     notify_visibility_timeout: int = 180
 
@@ -189,6 +190,7 @@ def settings_from_template(template: dict[str, Any]) -> TemplateSettings:
     table = _resource(template, "JobsTable", "AWS::DynamoDB::Table")
     worker = _resource(template, "LambdaWorkerFunction", "AWS::Serverless::Function")
     notify = _resource(template, "NotifyQueue", "AWS::SQS::Queue")
+    cors = (bucket.get("CorsConfiguration") or {}).get("CorsRules") or []
 
     (notification,) = bucket["NotificationConfiguration"]["QueueConfigurations"]
     rules = notification["Filter"]["S3Key"]["Rules"]
@@ -208,6 +210,7 @@ def settings_from_template(template: dict[str, Any]) -> TemplateSettings:
         dead_letter_retention_seconds=_int(
             resolve(dlq["MessageRetentionPeriod"], "DeadLetterQueue"), "DeadLetterQueue retention"
         ),
+        cors_rules=tuple(_cors_rule(resolve(rule, "UploadBucket CORS")) for rule in cors),
         sqs_managed_sse=all(bool(q.get("SqsManagedSseEnabled")) for q in (queue, dlq, notify)),
         notify_retention_seconds=_int(
             resolve(notify["MessageRetentionPeriod"], "NotifyQueue"), "NotifyQueue retention"
@@ -223,6 +226,12 @@ def settings_from_template(template: dict[str, Any]) -> TemplateSettings:
             point_in_time_recovery=bool(pitr.get("PointInTimeRecoveryEnabled")),
         ),
     )
+
+
+def _cors_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation CorsRule as S3's PutBucketCors takes it (two names differ)."""
+    renamed = {"Id": "ID", "MaxAge": "MaxAgeSeconds"}
+    return {renamed.get(key, key): value for key, value in rule.items()}
 
 
 @functools.cache

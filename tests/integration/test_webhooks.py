@@ -241,3 +241,30 @@ def test_a_batch_announces_its_completion_once(
     assert event["data"]["counts"] == {"SUCCEEDED": 4}
     view = httpx.get(f"{signing_api}/v1/batches/{batch['batch_id']}", headers={"x-api-key": api_key}).json()
     assert view["status"] == "complete" and view["webhook"]["status"] == "delivered"
+
+
+def test_objects_put_under_a_batch_prefix_join_it_and_complete_it(
+    stack: Stack,
+    signing_api: str,
+    api_key: str,
+    receiver: Receiver,
+    notifier: None,
+    start_worker: Callable[..., Any],
+    draw_scene: Callable[..., Any],
+) -> None:
+    start_worker(notify_queue_url=stack.notify_queue_url)
+    response = httpx.post(
+        f"{signing_api}/v1/batches",
+        json={"expected": 2, "webhook_url": receiver.url + "/joined"},
+        headers={"x-api-key": api_key},
+    )
+    assert response.status_code == 201, response.text
+    batch = response.json()
+    for i in range(2):  # any S3 client, no API call: the key says which batch
+        stack.s3.put_object(Bucket=BUCKET, Key=f"{batch['upload_prefix']}cam/{i}.png", Body=png(draw_scene, 40 + i))
+    wait_until(lambda: receiver.on("/joined"), timeout=WAIT, what="the batch notice")
+    event = json.loads(receiver.on("/joined")[0].body)
+    assert event["data"]["counts"] == {"SUCCEEDED": 2}
+    view = httpx.get(f"{signing_api}/v1/batches/{batch['batch_id']}", headers={"x-api-key": api_key}).json()
+    assert (view["status"], view["total"], view["size"]) == ("complete", 2, 0)
+    assert {job["key"].rsplit("/", 1)[1] for job in view["jobs"]} == {"0.png", "1.png"}

@@ -93,6 +93,7 @@ class MemoryJobStore:
                     etag=obj.version,
                     model=(current and current.model) or model,
                     batch_id=(current and current.batch_id) or batch_id,
+                    notify=bool(current and current.notify) or batch_id is not None,
                 )
             except TransitionRejected:
                 return self.jobs[job_id]

@@ -1,9 +1,12 @@
 """docker-compose.localstack.yml is a valid Compose file, and every process in it is configured for
-what its settings read (no Docker engine here: the file is validated by a Compose-spec parser after
-YAML merges, as Docker Compose applies them)."""
+what its settings read. No Docker engine here: the file is validated by `docker-compose config`
+(Debian's docker-compose, which needs no engine for it) and by a Compose-spec parser after YAML
+merges, as Docker Compose applies them."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,19 @@ def test_the_compose_file_is_valid_compose() -> None:
         "postgres",
         "worker",
     ]
+
+
+def test_docker_compose_config_accepts_it() -> None:
+    """Docker Compose's own validation (`docker-compose config` needs no engine; Debian's package,
+    installed by scripts/setup-system-tools)."""
+    docker_compose = shutil.which("docker-compose")
+    if docker_compose is None:
+        pytest.skip("docker-compose is not installed (scripts/setup-system-tools installs it)")
+    result = subprocess.run(
+        [docker_compose, "-f", str(COMPOSE), "config", "--services"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == ["api", "bootstrap", "keys", "localstack", "notifier", "postgres", "worker"]
 
 
 def test_every_image_it_builds_has_its_dockerfile() -> None:

@@ -58,6 +58,7 @@ def created() -> Iterator[dict[str, Any]]:
                 "Attributes"
             ],
             "notification": s3.get_bucket_notification_configuration(Bucket=names.bucket),
+            "cors": s3.get_bucket_cors(Bucket=names.bucket)["CORSRules"],
             "table": dynamodb.describe_table(TableName=names.jobs_table)["Table"],
             "ttl": dynamodb.describe_time_to_live(TableName=names.jobs_table)["TimeToLiveDescription"],
             "backups": dynamodb.describe_continuous_backups(TableName=names.jobs_table)["ContinuousBackupsDescription"],
@@ -104,6 +105,18 @@ def test_notification_as_declared(created: dict[str, Any]) -> None:
     assert made["Events"] == [declared["Event"]] == ["s3:ObjectCreated:*"]
     (rule,) = declared["Filter"]["S3Key"]["Rules"]
     assert made["Filter"]["Key"]["FilterRules"] == [{"Name": rule["Name"], "Value": default(rule["Value"])}]
+
+
+def test_bucket_cors_as_declared(created: dict[str, Any]) -> None:
+    declared = TEMPLATE["Resources"]["UploadBucket"]["Properties"]["CorsConfiguration"]["CorsRules"]
+    assert len(created["cors"]) == len(declared) == 1
+    (rule,), (want,) = created["cors"], declared
+    assert (rule["ID"], rule["AllowedOrigins"], rule["AllowedMethods"]) == (
+        want["Id"],
+        want["AllowedOrigins"],
+        want["AllowedMethods"],
+    )
+    assert rule["MaxAgeSeconds"] == want["MaxAge"]
 
 
 def test_table_as_declared(created: dict[str, Any]) -> None:

@@ -107,7 +107,9 @@ class DynamoJobStore:
                 expires_at=expires_at,
                 # The model named when the job was created (through the API) stands; a direct upload's
                 # record gets the one its key names.
-                if_absent={"model": model, **({"batch_id": batch_id} if batch_id else {})},
+                # A direct upload that joins a batch announces its end: the batch may have a webhook
+                # waiting for its last member (the worker does not read the batch to find out).
+                if_absent={"model": model, **({"batch_id": batch_id, "notify": True} if batch_id else {})},
                 return_new=True,
             )
         except TransitionRejected:
