@@ -226,6 +226,7 @@ def throughput_run(
     env: dict[str, str],
     *,
     key_for: Callable[[int], str] = lambda i: f"uploads/bench/{i:06d}.jpg",
+    before_stop: Callable[[], None] | None = None,
 ) -> RunFigures:
     """N images put into the bucket first, then a worker started and timed until all are done."""
     stack.reset()
@@ -242,6 +243,8 @@ def throughput_run(
     cpu = cpu_seconds(worker.ps) - cpu0
     services_cpu = [cpu_seconds(p) - c0 for p, c0 in zip(services, services_cpu0, strict=True)]
     peak = worker.peak_rss_mb()
+    if before_stop is not None:  # e.g. scrape the worker's /metrics while it still serves them
+        before_stop()
     stats = worker.stop()
     requests = stats.get("aws_requests", {})
     return RunFigures(

@@ -27,7 +27,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         configure_logging("INFO")
         settings = load_settings(NotifierSettings)
         _notifier = Notifier(
-            settings=settings, dynamodb=boto3_client("dynamodb", settings), sqs=boto3_client("sqs", settings)
+            settings=settings,
+            dynamodb=boto3_client("dynamodb", settings),
+            sqs=boto3_client("sqs", settings),
+            sns=boto3_client("sns", settings) if settings.webhook_sns_topics else None,
         )
     failures = []
     for record in event.get("Records", []):

@@ -100,6 +100,8 @@ class WebhookSettings(AwsSettings):
     webhook_allowed_networks: str = Field(default="", validation_alias="VISIONQ_WEBHOOK_ALLOWED_NETWORKS")
     # Comma-separated exact host names admitted whatever they resolve to.
     webhook_allowed_hosts: str = Field(default="", validation_alias="VISIONQ_WEBHOOK_ALLOWED_HOSTS")
+    # Comma-separated SNS topic ARNs a job or batch may name as its webhook_url instead of a URL.
+    webhook_sns_topics: str = Field(default="", validation_alias="VISIONQ_WEBHOOK_SNS_TOPICS")
 
 
 class NotifierSettings(WebhookSettings):

@@ -19,12 +19,13 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from visionq.batches import BATCH_ITEM_PREFIX, Batch, BatchProgress
 from visionq.config import NotifierSettings
@@ -33,8 +34,17 @@ from visionq.stores.aws_errors import aws_errors
 from visionq.stores.batch_store import DynamoBatchStore
 from visionq.stores.job_store import DynamoJobStore
 from visionq.stores.queue import Queue
-from visionq.webhook_rules import WebhookRules
-from visionq.webhooks import batch_event, build_headers, deliver, job_event, next_delay
+from visionq.webhook_rules import WebhookRules, is_sns_topic
+from visionq.webhooks import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    DeliveryAttempt,
+    batch_event,
+    build_headers,
+    deliver,
+    job_event,
+    next_delay,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +104,7 @@ class Notifier:
         settings: NotifierSettings,
         dynamodb: Any,
         sqs: Any,
+        sns: Any = None,
         deliver_fn: Callable[..., Any] = deliver,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -103,6 +114,7 @@ class Notifier:
         self.batches = DynamoBatchStore(dynamodb, settings.jobs_table)
         self._dynamodb = dynamodb
         self._sqs = sqs
+        self._sns = sns  # for notices to SNS topics (webhook_rules.is_sns_topic)
         self._deliver = deliver_fn
         self._rng = rng
 
@@ -174,9 +186,12 @@ class Notifier:
             return
         secret = self.rules.secret_for(owner).encode()
         headers = build_headers(secret, body, str(json.loads(body)["id"]))
-        result = self._deliver(
-            url, body, headers, policy=self.rules.policy, timeout=self.settings.webhook_timeout_seconds
-        )
+        if is_sns_topic(url):
+            result = self._publish(url, body, headers)
+        else:
+            result = self._deliver(
+                url, body, headers, policy=self.rules.policy, timeout=self.settings.webhook_timeout_seconds
+            )
         attempts.append(result.to_dict())
         last = attempt >= self.settings.webhook_max_attempts
         status = "delivered" if result.ok else ("failed" if last else "pending")
@@ -193,6 +208,26 @@ class Notifier:
         )
         if status == "pending":
             self._schedule(kind, item_id, attempt + 1)
+
+    def _publish(self, topic: str, body: bytes, headers: dict[str, str]) -> DeliveryAttempt:
+        """The notice as an SNS message: the same body, its event id and signature as attributes."""
+        at, started = utc_now_iso(), time.monotonic()
+        error = None
+        if topic not in self.rules.sns_topics:  # the allowlist may have shrunk since the job was made
+            error = "topic not allowed"
+        elif self._sns is None:
+            error = "no SNS client"
+        else:
+            attributes = {
+                name: {"DataType": "String", "StringValue": headers[name]}
+                for name in (SIGNATURE_HEADER, EVENT_ID_HEADER)
+            }
+            try:
+                self._sns.publish(TopicArn=topic, Message=body.decode(), MessageAttributes=attributes)
+            except (ClientError, BotoCoreError) as exc:
+                error = f"sns: {type(exc).__name__}"
+        elapsed = round((time.monotonic() - started) * 1000)
+        return DeliveryAttempt(at=at, status_code=None, error=error, duration_ms=elapsed, ok=error is None)
 
     def _schedule(self, kind: str, item_id: str, attempt: int) -> None:
         delay = next_delay(
@@ -246,7 +281,8 @@ def serve_notifier(settings: NotifierSettings, stop: threading.Event, *, wait_se
 
     sqs = boto3_client("sqs", settings, max_pool_connections=settings.notifier_concurrency + 4)
     dynamodb = boto3_client("dynamodb", settings, max_pool_connections=settings.notifier_concurrency + 4)
-    notifier = Notifier(settings=settings, dynamodb=dynamodb, sqs=sqs)
+    sns = boto3_client("sns", settings) if settings.webhook_sns_topics else None
+    notifier = Notifier(settings=settings, dynamodb=dynamodb, sqs=sqs, sns=sns)
     # Long enough for one delivery and its bookkeeping; a notice whose handler died comes back.
     visibility = int(settings.webhook_timeout_seconds * 2 + 30)
     in_flight: set[Future[None]] = set()

@@ -18,6 +18,9 @@ __all__ = ["SIGNATURE_HEADER", "WebhookRules"]
 class WebhookRules:
     policy: WebhookPolicy
     master_secret: bytes | None
+    # SNS topics a job or batch may name instead of a URL (on AWS): only these, since the notifier
+    # publishes with its own role.
+    sns_topics: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: WebhookSettings) -> WebhookRules:
@@ -27,7 +30,8 @@ class WebhookRules:
             allowed_networks=settings.webhook_allowed_networks,
             allow_http_loopback=settings.webhook_allow_http_loopback,
         )
-        return cls(policy=policy, master_secret=secret)
+        topics = frozenset(t.strip() for t in settings.webhook_sns_topics.split(",") if t.strip())
+        return cls(policy=policy, master_secret=secret, sns_topics=topics)
 
     @property
     def enabled(self) -> bool:
@@ -39,6 +43,13 @@ class WebhookRules:
             raise InvalidRequest(
                 "this service does not send webhooks (no signing secret is set)", code="webhooks_disabled"
             )
+        if is_sns_topic(url):
+            if url not in self.sns_topics:
+                raise InvalidRequest(
+                    "this SNS topic is not one the service publishes to (VISIONQ_WEBHOOK_SNS_TOPICS)",
+                    code="webhook_topic_not_allowed",
+                )
+            return url
         return self.policy.check_url(url).url
 
     def secret_for(self, owner: str) -> str:
@@ -49,3 +60,8 @@ class WebhookRules:
                 "this service does not send webhooks (no signing secret is set)", code="webhooks_disabled"
             )
         return "whsec_" + hmac.new(self.master_secret, f"webhook:{owner}".encode(), hashlib.sha256).hexdigest()
+
+
+def is_sns_topic(target: str) -> bool:
+    """A notice's target that is an SNS topic's ARN rather than a URL."""
+    return target.startswith("arn:") and ":sns:" in target

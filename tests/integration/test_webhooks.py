@@ -268,3 +268,69 @@ def test_objects_put_under_a_batch_prefix_join_it_and_complete_it(
     view = httpx.get(f"{signing_api}/v1/batches/{batch['batch_id']}", headers={"x-api-key": api_key}).json()
     assert (view["status"], view["total"], view["size"]) == ("complete", 2, 0)
     assert {job["key"].rsplit("/", 1)[1] for job in view["jobs"]} == {"0.png", "1.png"}
+
+
+def test_a_notice_can_go_to_an_sns_topic_the_service_allows(
+    stack: Stack, api_key: str, start_worker: Callable[..., Any], draw_scene: Callable[..., Any]
+) -> None:
+    from visionq.aws import boto3_client
+    from visionq.config import AwsSettings
+
+    sns = boto3_client("sns", AwsSettings(aws_endpoint_url=stack.endpoint, aws_region="us-east-1"))
+    topic = sns.create_topic(Name="visionq-notices")["TopicArn"]
+    inbox = stack.sqs.create_queue(QueueName="notices-inbox")["QueueUrl"]
+    inbox_arn = stack.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "true"})
+    settings = {"aws_endpoint_url": stack.endpoint, "aws_region": "us-east-1", "webhook_secret": SECRET}
+    api_settings = ApiSettings(bucket=BUCKET, jobs_table=TABLE, webhook_sns_topics=topic, **settings)
+    notifier_settings = NotifierSettings(
+        notify_queue_url=stack.notify_queue_url, jobs_table=TABLE, webhook_sns_topics=topic, **settings
+    )
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=serve_notifier, args=(notifier_settings, stop), kwargs={"wait_seconds": 1}, daemon=True
+    )
+    thread.start()
+    start_worker(notify_queue_url=stack.notify_queue_url)
+    try:
+        with serving_api(api_settings) as api:
+            refused = httpx.post(
+                f"{api}/v1/jobs",
+                json={"filename": "a.png", "content_type": "image/png", "webhook_url": topic + "-other"},
+                headers={"x-api-key": api_key},
+            )
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "webhook_topic_not_allowed"
+            job = create_job(api, api_key, topic)
+            upload(job, png(draw_scene, 50))
+            secret = httpx.get(f"{api}/v1/webhooks/secret", headers={"x-api-key": api_key}).json()["secret"]
+            messages: list[dict[str, Any]] = []
+            wait_until(
+                lambda: (
+                    messages.extend(
+                        stack.sqs.receive_message(QueueUrl=inbox, MessageAttributeNames=["All"], WaitTimeSeconds=1).get(
+                            "Messages", []
+                        )
+                    )
+                    or messages
+                ),
+                timeout=WAIT,
+                what="the SNS message",
+            )
+            (message,) = messages
+            event = json.loads(message["Body"])
+            assert (event["type"], event["data"]["job_id"]) == ("job.succeeded", job["job_id"])
+            signature = message["MessageAttributes"]["visionq-signature"]["StringValue"]
+            assert verify(secret.encode(), signature, message["Body"].encode())
+            wait_until(
+                lambda: (
+                    httpx.get(f"{api}/v1/jobs/{job['job_id']}", headers={"x-api-key": api_key}).json()["webhook"][
+                        "status"
+                    ]
+                    == "delivered"
+                ),
+                timeout=WAIT,
+                what="the delivery record",
+            )
+    finally:
+        stop.set()
+        thread.join(30)

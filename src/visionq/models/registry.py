@@ -43,7 +43,7 @@ from visionq.models.spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "default"
-FAMILIES = ("ultralytics", "blip", "transformers")
+FAMILIES = ("ultralytics", "blip", "transformers", "synthetic")
 # Names share the key space with the API's job ids (32 hex digits), so they must not look like one.
 _NAME = re.compile(r"^(?![0-9a-f]{32}$)[a-z0-9][a-z0-9_.-]{0,62}$")
 MODELS_SEGMENT = "models/"  # direct uploads under <upload prefix>models/<name>/ go to that model
@@ -144,6 +144,10 @@ Loader = Callable[[ModelSpec, str, str | None], Model]
 
 
 def _load_family(spec: ModelSpec, weights: str, requested_device: str | None) -> Model:
+    if spec.family == "synthetic":  # no weights, no torch: the worker's own cost (bench/ceiling.py)
+        from visionq.models.synthetic import load_synthetic
+
+        return load_synthetic(spec)
     device = pick_device(requested_device)
     # Imported on use: transformers alone takes seconds to import, and a worker may not need it.
     if spec.family == "ultralytics":

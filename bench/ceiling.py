@@ -1,0 +1,154 @@
+"""The worker's own ceiling: the pipeline with models that cost nothing, in one run (issue 11).
+
+    .venv/bin/python bench/ceiling.py                 # N=300 JPEGs from Ultralytics' samples
+
+Runs, one after another, each a `visionq worker` process draining N objects already in the bucket
+(moto server and PostgreSQL co-located, as in bench/run_bench.py):
+  (a) null model, pipelined (batch 8): the model answers at once, so the worker's CPU per image is
+      its own cost (receive, claim, fetch, decode, write, acknowledge, bookkeeping);
+  (b) null model, naive (one message at a time, batch 1, no overlap);
+  (c) delay model, pipelined: a GPU stand-in that sleeps DELAY ms per batch of 8 plus PER_IMAGE ms
+      per image (its own ceiling: 8 / (DELAY + 8 * PER_IMAGE) ms), against that ceiling.
+Reported per run: images/s, worker CPU ms per image (and images/s per worker core), the emulator's
+and PostgreSQL's CPU ms per image, AWS requests per image, the wall time per image of each stage
+(from the worker's /metrics), and the cost of one job-state log line.
+Target (issue 11): worker CPU outside the model <= 5 ms per image, i.e. >= 200 images/s per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run_bench import BenchStack, machine, make_images, throughput_run  # noqa: E402
+
+from visionq.local_stack import free_port  # noqa: E402
+
+
+def registry(directory: Path, delay_ms: float, per_image_ms: float) -> Path:
+    path = directory / "ceiling-models.toml"
+    path.write_text(
+        'default = "null"\n'
+        '[models.null]\nfamily = "synthetic"\nweights = "null"\n'
+        '[models.delay]\nfamily = "synthetic"\nweights = "delay"\n'
+        f"delay_ms = {delay_ms}\nper_image_ms = {per_image_ms}\n"
+    )
+    return path
+
+
+def stage_means_ms(metrics_text: str) -> dict[str, float]:
+    """Mean wall time per image of each stage, from visionq_stage_seconds' sum and count."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            prefix = f"visionq_stage_seconds{suffix}{{"
+            if line.startswith(prefix):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                into[stage] = float(line.rsplit(" ", 1)[1])
+    return {s: round(sums[s] / counts[s] * 1000, 3) for s in sums if counts.get(s)}
+
+
+def log_line_cost_us(lines: int = 20000) -> float:
+    """What one job-state log line costs (the JSON formatter, to a stream): microseconds."""
+    from visionq.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("ceiling.logcost")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    extra = {"job_id": "0" * 32, "key": "uploads/bench/000001.jpg", "model": "default", "status": "SUCCEEDED"}
+    started = time.perf_counter()
+    for _ in range(lines):
+        log.info("job %s", "SUCCEEDED", extra={**extra, "elapsed_ms": 12.5, "detection_count": 3})
+    return (time.perf_counter() - started) / lines * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--delay-ms", type=float, default=16.0, help="delay model: ms per batch")
+    parser.add_argument("--per-image-ms", type=float, default=1.0, help="delay model: ms per image")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = args.out / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    models = registry(args.out, args.delay_ms, args.per_image_ms)
+    report: dict[str, Any] = {
+        "command": ("bench/ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
+        "machine": machine(),
+        "n": args.n,
+    }
+    images = make_images(args.n)
+    report["mean_jpeg_kb"] = round(sum(map(len, images)) / len(images) / 1024, 1)
+    stack = BenchStack(state)
+    runs = {
+        "null_pipeline": {"VISIONQ_SERVE_MODELS": "null", "VISIONQ_MAX_BATCH": "8"},
+        "null_naive": {"VISIONQ_SERVE_MODELS": "null", "VISIONQ_NAIVE": "1"},
+        "delay_pipeline": {"VISIONQ_SERVE_MODELS": "delay", "VISIONQ_MAX_BATCH": "8"},
+    }
+    try:
+        for name, env in runs.items():
+            port = free_port()
+            model = env["VISIONQ_SERVE_MODELS"]
+            env = {**env, "VISIONQ_MODELS_FILE": str(models), "VISIONQ_METRICS_PORT": str(port)}
+            print(f"({name})", flush=True)
+            scraped: list[str] = []
+
+            def scrape(port: int = port, scraped: list[str] = scraped) -> None:
+                import httpx
+
+                scraped.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+
+            figures = throughput_run(
+                stack,
+                images,
+                "unused",
+                0.0,
+                args.out / f"worker-{name}.log",
+                env,
+                key_for=lambda i, m=model: f"uploads/models/{m}/ceiling/{i:06d}.jpg",
+                before_stop=scrape,
+            )
+            run = asdict(figures)
+            run.pop("worker_stats", None)
+            run["images_per_second_per_worker_core"] = round(1000 / figures.cpu_ms_per_image, 1)
+            run["stage_wall_ms_per_image"] = stage_means_ms(scraped[0]) if scraped else {}
+            report[name] = run
+            print(
+                f"  {figures.images_per_second:.1f} img/s, worker CPU {figures.cpu_ms_per_image:.2f} ms/img, "
+                f"emulator {figures.emulator_cpu_ms_per_image:.2f} ms/img, "
+                f"requests {figures.aws_requests_per_image:.2f}/img",
+                flush=True,
+            )
+    finally:
+        stack.stop()
+    ceiling = 8 / ((args.delay_ms + 8 * args.per_image_ms) / 1000)
+    report["delay_model_images_per_second"] = round(ceiling, 1)
+    report["delay_pipeline_over_model"] = round(report["delay_pipeline"]["images_per_second"] / ceiling, 3)
+    report["log_line_us"] = round(log_line_cost_us(), 2)
+    (args.out / "ceiling.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}, indent=2))
+    print(f"written: {args.out / 'ceiling.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Models that cost (next to) nothing, to measure the worker itself (bench/ceiling.py).
+
+``null``: returns one fixed box per image at once. ``delay``: sleeps ``delay_ms`` per batch plus
+``per_image_ms`` per image, as a GPU's forward pass would (the sleeping thread holds no CPU and no
+GIL), then answers like ``null``. Neither touches the pixels, so what a worker spends per image
+with them is the worker's own cost: receive, claim, fetch, decode, write, acknowledge, bookkeeping.
+
+In a registry: ``family = "synthetic"``, ``weights = "null"`` or ``"delay"``, options ``delay_ms``,
+``per_image_ms`` and ``input_size`` (the longer side images are decoded to; default 640, as YOLO).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from visionq.errors import ConfigError
+from visionq.models.spec import ModelSpec
+from visionq.outputs import Box, Detections
+
+if TYPE_CHECKING:
+    import numpy as np
+
+KINDS = ("null", "delay")
+
+
+@dataclass(frozen=True)
+class SyntheticModel:
+    kind: str
+    delay_ms: float = 0.0
+    per_image_ms: float = 0.0
+    side: int | None = 640
+
+    @property
+    def version(self) -> str:
+        return f"synthetic-{self.kind}-{self.delay_ms:g}-{self.per_image_ms:g}"
+
+    @property
+    def untrained(self) -> bool:
+        return False  # its answers are fixed on purpose; nothing to warn about
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def input_size(self) -> int | None:
+        return self.side
+
+    def predict(self, images: Sequence[np.ndarray]) -> Sequence[Detections]:
+        wait = self.delay_ms + self.per_image_ms * len(images)
+        if wait > 0:
+            time.sleep(wait / 1000)
+        return [_one_box(image.shape[1], image.shape[0]) for image in images]
+
+
+def _one_box(width: int, height: int) -> Detections:
+    box = Box(class_id=0, label="thing", confidence=0.5, x1=0.0, y1=0.0, x2=width / 2, y2=height / 2)
+    return Detections(width=width, height=height, items=(box,))
+
+
+def load_synthetic(spec: ModelSpec) -> SyntheticModel:
+    if spec.weights not in KINDS:
+        raise ConfigError(f"model {spec.name!r}: synthetic weights must be one of {', '.join(KINDS)}")
+    options = dict(spec.options)
+    side = options.get("input_size", 640)
+    return SyntheticModel(
+        kind=spec.weights,
+        delay_ms=float(options.get("delay_ms", 0.0)) if spec.weights == "delay" else 0.0,
+        per_image_ms=float(options.get("per_image_ms", 0.0)) if spec.weights == "delay" else 0.0,
+        side=int(side) if side else None,
+    )
