@@ -88,8 +88,17 @@ def make_images(n: int, seed: int = 0) -> list[bytes]:
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
+    """The process's CPU, with its children's: those it has waited for (``children_*``) and those
+    still running (the worker's decode processes, VISIONQ_DECODE_PROCESSES, and their fork server)."""
     t = proc.cpu_times()
-    return float(t.user + t.system + getattr(t, "children_user", 0) + getattr(t, "children_system", 0))
+    total = float(t.user + t.system + getattr(t, "children_user", 0) + getattr(t, "children_system", 0))
+    for child in proc.children(recursive=True):
+        try:
+            c = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += float(c.user + c.system)
+    return total
 
 
 def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> dict[str, Any]:

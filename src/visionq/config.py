@@ -170,6 +170,17 @@ class WorkerSettings(AwsSettings):
     prefetch: int = Field(default=32, ge=1, validation_alias="VISIONQ_PREFETCH")  # messages held at once
     receivers: int = Field(default=2, ge=1, validation_alias="VISIONQ_RECEIVERS")  # concurrent long-polls
     decode_workers: int = Field(default=2, ge=1, validation_alias="VISIONQ_DECODE_WORKERS")
+    # Decode in this many processes of their own (decode_pool.py): an image that crashes the decoder
+    # then fails its job (decoder_crashed) instead of killing the worker. 0: in threads (decode_workers).
+    # Unset: as many as decode_workers, but threads on Lambda (no /dev/shm for process pools there).
+    decode_processes: int | None = Field(default=None, ge=0, validation_alias="VISIONQ_DECODE_PROCESSES")
+
+    @property
+    def decode_processes_wanted(self) -> int:
+        if self.decode_processes is not None:
+            return self.decode_processes
+        return 0 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else self.decode_workers
+
     torch_threads: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_TORCH_THREADS")
     # One message at a time, batch 1, no overlap: the same code path, for comparison.
     naive: bool = Field(default=False, validation_alias="VISIONQ_NAIVE")

@@ -32,10 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from visionq import metrics
 from visionq.batching import MicroBatcher
 from visionq.config import WorkerSettings
+from visionq.decode_pool import DecodePool
 from visionq.errors import ObjectChanged, PermanentError, TransientError
 from visionq.events import MalformedEvent, ObjectCreated, parse_s3_event
 from visionq.faults import Failpoints
-from visionq.images import ImageLimits, decode_image
+from visionq.images import DecodedImage, ImageLimits, decode_image
 from visionq.jobs import Job, JobError, JobStatus, batch_id_in_key, job_id_for_object, job_id_in_key, ttl_from_now
 from visionq.models import Model
 from visionq.models.registry import LoadedModels
@@ -78,6 +79,11 @@ class Processor:
         # Decoding is CPU work and store calls block (boto3, psycopg): both stay off the event loop.
         # The model gets a thread of its own, so forward passes never queue behind anything else.
         self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        # Or in processes of their own: an image that crashes the decoder fails its job, not the worker.
+        processes = settings.decode_processes_wanted
+        self._decode_processes = (
+            DecodePool(processes, crash_marker=self.failpoints.crash_decoder_on) if processes else None
+        )
         self._calls = BoundedCalls(settings.store_timeout_seconds)
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._settler = Settler(
@@ -111,6 +117,8 @@ class Processor:
     def close(self) -> None:
         for pool in (self._decode_pool, self._infer_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        if self._decode_processes is not None:
+            self._decode_processes.close()
         self._calls.close()
         self.results.close()
 
@@ -198,7 +206,7 @@ class Processor:
             data = await self._calls.bounded(self.objects.read(obj, max_bytes=self.limits.max_bytes), "read the object")
             item.timings["fetch_ms"] = ms_since(started)
             started = time.perf_counter()
-            item.image = await run_in(self._decode_pool, decode_image, data, self.limits, max_side=model.input_size)
+            item.image = await self._decode(data, model.input_size)
             item.timings["decode_ms"] = ms_since(started)
             return None
         except ObjectChanged as exc:
@@ -212,6 +220,11 @@ class Processor:
             return await self._settler.fail(item, JobError(code=exc.code, message=exc.message))
         except Exception as exc:  # noqa: BLE001 - any other fault: retry, then a terminal state
             return await self._settler.retry_or_fail(item, exc)
+
+    async def _decode(self, data: bytes, max_side: int | None) -> DecodedImage:
+        if self._decode_processes is not None:
+            return await self._decode_processes.decode(data, self.limits, max_side=max_side)
+        return await run_in(self._decode_pool, decode_image, data, self.limits, max_side=max_side)
 
     async def _expired(self, item: WorkItem, on_expiry: Expiry) -> Outcome:
         if on_expiry is Expiry.RETRY:

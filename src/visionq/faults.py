@@ -6,7 +6,9 @@ Off unless the environment turns them on, read once when the worker starts:
   ``after_write``), each hit with probability ``VISIONQ_CRASH_PROBABILITY`` (seeded by
   ``VISIONQ_CRASH_SEED``);
 - ``VISIONQ_CRASH_ON_KEY``: a substring; preparing an object whose key contains it kills the
-  process every time, like an image that crashes a decoder.
+  process every time, like an image that crashes a decoder;
+- ``VISIONQ_CRASH_DECODER_ON``: a byte string; a decode process (``VISIONQ_DECODE_PROCESSES``)
+  given an object holding it aborts, as a native crash in a codec would.
 
 SIGKILL, not an exception: nothing gets to clean up, exactly as with the OOM killer or a spot
 interruption, so what survives is only what the stores committed.
@@ -30,6 +32,7 @@ class Failpoints:
     points: frozenset[str] = frozenset()
     probability: float = 0.0
     crash_on_key: str | None = None
+    crash_decoder_on: str | None = None
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
@@ -42,6 +45,7 @@ class Failpoints:
             points=points,
             probability=float(os.environ.get("VISIONQ_CRASH_PROBABILITY", "0") or 0),
             crash_on_key=os.environ.get("VISIONQ_CRASH_ON_KEY") or None,
+            crash_decoder_on=os.environ.get("VISIONQ_CRASH_DECODER_ON") or None,
             rng=random.Random(os.environ.get("VISIONQ_CRASH_SEED")),
         )
         if failpoints.armed:
@@ -50,7 +54,7 @@ class Failpoints:
 
     @property
     def armed(self) -> bool:
-        return bool(self.points and self.probability) or bool(self.crash_on_key)
+        return bool(self.points and self.probability) or bool(self.crash_on_key or self.crash_decoder_on)
 
     def hit(self, point: str) -> None:
         if point in self.points and self.rng.random() < self.probability:

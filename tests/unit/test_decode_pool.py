@@ -1,0 +1,71 @@
+"""Decoding in disposable processes: an image that crashes the decoder fails alone; the images
+decoded beside it, and every image after it, are decoded as usual, and the test process lives."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionq.decode_pool import DecodePool
+from visionq.errors import ImageRejected
+from visionq.images import ImageLimits
+
+LIMITS = ImageLimits(max_bytes=10_000_000, max_pixels=50_000_000)
+MARKER = "visionq-test-crash-the-decoder"
+
+
+def png(value: int, *, crash: bool = False) -> bytes:
+    image = Image.fromarray(np.full((48, 64, 3), value, np.uint8))
+    buf = io.BytesIO()
+    info = None
+    if crash:  # the marker rides in a text chunk: a valid PNG whose decoding kills its process
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Comment", MARKER)
+    image.save(buf, "PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def pool() -> Iterator[DecodePool]:
+    decode_pool = DecodePool(2, crash_marker=MARKER)
+    yield decode_pool
+    decode_pool.close()
+
+
+def test_images_decode_in_processes(pool: DecodePool) -> None:
+    async def run() -> list[int]:
+        images = await asyncio.gather(*(pool.decode(png(v), LIMITS, max_side=32) for v in (10, 20, 30)))
+        return [int(image.rgb[0, 0, 0]) for image in images]
+
+    assert asyncio.run(run()) == [10, 20, 30]
+
+
+def test_an_image_that_crashes_the_decoder_fails_alone(pool: DecodePool) -> None:
+    async def run() -> list[object]:
+        data = [png(1), png(2, crash=True), png(3), png(4)]
+        return await asyncio.gather(*(pool.decode(d, LIMITS, max_side=None) for d in data), return_exceptions=True)
+
+    results = asyncio.run(run())
+    error = results[1]
+    assert isinstance(error, ImageRejected) and error.code == "decoder_crashed"
+    assert [int(r.rgb[0, 0, 0]) for r in (results[0], results[2], results[3])] == [1, 3, 4]  # type: ignore[union-attr]
+    assert pool.crashes == 1
+
+    async def after() -> int:
+        return int((await pool.decode(png(5), LIMITS, max_side=None)).rgb[0, 0, 0])
+
+    assert asyncio.run(after()) == 5  # a new pool serves what comes next
+
+
+def test_a_bad_image_is_still_a_plain_rejection(pool: DecodePool) -> None:
+    with pytest.raises(ImageRejected) as raised:
+        asyncio.run(pool.decode(b"not an image at all", LIMITS, max_side=None))
+    assert raised.value.code == "unsupported_format"
+    assert pool.crashes == 0
