@@ -98,13 +98,18 @@ async def serve_worker(
         torch.set_num_threads(settings.torch_threads)
     session = get_session()
     requests: dict[str, int] = {}
+    # No client-side validation of request parameters: the worker builds every request itself, and
+    # botocore's validation is a measurable part of its CPU per image (bench/RESULTS.md, ceiling).
+    lean = {"parameter_validation": False}
     async with (
         session.create_client(
-            **aio_client_kwargs("sqs", settings, max_pool_connections=16, read_timeout=settings.poll_wait_seconds + 10)
+            **aio_client_kwargs(
+                "sqs", settings, max_pool_connections=16, read_timeout=settings.poll_wait_seconds + 10, **lean
+            )
         ) as sqs,
-        session.create_client(**aio_client_kwargs("s3", settings, max_pool_connections=64)) as s3,
+        session.create_client(**aio_client_kwargs("s3", settings, max_pool_connections=64, **lean)) as s3,
     ):
-        dynamodb = boto3_client("dynamodb", settings, max_pool_connections=16)
+        dynamodb = boto3_client("dynamodb", settings, max_pool_connections=16, **lean)
         for client in (sqs, s3, dynamodb):
             count_requests(client, requests)
         pipeline = Pipeline.from_settings(settings, models.device)

@@ -329,3 +329,14 @@ def test_reduced_jpeg_decode_never_holds_the_full_bitmap(tmp_path: Path) -> None
     # decoder's 750 x 500 (1.5 MB) and the 640 x 427 result; the full bitmap would be 96 MB.
     assert full > 96_000_000
     assert reduced < 16_000_000
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_array_transposes_are_pillows(orientation: int, channels: int) -> None:
+    """The reduced image is turned upright as an array: the same pixels as Pillow's transpose."""
+    from visionq.images import _UPRIGHT, _transpose
+
+    array = (np.arange(5 * 7 * channels) % 251).astype(np.uint8).reshape((5, 7, channels)[: 2 + (channels > 1)])
+    method = _UPRIGHT[orientation]
+    assert np.array_equal(_transpose(array, method), np.asarray(Image.fromarray(array).transpose(method)))
