@@ -8,6 +8,7 @@ Lambda behind an API Gateway HTTP API (``handler``, through Mangum).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Annotated, Any
 
@@ -300,11 +301,14 @@ def create_app(
             route = getattr(request.scope.get("route"), "path", "unmatched")
             observe_request(route, status, time.perf_counter() - started)
 
-    @app.get("/metrics", include_in_schema=False)
-    def metrics_endpoint() -> Response:
-        """Prometheus text format: requests by route and status, latency (this process's)."""
-        body, content_type = render_latest()
-        return Response(body, media_type=content_type)
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        # Not behind API Gateway: there it would be public, and one container's numbers of many
+        # (the functions' CloudWatch metrics and EMF lines are what counts there).
+        @app.get("/metrics", include_in_schema=False)
+        def metrics_endpoint() -> Response:
+            """Prometheus text format: requests by route and status, latency (this process's)."""
+            body, content_type = render_latest()
+            return Response(body, media_type=content_type)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -361,7 +365,8 @@ def create_app(
     def read_batch(
         batch_id: str,
         key: Caller,
-        limit: Annotated[int, Query(ge=0, le=500, description="members per page; 0: counts only")] = 100,
+        # At most 100: each member carries its result summary, and Lambda answers at most 6 MB.
+        limit: Annotated[int, Query(ge=0, le=100, description="members per page; 0: counts only")] = 100,
         cursor: Annotated[str | None, Query(max_length=2048)] = None,
     ) -> BatchView:
         state = batch_service.read_batch(batch_id, owner=key.key_id, batches=batches, limit=limit, cursor=cursor)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +129,20 @@ def _add_missing_indexes(dynamodb: Any, table: str, tpl: TemplateSettings) -> No
             AttributeDefinitions=[dict(a) for a in tpl.table.attribute_definitions],
             GlobalSecondaryIndexUpdates=[{"Create": dict(index)}],
         )
+        _wait_for_index(dynamodb, table, index["IndexName"])
+
+
+def _wait_for_index(dynamodb: Any, table: str, name: str, *, timeout: float = 1800) -> None:
+    """DynamoDB builds one new index at a time: the next UpdateTable waits until this one is ACTIVE."""
+    deadline = time.monotonic() + timeout
+    while True:
+        indexes = dynamodb.describe_table(TableName=table)["Table"].get("GlobalSecondaryIndexes", [])
+        status = next((i.get("IndexStatus") for i in indexes if i["IndexName"] == name), None)
+        if status in (None, "ACTIVE"):  # None: an emulator that reports no status
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the jobs table's index {name} was not built within {timeout:.0f} s")
+        time.sleep(5)
 
 
 def queue_policy(queue_arn: str, bucket: str) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class VisionqClient:
         members: list[dict[str, Any]] = []
         cursor = None
         while True:
-            page = self.get_batch(batch_id, limit=500, cursor=cursor)
+            page = self.get_batch(batch_id, limit=100, cursor=cursor)
             members.extend(page["jobs"])
             cursor = page["next_cursor"]
             if not cursor:

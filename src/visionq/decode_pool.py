@@ -29,6 +29,25 @@ from visionq.images import DecodedImage, ImageLimits, decode_image
 logger = logging.getLogger(__name__)
 
 
+def _watch_parent(parent: int) -> None:
+    """In each decode process: exit once the worker that started the pool is gone (a SIGKILLed
+    worker cannot shut its pool down, and its decode processes would otherwise linger)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # a process of another user took the pid: ours is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _decode(data: bytes, limits: ImageLimits, max_side: int | None, crash_marker: bytes | None) -> DecodedImage:
     # Fault injection (faults.Failpoints.crash_decoder_on): bytes holding the marker kill this
     # process as a native crash in a codec would, before decoding.
@@ -45,12 +64,16 @@ class DecodePool:
         self._context.set_forkserver_preload(["visionq.decode_pool"])
         self._pool = self._new_pool(processes)
         self.crashes = 0  # pools lost to a crash, for the log and the tests
+        # After a crash every decode in flight is retried alone; a few at a time, not all at once.
+        self._solo = asyncio.Semaphore(processes)
         # Start the fork server and the processes now, not on the first image (about a second).
         for _ in range(processes):
             self._pool.submit(int)
 
     def _new_pool(self, processes: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(processes, mp_context=self._context)
+        return ProcessPoolExecutor(
+            processes, mp_context=self._context, initializer=_watch_parent, initargs=(os.getpid(),)
+        )
 
     async def decode(self, data: bytes, limits: ImageLimits, *, max_side: int | None) -> DecodedImage:
         loop = asyncio.get_running_loop()
@@ -61,9 +84,13 @@ class DecodePool:
         except BrokenProcessPool:
             self._replace(pool)
         # Alone, in a process of its own: was it this image, or a batch-mate?
+        async with self._solo:
+            return await self._decode_alone(call)
+
+    async def _decode_alone(self, call: functools.partial[DecodedImage]) -> DecodedImage:
         solo = self._new_pool(1)
         try:
-            return await loop.run_in_executor(solo, call)
+            return await asyncio.get_running_loop().run_in_executor(solo, call)
         except BrokenProcessPool:
             logger.warning("an image crashed the decoder twice, alone the second time: failing its job")
             raise ImageRejected(

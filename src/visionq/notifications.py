@@ -29,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from visionq.batches import BATCH_ITEM_PREFIX, Batch, BatchProgress
 from visionq.config import NotifierSettings
+from visionq.errors import TransitionRejected
 from visionq.jobs import Job, utc_now_iso
 from visionq.stores.aws_errors import aws_errors
 from visionq.stores.batch_store import DynamoBatchStore
@@ -51,8 +52,8 @@ logger = logging.getLogger(__name__)
 MAX_RECEIVES = 10  # a notice the notifier failed to handle this often is dropped, with a log line
 
 
-def notice(kind: str, item_id: str, attempt: int = 1, *, retry: bool = False) -> str:
-    return json.dumps({"kind": kind, "id": item_id, "attempt": attempt, "retry": retry}, separators=(",", ":"))
+def notice(kind: str, item_id: str, attempt: int = 1) -> str:
+    return json.dumps({"kind": kind, "id": item_id, "attempt": attempt}, separators=(",", ":"))
 
 
 def announcer(queue: Queue) -> Callable[[Job], Awaitable[None]]:
@@ -118,12 +119,12 @@ class Notifier:
         self._deliver = deliver_fn
         self._rng = rng
 
-    def handle(self, body: str) -> None:
-        """Act on one notice; an exception means "not done": the message comes back."""
+    def handle(self, body: str, *, receives: int = 1) -> None:
+        """Act on one notice; an exception means "not done": the message comes back. ``receives``:
+        SQS's count of deliveries of this message (above 1: it came back after a failure)."""
         try:
             message = json.loads(body)
             kind, item_id, attempt = str(message["kind"]), str(message["id"]), int(message.get("attempt", 1))
-            retry = bool(message.get("retry", False))
         except (ValueError, KeyError, TypeError):
             logger.error("dropping a malformed notice: %.200s", body)
             return
@@ -138,25 +139,33 @@ class Notifier:
                     job_event(job_payload(job)),
                     job.webhook,
                     attempt,
-                    retry,
+                    receives,
                 )
             if job.batch_id and job.status.terminal:
-                self._batch_if_complete(job.batch_id)
+                self._batch_if_complete(job.batch_id, receives)
         elif kind == "batch":
             batch = self.batches.get(item_id)
             if batch.webhook_url and batch.owner:
                 body_bytes = batch_event(batch_payload(batch, self.batches.progress(item_id)))
                 self._attempt(
-                    "batch", item_id, batch.webhook_url, batch.owner, body_bytes, batch.webhook, attempt, retry
+                    "batch", item_id, batch.webhook_url, batch.owner, body_bytes, batch.webhook, attempt, receives
                 )
         else:
             logger.error("dropping a notice of unknown kind %r", kind)
 
-    def _batch_if_complete(self, batch_id: str) -> None:
+    def _batch_if_complete(self, batch_id: str, receives: int) -> None:
         batch = self.batches.get(batch_id)
-        if not batch.webhook_url or batch.webhook is not None:
+        if not batch.webhook_url:
             return
-        if not self.batches.progress(batch_id).complete(batch):
+        if batch.webhook is not None:
+            # Claimed already. A member's notice that came back may be the one whose claim was
+            # written but whose delivery never started (it failed in between): start it again.
+            if receives > 1 and batch.webhook.get("status") == "pending" and not batch.webhook.get("attempts"):
+                self.handle(notice("batch", batch_id))
+            return
+        # Every member's end is written before its notice is sent, so whichever notifier checks last
+        # sees them all ended, as long as what the index says is re-read where it may lag.
+        if not self.batches.progress(batch_id, confirm_open=True).complete(batch):
             return
         # Many members may end at once: one conditional write decides which notifier sends it.
         record = {"status": "pending", "attempts": [], "completed_at": utc_now_iso()}
@@ -172,17 +181,19 @@ class Notifier:
         body: bytes,
         record: dict[str, Any] | None,
         attempt: int,
-        retry: bool,
+        receives: int,
     ) -> None:
         record = dict(record or {"status": "pending", "attempts": []})
         attempts: list[dict[str, Any]] = list(record.get("attempts", []))
         if record.get("status") != "pending":
             return  # delivered, or given up
         if attempt <= len(attempts):
-            # Made already. A retry's message that came back (its successor could not be queued)
-            # queues the successor now; a repeated announcement changes nothing.
-            if retry:
-                self._schedule(kind, item_id, len(attempts) + 1)
+            # Made already. This very message, come back after its attempt was recorded, may not
+            # have queued its successor: queue it now, for the newest attempt only. A duplicate
+            # (a repeated announcement: first delivery) changes nothing, so it starts no second
+            # chain; two chains that did start merge at their next attempt, as this rule stops one.
+            if receives > 1 and attempt == len(attempts):
+                self._schedule(kind, item_id, attempt + 1)
             return
         secret = self.rules.secret_for(owner).encode()
         headers = build_headers(secret, body, str(json.loads(body)["id"]))
@@ -239,7 +250,7 @@ class Notifier:
         with aws_errors("queue a webhook retry"):
             self._sqs.send_message(
                 QueueUrl=self.settings.notify_queue_url,
-                MessageBody=notice(kind, item_id, attempt, retry=True),
+                MessageBody=notice(kind, item_id, attempt),
                 DelaySeconds=min(900, round(delay)),
             )
 
@@ -267,10 +278,8 @@ class Notifier:
                     ConditionExpression=f"attribute_exists(job_id) AND ({condition})",
                     ExpressionAttributeValues=values,
                 )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        except TransitionRejected:  # the condition failed: another notifier got there first
+            return False
         return True
 
 
@@ -293,7 +302,7 @@ def serve_notifier(settings: NotifierSettings, stop: threading.Event, *, wait_se
             if receives > MAX_RECEIVES:
                 logger.error("dropping a notice received %d times: %.200s", receives, message["Body"])
             else:
-                notifier.handle(message["Body"])
+                notifier.handle(message["Body"], receives=receives)
         except Exception:
             logger.exception("could not handle a notice; it will come back")
             return

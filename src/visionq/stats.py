@@ -33,6 +33,7 @@ class Snapshot:
     values: dict[Key, float] = field(default_factory=dict)
     scraped: list[str] = field(default_factory=list)  # the endpoints that answered
     errors: dict[str, str] = field(default_factory=dict)  # endpoint -> why it did not
+    processed: dict[str, float] = field(default_factory=dict)  # endpoint -> its images processed so far
 
     def get(self, name: str, **labels: str) -> float:
         return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -48,6 +49,9 @@ class Snapshot:
 
     def total(self, name: str) -> float:
         return sum(value for (sample, _), value in self.values.items() if sample == name)
+
+
+PROCESSED = "visionq_images_processed_total"
 
 
 def metrics_url(endpoint: str) -> str:
@@ -83,6 +87,8 @@ def collect(urls: Iterable[str], *, timeout: float = 5.0) -> Snapshot:
             try:
                 response = client.get(url)
                 response.raise_for_status()
+                own = parse(response.text)
+                snapshot.processed[url] = sum(v for (name, _), v in own.items() if name == PROCESSED)
                 parse(response.text, snapshot.values)
             except (httpx.HTTPError, ValueError) as exc:
                 snapshot.errors[url] = str(exc) or type(exc).__name__
@@ -97,8 +103,10 @@ def images_per_second(snapshot: Snapshot, previous: Snapshot) -> float | None:
     seconds = snapshot.taken_at - previous.taken_at
     if seconds <= 0:
         return None
-    name = "visionq_images_processed_total"
-    return max(0.0, snapshot.total(name) - previous.total(name)) / seconds
+    # Over the endpoints that answered both times: one that answered once (a worker restarting)
+    # would add or hide its whole lifetime's count.
+    both = snapshot.processed.keys() & previous.processed.keys()
+    return sum(max(0.0, snapshot.processed[url] - previous.processed[url]) for url in both) / seconds
 
 
 def format_snapshot(snapshot: Snapshot, previous: Snapshot | None = None) -> str:

@@ -205,11 +205,7 @@ def plan_frames(
     frames' real timestamps, which gives the same frames for a constant-rate clip.
     """
     check_sampling(fps=fps, every=every)
-    if info.duration_s > max_seconds + 1e-3:
-        raise VideoError(
-            f"{info.path.name} is {info.duration_s:.1f} s long, more than the limit of {max_seconds:g} s.",
-            code="video_too_long",
-        )
+    check_duration(info, max_seconds)
     if every is not None:
         indices = list(range(0, info.frame_count, every))
     elif fps is not None:
@@ -233,6 +229,14 @@ def plan_frames(
             code="too_many_frames",
         )
     return indices
+
+
+def check_duration(info: VideoInfo, max_seconds: float) -> None:
+    if info.duration_s > max_seconds + 1e-3:
+        raise VideoError(
+            f"{info.path.name} is {info.duration_s:.1f} s long, more than the limit of {max_seconds:g} s.",
+            code="video_too_long",
+        )
 
 
 def check_sampling(*, fps: float | None, every: int | None) -> None:
@@ -269,10 +273,16 @@ def extract_frames(
     """
     path = Path(path)
     info = info or probe(path)
-    planned = plan_frames(info, fps=fps, every=every, max_frames=max_frames, max_seconds=max_seconds)
-    if indices is not None:
+    if indices is not None:  # planned earlier: only the limits are checked again
         chosen = frozenset(indices)
+        if len(chosen) > max_frames:
+            raise VideoError(
+                f"{path.name}: {len(chosen)} frames asked for, more than the limit of {max_frames}.",
+                code="too_many_frames",
+            )
+        check_duration(info, max_seconds)
         return _extract(path, info, lambda index, _t: index in chosen, len(chosen), jpeg_quality, progress)
+    planned = plan_frames(info, fps=fps, every=every, max_frames=max_frames, max_seconds=max_seconds)
     if every is not None or fps is None:
         wanted = frozenset(planned)
         return _extract(path, info, lambda index, _t: index in wanted, max_frames, jpeg_quality, progress)

@@ -194,6 +194,7 @@ _FORBIDDEN: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
             "203.0.113.0/24",
             "240.0.0.0/4",  # reserved, and the broadcast address
             "::/96",  # IPv4-compatible (deprecated)
+            "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
             "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation
             "100::/64",  # discard-only
             "2001::/23",  # IETF protocol assignments (Teredo among them)

@@ -429,3 +429,10 @@ def test_cost_per_observation() -> None:
         f"\nns per call: stage observation {stage:.0f}; terminal job state (3 stages + counter) {state:.0f}; "
         f"batch of 8 (size + 8 waits) {batch:.0f}; API request {request:.0f}"
     )
+
+
+def test_the_rate_counts_only_endpoints_that_answered_both_scrapes() -> None:
+    """A worker that answered the second scrape only (it restarted) would add its whole count."""
+    first = stats.Snapshot(taken_at=0.0, processed={"a": 100.0})
+    second = stats.Snapshot(taken_at=2.0, processed={"a": 110.0, "b": 5000.0})
+    assert stats.images_per_second(second, first) == 5.0

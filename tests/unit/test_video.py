@@ -591,3 +591,15 @@ def test_export_rows_to_csv_and_json(tmp_path: Path, clip: tuple[Path, list[list
 
     json_path = write_json(rows, tmp_path / "rows.json")
     assert json.loads(json_path.read_text()) == rows
+
+
+def test_frames_planned_earlier_are_extracted_whatever_the_clip_holds(tmp_path: Path) -> None:
+    """A submission plans first (--fps / --every), then extracts exactly those frames: the limit on
+    frames applies to what was planned, not to the whole clip (a long clip sampled sparsely)."""
+    path = tmp_path / "clip.mp4"
+    write_clip(path)
+    frames = list(extract_frames(path, indices=[0, 10, 20], max_frames=5, max_seconds=60))
+    assert [f.index for f in frames] == [0, 10, 20]
+    with pytest.raises(VideoError) as raised:
+        extract_frames(path, indices=list(range(6)), max_frames=5, max_seconds=60)
+    assert raised.value.code == "too_many_frames"

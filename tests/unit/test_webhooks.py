@@ -216,6 +216,7 @@ def test_http_to_loopback_only_with_the_local_flag() -> None:
         "https://[::ffff:127.0.0.1]/",
         "https://[::ffff:169.254.169.254]/",
         "https://[::ffff:10.1.2.3]/",
+        "https://[::ffff:0:7f00:1]/",  # IPv4-translated 127.0.0.1
         "https://100.64.0.1/",
         "https://100.127.255.254/",
         "https://0.0.0.0/",

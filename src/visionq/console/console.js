@@ -659,7 +659,7 @@
     const members = [];
     let cursor;
     do {
-      const page = await api(`v1/batches/${encodeURIComponent(batchId)}`, { query: { limit: 500, cursor } });
+      const page = await api(`v1/batches/${encodeURIComponent(batchId)}`, { query: { limit: 100, cursor } });
       members.push(...(page.jobs || []));
       cursor = page.next_cursor || undefined;
     } while (cursor);

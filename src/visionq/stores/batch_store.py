@@ -12,12 +12,13 @@ from typing import Any
 
 from visionq.batches import BATCH_ITEM_PREFIX, Batch, BatchProgress
 from visionq.errors import InvalidRequest, JobNotFound, TransitionRejected
-from visionq.jobs import Job
+from visionq.jobs import Job, JobStatus
 from visionq.stores.aws_errors import aws_errors
 from visionq.stores.job_store import _deserializer, _job_from_item, _job_item, _to_item, _to_values
 
 BY_BATCH_INDEX = "by_batch"
 BY_OWNER_INDEX = "by_owner"
+MAX_READS = 10  # queries per listing request, at most
 _WRITE_CHUNK = 25  # BatchWriteItem's limit
 
 
@@ -97,25 +98,43 @@ class DynamoBatchStore:
             webhook=json.loads(data["webhook"]) if data.get("webhook") else None,
         )
 
-    def progress(self, batch_id: str) -> BatchProgress:
-        """Counts by status over every member (the index is eventually consistent: a member's
-        latest change may show a moment later)."""
+    def progress(self, batch_id: str, *, confirm_open: bool = False) -> BatchProgress:
+        """Counts by status over every member. The index is eventually consistent: a member's
+        latest change may show a moment later. ``confirm_open``: every member the index shows
+        unfinished is read again from the table itself (consistently), so a batch whose members
+        have all ended is seen complete (the notifier's completion check)."""
         progress = BatchProgress()
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": BY_BATCH_INDEX,
             "KeyConditionExpression": "batch_id = :b",
             "ExpressionAttributeValues": {":b": {"S": batch_id}},
-            "ProjectionExpression": "#s",
+            "ProjectionExpression": "#s, job_id",
             "ExpressionAttributeNames": {"#s": "status"},
         }
         while True:
             with aws_errors("count batch members"):
                 response = self._client.query(**kwargs)
-            progress.counts.update(item["status"]["S"] for item in response.get("Items", []))
+            for item in response.get("Items", []):
+                status = item["status"]["S"]
+                if confirm_open and not JobStatus(status).terminal:
+                    status = self._status(item["job_id"]["S"]) or status
+                progress.counts[status] += 1
             if "LastEvaluatedKey" not in response:
                 return progress
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _status(self, job_id: str) -> str | None:
+        with aws_errors("read a member's status"):
+            response = self._client.get_item(
+                TableName=self._table,
+                Key={"job_id": {"S": job_id}},
+                ConsistentRead=True,
+                ProjectionExpression="#s",
+                ExpressionAttributeNames={"#s": "status"},
+            )
+        item = response.get("Item")
+        return str(item["status"]["S"]) if item else None
 
     def members(self, batch_id: str, *, limit: int, cursor: str | None = None) -> Page:
         return self._page(BY_BATCH_INDEX, "batch_id", batch_id, limit=limit, cursor=cursor, newest_first=False)
@@ -138,6 +157,8 @@ class DynamoBatchStore:
         newest_first: bool,
         **filters: str | None,
     ) -> Page:
+        filters_given = any(wanted is not None for wanted in filters.values())
+        previous: dict[str, Any] = {}
         names = {"#k": attribute}
         values: dict[str, Any] = {":k": value}
         conditions = ["attribute_not_exists(item_kind)"]  # batch records share the owner index
@@ -157,16 +178,24 @@ class DynamoBatchStore:
         if cursor:
             kwargs["ExclusiveStartKey"] = _decode_cursor(cursor, attribute, value)
         jobs: list[Job] = []
-        # A filter applies after the read: keep reading until the page is full or the index ends.
-        while True:
-            kwargs["Limit"] = max(limit - len(jobs), 1)
+        # A filter applies after the read: keep reading until the page is full, the index ends, or
+        # MAX_READS queries were made (a rare filter over many jobs): then a short page and a cursor.
+        for reads in range(1, MAX_READS + 1):
+            kwargs["Limit"] = max(limit - len(jobs), 1) if not filters_given else max(limit, 100)
             with aws_errors("list jobs"):
                 response = self._client.query(**kwargs)
-            jobs.extend(_job_from_item(item) for item in response.get("Items", []))
+            items = response.get("Items", [])
             last = response.get("LastEvaluatedKey")
-            if last is None or len(jobs) >= limit:
-                return Page(jobs=jobs[:limit], cursor=_encode_cursor(last) if last else None)
+            for item in items:
+                if len(jobs) == limit:  # a full page ends at the last item taken
+                    last = previous
+                    break
+                jobs.append(_job_from_item(item))
+                previous = {k: item[k] for k in ("job_id", attribute, "created_at") if k in item}
+            if last is None or len(jobs) >= limit or reads == MAX_READS:
+                return Page(jobs=jobs, cursor=_encode_cursor(last) if last else None)
             kwargs["ExclusiveStartKey"] = last
+        raise AssertionError("unreachable")
 
 
 def _encode_cursor(key: dict[str, Any]) -> str:

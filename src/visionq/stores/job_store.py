@@ -138,7 +138,9 @@ class DynamoJobStore:
 
     def reopen(self, job_id: str) -> None:
         """FAILED (``poison_message``) -> QUEUED: the one backward move, an operator's redrive."""
-        self._apply(REOPEN, job_id, {}, remove=("error_code", "error_message"), return_new=False)
+        # The FAILED job's notice (its webhook record) goes too: the rerun's end is announced anew.
+        remove = ("error_code", "error_message", "webhook", "webhook_attempts")
+        self._apply(REOPEN, job_id, {}, remove=remove, return_new=False)
 
     def _apply(
         self,
