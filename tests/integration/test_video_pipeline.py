@@ -95,3 +95,41 @@ def test_a_clip_goes_through_submit_and_render(
     assert {float(r["timestamp_ms"]) for r in rows if r["frame"] == "4"} == {400.0}
     labels = {r["label"] for r in rows}
     assert {"square", "circle"} <= labels
+
+
+def test_a_folder_goes_through_submit_and_render(
+    stack: Stack,
+    client_env: Path,
+    start_worker: Callable[..., Any],
+    draw_scene: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from PIL import Image
+
+    folder = client_env / "photos"
+    folder.mkdir()
+    truth = {}
+    for i in range(2):
+        image, boxes = draw_scene(70_000 + i, SIZE)
+        image.save(folder / f"scene-{i}.png")
+        truth[f"scene-{i}.png"] = boxes
+    (folder / "notes.txt").write_text("not an image")
+    start_worker()
+
+    code, out = run_cli(capsys, "submit", "photos", "--wait", "--timeout", "120")
+    assert code == 0, out
+    assert "skipping photos/notes.txt: not an image" in out
+    assert "2 images job(s), 2 uploaded" in out
+    assert all(any(line.startswith(name) and "SUCCEEDED" in line for line in out.splitlines()) for name in truth)
+    batch_id = out.split("batch ", 1)[1].split(":", 1)[0]
+
+    code, out = run_cli(capsys, "render", batch_id, "-o", "annotated")
+    assert code == 0, out
+    assert "2 analysed" in out
+    for name, boxes in truth.items():
+        rgb = np.asarray(Image.open(client_env / "annotated" / name).convert("RGB"))
+        source = np.asarray(Image.open(folder / name).convert("RGB"))
+        for cls, x1, y1, x2, _y2 in boxes:
+            top_middle = ((x1 + x2) / 2, y1)
+            assert nearest(rgb, *top_middle, colour_for(cls)) < 60, f"{name}: no box of class {cls}"
+            assert nearest(source, *top_middle, colour_for(cls)) > 60
