@@ -87,7 +87,7 @@ class LocalEnvSettings(AwsSettings):
 
 
 class WebhookSettings(AwsSettings):
-    """Who may receive completion notices (webhooks.py): the rules the API checks a URL against when
+    """Who may receive completion notices (webhooks/): the rules the API checks a URL against when
     a job or batch names one, and the notifier again before every delivery."""
 
     # Signs every notice (HMAC-SHA256); each API key gets its own secret derived from it
