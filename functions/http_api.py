@@ -38,9 +38,9 @@ from visionq.job_service import (
     create_upload_job,
     find_job_by_key,
     get_job,
-    upload_ticket,
+    renew_upload_ticket,
 )
-from visionq.jobs import Job, JobStatus
+from visionq.jobs import Job, JobStatus, public_fields
 from visionq.metrics import observe_request, render_latest
 from visionq.models.registry import registry_from_settings
 from visionq.stores.batch_store import DynamoBatchStore
@@ -178,20 +178,7 @@ class BatchView(BaseModel):
 
 
 def job_view(job: Job) -> JobView:
-    return JobView(
-        job_id=job.job_id,
-        status=str(job.status),
-        key=job.key,
-        model=job.model,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        result=job.result,
-        error=ErrorBody(code=job.error.code, message=job.error.message) if job.error else None,
-        filename=job.filename,
-        batch_id=job.batch_id,
-        meta=job.meta,
-        webhook=_webhook_view(job.webhook, wanted=job.webhook_url is not None),
-    )
+    return JobView(**public_fields(job), webhook=_webhook_view(job.webhook, wanted=job.webhook_url is not None))
 
 
 def _webhook_view(record: dict[str, Any] | None, *, wanted: bool) -> WebhookView | None:
@@ -332,12 +319,9 @@ def create_app(
     @app.post("/v1/jobs/{job_id}/upload", status_code=201, response_model=JobCreated, responses=error_responses)
     def renew_upload(job_id: str, key: Caller) -> JobCreated:
         """A fresh presigned upload for a job still PENDING (an expired one, a resumed submission)."""
-        job = get_job(job_id, owner=key.key_id, jobs=jobs)
-        if job.status is not JobStatus.PENDING:
-            raise InvalidRequest(
-                f"job {job_id} is {job.status}: its object has arrived already", code="job_not_pending"
-            )
-        return job_created(upload_ticket(job, settings, s3_client))
+        return job_created(
+            renew_upload_ticket(job_id, owner=key.key_id, settings=settings, jobs=jobs, s3_client=s3_client)
+        )
 
     @app.post("/v1/batches", status_code=201, response_model=BatchCreated, responses=error_responses)
     def create_batch(body: CreateBatchRequest, key: Caller) -> BatchCreated:
@@ -352,8 +336,7 @@ def create_app(
             name=body.name,
             meta=body.meta,
             expected=body.expected,
-            webhook_url=body.webhook_url,
-            check_webhook=webhooks.check if webhooks.enabled else None,
+            webhook_url=webhooks.check(body.webhook_url) if body.webhook_url is not None else None,
         )
         return BatchCreated(
             batch_id=created.batch.batch_id,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mimetypes
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from visionq.client import TERMINAL, VisionqClient
-from visionq.config import IMAGE_CONTENT_TYPES
+from visionq.config import IMAGE_CONTENT_TYPES, image_content_type
 from visionq.errors import InvalidRequest
 
 UPLOAD_THREADS = 8
@@ -86,24 +85,19 @@ def collect_images(paths: Iterable[Path], warn: Callable[[str], None]) -> list[P
     for path in paths:
         if path.is_dir():
             for child in sorted(path.iterdir()):
-                if child.is_file() and _content_type(child):
+                if child.is_file() and image_content_type(child.name):
                     found.append(child)
                 elif child.is_file():
                     warn(f"skipping {child}: not an image visionq accepts ({_accepted()})")
         elif not path.exists():
             raise InvalidRequest(f"{path} does not exist", code="file_not_found")
-        elif not _content_type(path):
+        elif not image_content_type(path.name):
             raise InvalidRequest(f"{path} is not an image visionq accepts ({_accepted()})", code="not_an_image")
         else:
             found.append(path)
     if not found:
         raise InvalidRequest("no images to submit", code="no_images")
     return found
-
-
-def _content_type(path: Path) -> str | None:
-    guessed = mimetypes.guess_type(path.name)[0]
-    return guessed if guessed in IMAGE_CONTENT_TYPES else None
 
 
 def _accepted() -> str:
@@ -121,7 +115,7 @@ def submit_images(
     key = submission_key("images", model, *sorted(_file_identity(p) for p in images))
     existing = manifests.find(key)
     if existing is None:
-        items = [{"filename": _safe_name(p), "content_type": _content_type(p)} for p in images]
+        items = [{"filename": _safe_name(p), "content_type": image_content_type(p.name)} for p in images]
         created = client.create_batch(items, model=model, webhook_url=webhook_url, meta={"kind": "images"})
         paths = {job["job_id"]: str(p.resolve()) for job, p in zip(created["jobs"], images, strict=True)}
         manifests.save(key, {"batch_id": created["batch_id"], "kind": "images", "paths": paths})

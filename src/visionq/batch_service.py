@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,6 @@ def create_batch(
     meta: dict[str, Any] | None = None,
     expected: int = 0,
     webhook_url: str | None = None,
-    check_webhook: Callable[[str], str] | None = None,
 ) -> CreatedBatch:
     """Every item validated first (one bad item refuses the whole request, naming it), then the
     batch record and its PENDING members written, then one presigned upload per member."""
@@ -52,10 +51,6 @@ def create_batch(
             code="batch_too_large",
         )
     model = checked_model(model, registry)
-    if webhook_url is not None:
-        if check_webhook is None:
-            raise InvalidRequest("this service does not send webhooks", code="webhooks_disabled")
-        webhook_url = check_webhook(webhook_url)
     batch_id = new_job_id()
     now = time.time()
     members = []

@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 
+from visionq.config import image_content_type
+
 TERMINAL = ("SUCCEEDED", "FAILED")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 class ApiError(Exception):
@@ -53,7 +54,7 @@ class VisionqClient:
             raise ApiError(response.status_code, "upload_rejected", response.text[:500])
 
     def submit_file(self, path: Path) -> Submitted:
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        content_type = image_content_type(path.name) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         ticket = self.create_job(path.name, content_type)
         self.upload(ticket, path.read_bytes(), content_type)
         return Submitted(path=path, job_id=ticket["job_id"])
@@ -141,7 +142,7 @@ def expand_image_paths(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(sorted(p for p in path.iterdir() if image_content_type(p.name)))
         else:
             found.append(path)
     return found

@@ -49,6 +49,12 @@ IMAGE_FORMATS = (
 IMAGE_CONTENT_TYPES = {f.content_type: f for f in IMAGE_FORMATS}
 
 
+def image_content_type(filename: str) -> str | None:
+    """The content type of a file visionq accepts as an image, by its name's extension; else None."""
+    lower = filename.lower()
+    return next((f.content_type for f in IMAGE_FORMATS if lower.endswith(f.extensions)), None)
+
+
 class AwsSettings(BaseSettings):
     """Where AWS is. ``AWS_ENDPOINT_URL`` (the standard variable) points everything at an emulator."""
 

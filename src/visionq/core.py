@@ -78,11 +78,14 @@ class Processor:
         self.stats = ProcessingStats()
         # Decoding is CPU work and store calls block (boto3, psycopg): both stay off the event loop.
         # The model gets a thread of its own, so forward passes never queue behind anything else.
-        self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-        # Or in processes of their own: an image that crashes the decoder fails its job, not the worker.
+        # Decoding in processes of its own (an image that crashes the decoder fails its job, not the
+        # worker), or in threads.
         processes = settings.decode_processes_wanted
         self._decode_processes = (
             DecodePool(processes, crash_marker=self.failpoints.crash_decoder_on) if processes else None
+        )
+        self._decode_pool = (
+            None if processes else ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         )
         self._calls = BoundedCalls(settings.store_timeout_seconds)
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
@@ -116,7 +119,8 @@ class Processor:
 
     def close(self) -> None:
         for pool in (self._decode_pool, self._infer_pool):
-            pool.shutdown(wait=False, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         if self._decode_processes is not None:
             self._decode_processes.close()
         self._calls.close()
@@ -224,6 +228,7 @@ class Processor:
     async def _decode(self, data: bytes, max_side: int | None) -> DecodedImage:
         if self._decode_processes is not None:
             return await self._decode_processes.decode(data, self.limits, max_side=max_side)
+        assert self._decode_pool is not None
         return await run_in(self._decode_pool, decode_image, data, self.limits, max_side=max_side)
 
     async def _expired(self, item: WorkItem, on_expiry: Expiry) -> Outcome:

@@ -107,6 +107,16 @@ def upload_ticket(job: Job, settings: ApiSettings, s3_client: Any) -> UploadTick
     return UploadTicket(job=job, upload=upload, expires_at=utc_now_iso(now + settings.upload_expiry_seconds))
 
 
+def renew_upload_ticket(
+    job_id: str, *, owner: str, settings: ApiSettings, jobs: JobStore, s3_client: Any
+) -> UploadTicket:
+    """A fresh presigned upload for a job still PENDING (an expired one, a resumed submission)."""
+    job = get_job(job_id, owner=owner, jobs=jobs)
+    if job.status is not JobStatus.PENDING:
+        raise InvalidRequest(f"job {job_id} is {job.status}: its object has arrived already", code="job_not_pending")
+    return upload_ticket(job, settings, s3_client)
+
+
 def validate_filename(filename: str, content_type: str) -> str:
     if content_type not in IMAGE_CONTENT_TYPES:
         raise InvalidRequest(

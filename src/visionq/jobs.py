@@ -94,6 +94,7 @@ def job_id_in_key(prefix: str, key: str) -> str | None:
     return match.group("job_id") if match else None
 
 
+MODELS_SEGMENT = "models/"  # direct uploads under <prefix>models/<name>/ go to that model
 BATCHES_SEGMENT = "batches/"  # direct uploads under <prefix>[models/<name>/]batches/<id>/ join that batch
 _BATCH_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -104,7 +105,7 @@ def batch_id_in_key(prefix: str, key: str) -> str | None:
     if not key.startswith(prefix):
         return None
     parts = key[len(prefix) :].split("/")
-    if parts[:1] == ["models"]:
+    if parts[0] + "/" == MODELS_SEGMENT:
         parts = parts[2:]
     if len(parts) >= 3 and parts[0] + "/" == BATCHES_SEGMENT and _BATCH_ID.match(parts[1]):
         return parts[1]
@@ -113,7 +114,7 @@ def batch_id_in_key(prefix: str, key: str) -> str | None:
 
 def batch_upload_prefix(prefix: str, batch_id: str, model: str | None = None) -> str:
     """Where objects put into the bucket directly join ``batch_id`` (for ``model``, when not the default)."""
-    models = f"models/{model}/" if model else ""
+    models = f"{MODELS_SEGMENT}{model}/" if model else ""
     return f"{prefix}{models}{BATCHES_SEGMENT}{batch_id}/"
 
 
@@ -159,6 +160,23 @@ class Job:
     # True when its end must reach a notifier: a webhook of its own, or of its batch.
     notify: bool = False
     webhook: dict[str, Any] | None = None  # the delivery: status and every attempt
+
+
+def public_fields(job: Job) -> dict[str, Any]:
+    """What a client is told about a job: GET /v1/jobs/{id} and the job's notice (webhook) say this."""
+    return {
+        "job_id": job.job_id,
+        "status": str(job.status),
+        "key": job.key,
+        "model": job.model,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "result": job.result,
+        "error": {"code": job.error.code, "message": job.error.message} if job.error else None,
+        "filename": job.filename,
+        "batch_id": job.batch_id,
+        "meta": job.meta,
+    }
 
 
 def ttl_from_now(days: int, now: float | None = None) -> int:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from visionq.batches import BATCH_ITEM_PREFIX, Batch, BatchProgress
 from visionq.config import NotifierSettings
 from visionq.errors import TransitionRejected
-from visionq.jobs import Job, utc_now_iso
+from visionq.jobs import Job, public_fields, utc_now_iso
 from visionq.stores.aws_errors import aws_errors
 from visionq.stores.batch_store import DynamoBatchStore
 from visionq.stores.job_store import DynamoJobStore
@@ -63,23 +63,6 @@ def announcer(queue: Queue) -> Callable[[Job], Awaitable[None]]:
         await queue.send(notice("job", job.job_id))
 
     return announce
-
-
-def job_payload(job: Job) -> dict[str, Any]:
-    """What a job's notice says: what GET /v1/jobs/{id} says about it."""
-    return {
-        "job_id": job.job_id,
-        "status": str(job.status),
-        "key": job.key,
-        "filename": job.filename,
-        "model": job.model,
-        "batch_id": job.batch_id,
-        "meta": job.meta,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "result": job.result,
-        "error": asdict(job.error) if job.error else None,
-    }
 
 
 def batch_payload(batch: Batch, progress: BatchProgress) -> dict[str, Any]:
@@ -136,7 +119,7 @@ class Notifier:
                     job.job_id,
                     job.webhook_url,
                     job.owner,
-                    job_event(job_payload(job)),
+                    job_event(public_fields(job)),
                     job.webhook,
                     attempt,
                     receives,
@@ -146,10 +129,7 @@ class Notifier:
         elif kind == "batch":
             batch = self.batches.get(item_id)
             if batch.webhook_url and batch.owner:
-                body_bytes = batch_event(batch_payload(batch, self.batches.progress(item_id)))
-                self._attempt(
-                    "batch", item_id, batch.webhook_url, batch.owner, body_bytes, batch.webhook, attempt, receives
-                )
+                self._attempt_batch(batch, self.batches.progress(item_id), attempt, receives)
         else:
             logger.error("dropping a notice of unknown kind %r", kind)
 
@@ -165,12 +145,19 @@ class Notifier:
             return
         # Every member's end is written before its notice is sent, so whichever notifier checks last
         # sees them all ended, as long as what the index says is re-read where it may lag.
-        if not self.batches.progress(batch_id, confirm_open=True).complete(batch):
+        progress = self.batches.progress(batch_id, confirm_open=True)
+        if not progress.complete(batch):
             return
         # Many members may end at once: one conditional write decides which notifier sends it.
         record = {"status": "pending", "attempts": [], "completed_at": utc_now_iso()}
-        if self._record(BATCH_ITEM_PREFIX + batch_id, record, recorded=None):
-            self.handle(notice("batch", batch_id))
+        if self._record(BATCH_ITEM_PREFIX + batch_id, record, recorded=None) and batch.owner:
+            # Delivered at once, from what was just read: the batch and its (confirmed) counts.
+            self._attempt_batch(replace(batch, webhook=record), progress, 1, 1)
+
+    def _attempt_batch(self, batch: Batch, progress: BatchProgress, attempt: int, receives: int) -> None:
+        assert batch.webhook_url is not None and batch.owner is not None
+        body = batch_event(batch_payload(batch, progress))
+        self._attempt("batch", batch.batch_id, batch.webhook_url, batch.owner, body, batch.webhook, attempt, receives)
 
     def _attempt(
         self,

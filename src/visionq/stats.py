@@ -87,9 +87,9 @@ def collect(urls: Iterable[str], *, timeout: float = 5.0) -> Snapshot:
             try:
                 response = client.get(url)
                 response.raise_for_status()
-                own = parse(response.text)
-                snapshot.processed[url] = sum(v for (name, _), v in own.items() if name == PROCESSED)
+                before = snapshot.total(PROCESSED)
                 parse(response.text, snapshot.values)
+                snapshot.processed[url] = snapshot.total(PROCESSED) - before
             except (httpx.HTTPError, ValueError) as exc:
                 snapshot.errors[url] = str(exc) or type(exc).__name__
                 continue

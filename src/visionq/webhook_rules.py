@@ -40,9 +40,7 @@ class WebhookRules:
     def check(self, url: str) -> str:
         """``url`` if a notice may go there; else the reason, as a 400 for the client."""
         if not self.enabled:
-            raise InvalidRequest(
-                "this service does not send webhooks (no signing secret is set)", code="webhooks_disabled"
-            )
+            raise _disabled()
         if is_sns_topic(url):
             if url not in self.sns_topics:
                 raise InvalidRequest(
@@ -56,10 +54,12 @@ class WebhookRules:
         """The signing secret of one API key's notices: derived, so nothing more is stored, and no
         key's secret tells anything about another's."""
         if self.master_secret is None:
-            raise InvalidRequest(
-                "this service does not send webhooks (no signing secret is set)", code="webhooks_disabled"
-            )
+            raise _disabled()
         return "whsec_" + hmac.new(self.master_secret, f"webhook:{owner}".encode(), hashlib.sha256).hexdigest()
+
+
+def _disabled() -> InvalidRequest:
+    return InvalidRequest("this service does not send webhooks (no signing secret is set)", code="webhooks_disabled")
 
 
 def is_sns_topic(target: str) -> bool:

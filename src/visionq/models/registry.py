@@ -37,6 +37,7 @@ from typing import Any
 
 from visionq import metrics
 from visionq.errors import ConfigError, ModelUnavailable, PermanentError
+from visionq.jobs import MODELS_SEGMENT
 from visionq.models import Model, pick_device
 from visionq.models.spec import ModelSpec
 
@@ -46,7 +47,6 @@ DEFAULT_MODEL_NAME = "default"
 FAMILIES = ("ultralytics", "blip", "transformers", "synthetic")
 # Names share the key space with the API's job ids (32 hex digits), so they must not look like one.
 _NAME = re.compile(r"^(?![0-9a-f]{32}$)[a-z0-9][a-z0-9_.-]{0,62}$")
-MODELS_SEGMENT = "models/"  # direct uploads under <upload prefix>models/<name>/ go to that model
 
 
 class UnknownModel(PermanentError):
