@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for the workers (e.g. settings to compare)"
     )
+    parser.add_argument(
+        "--stock-emulator", action="store_true", help="moto's own server, without moto_server.py's changes"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     state = args.out / "state"
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     images = make_images(args.n)
     report["mean_jpeg_kb"] = round(sum(map(len, images)) / len(images) / 1024, 1)
-    stack = BenchStack(state)
+    report["emulator"] = "moto.server (stock)" if args.stock_emulator else "visionq.moto_server"
+    stack = BenchStack(state, stock_emulator=args.stock_emulator)
     runs = {
         "null_pipeline": {"VISIONQ_SERVE_MODELS": "null", "VISIONQ_MAX_BATCH": "8"},
         "null_naive": {"VISIONQ_SERVE_MODELS": "null", "VISIONQ_NAIVE": "1"},

@@ -137,9 +137,9 @@ def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> 
 
 
 class BenchStack:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, *, stock_emulator: bool = False) -> None:
         os.environ.update(LOCAL_AWS_CREDENTIALS)
-        self.moto = MotoServer(log_path=state / "moto.log").start()
+        self.moto = MotoServer(log_path=state / "moto.log", stock=stock_emulator).start()
         self.pg = EmbeddedPostgres(state / "pgdata").start()
         aws = AwsSettings(aws_endpoint_url=self.moto.endpoint, aws_region="us-east-1")
         self.s3, self.sqs, self.dynamodb = (boto3_client(s, aws) for s in ("s3", "sqs", "dynamodb"))

@@ -74,10 +74,12 @@ def stop_process(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, ti
 
 @dataclass
 class MotoServer:
-    """moto's HTTP server: S3, SQS and DynamoDB at one endpoint."""
+    """moto's HTTP server: S3, SQS and DynamoDB at one endpoint (``moto_server.py``'s, or with
+    ``stock`` moto's own, to measure what the former's changes are worth)."""
 
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
+    stock: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,7 +89,8 @@ class MotoServer:
     def start(self) -> MotoServer:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server" if self.stock else "visionq.moto_server"]
+            + ["-H", "127.0.0.1", "-p", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **LOCAL_AWS_CREDENTIALS},

@@ -1,0 +1,92 @@
+"""moto's HTTP server as the local stack runs it: ``python -m visionq.moto_server -H HOST -p PORT``.
+
+The same server as ``python -m moto.server``, with two costs taken out that made the co-located
+emulator the pipeline's bottleneck (bench/RESULTS.md, run 11), neither of which changes an answer:
+
+- **SQS receives in time linear in the queue's depth per message.** For every message it hands
+  out, moto's ``receive_message`` checks the message against the queue's retention period by
+  asking ``get_queue_attributes`` for it, which builds *every* attribute of the queue first,
+  three of them counts that walk the whole queue. Receiving a backlog of N messages therefore cost
+  O(N²): with 600 images queued, 43 % of the emulator's CPU. The check below reads the retention
+  period from the queue itself, as that attribute is built from.
+- **Finding the service for each request** listed moto's package directory and stat'ed each of
+  its ~150 entries, then tried every service's URL patterns, under a lock (11 %). The directory
+  and the patterns do not change while the server runs, so the answer for a host is kept.
+- **A log line per request** (werkzeug's access log: 8 % of the emulator's CPU, formatted and
+  written for every call). Kept off unless ``VISIONQ_EMULATOR_LOG_REQUESTS=1``.
+
+Each change is applied only where moto still has the shape it was written against, and says so
+in the log otherwise, so a moto upgrade can make the emulator slower but never wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+logger = logging.getLogger("visionq.moto_server")
+
+
+def speed_up_sqs_receive() -> bool:
+    """Make moto's per-message retention check O(1); False where moto's code is not as expected."""
+    from moto.core.utils import unix_time
+    from moto.sqs.models import Queue, SQSBackend
+
+    original = getattr(SQSBackend, "is_message_valid_based_on_retention_period", None)
+    if original is None or "MessageRetentionPeriod" not in getattr(Queue, "BASE_ATTRIBUTES", ()):
+        logger.warning("moto's SQS is not as this fix expects; receives stay linear in the queue's depth")
+        return False
+
+    def is_message_valid_based_on_retention_period(self: Any, queue_name: str, message: Any) -> bool:
+        retention_period = self.get_queue(queue_name).message_retention_period
+        return bool(int(retention_period) + message.sent_timestamp / 1000 > unix_time())
+
+    SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
+    return True
+
+
+def speed_up_dispatch() -> bool:
+    """Remember which backend serves a host (a pure function of the host and moto's own files)."""
+    import functools
+
+    from moto import backends
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    lookup = getattr(DomainDispatcherApplication, "get_backend_for_host", None)
+    modules = getattr(backends, "list_of_moto_modules", None)
+    if lookup is None or modules is None:
+        logger.warning("moto's dispatcher is not as this fix expects; it stays uncached")
+        return False
+    known = tuple(modules())
+    backends.list_of_moto_modules = lambda: known
+    cached: dict[str | None, Any] = {}
+
+    @functools.wraps(lookup)
+    def get_backend_for_host(self: Any, host: str | None) -> Any:
+        if host not in cached:
+            cached[host] = lookup(self, host)
+        return cached[host]
+
+    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host  # type: ignore[method-assign]
+    return True
+
+
+def quiet_request_log() -> None:
+    if os.environ.get("VISIONQ_EMULATOR_LOG_REQUESTS") != "1":
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    speed_up_sqs_receive()
+    speed_up_dispatch()
+    quiet_request_log()
+    from moto.server import main as moto_main
+
+    moto_main(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
