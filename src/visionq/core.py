@@ -82,7 +82,9 @@ class Processor:
         # worker), or in threads.
         processes = settings.decode_processes_wanted
         self._decode_processes = (
-            DecodePool(processes, crash_marker=self.failpoints.crash_decoder_on) if processes else None
+            DecodePool(processes, crash_marker=self.failpoints.crash_decoder_on, slot_side=models.largest_input_size)
+            if processes
+            else None
         )
         self._decode_pool = (
             None if processes else ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")

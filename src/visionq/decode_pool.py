@@ -9,19 +9,28 @@ process of its own: the innocent ones succeed, the one that crashes again is tha
 and its job ends FAILED (``decoder_crashed``) while the worker goes on.
 
 Processes are started by a fork server (never ``fork`` from a process with threads), which
-imports the decoder once. The decoded pixels come back pickled: one copy per image (measured in
-bench/ceiling.py against decoding in threads).
+imports the decoder once. The decoded pixels come back through shared memory: each decode in
+flight holds a slot of a segment the worker made (sized for the models' input, ``slot_side``), the
+process writes the pixels there, and the worker copies them out and frees the slot at once (one
+memcpy; pickling them through the pool's pipe cost 1.4 ms per 640 px image, bench/RESULTS.md).
+An image that does not fit a slot (a model without an input size) still comes back pickled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import multiprocessing
 import os
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+import numpy as np
 
 from visionq.errors import ImageRejected
 from visionq.images import DecodedImage, ImageLimits, decode_image
@@ -48,17 +57,102 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _decode(data: bytes, limits: ImageLimits, max_side: int | None, crash_marker: bytes | None) -> DecodedImage:
+@dataclass(frozen=True)
+class _Slot:
+    segment: str  # the shared memory segment's name
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class _InSlot:
+    """What a decode process answers when the pixels are in the slot: the image less its pixels."""
+
+    shape: tuple[int, ...]
+    format: str
+    original_width: int
+    original_height: int
+
+
+_segments: dict[str, shared_memory.SharedMemory] = {}  # in a decode process: the segments it has opened
+
+
+def _decode(
+    data: bytes, limits: ImageLimits, max_side: int | None, crash_marker: bytes | None, slot: _Slot | None = None
+) -> DecodedImage | _InSlot:
     # Fault injection (faults.Failpoints.crash_decoder_on): bytes holding the marker kill this
     # process as a native crash in a codec would, before decoding.
     if crash_marker and crash_marker in data:
         os.abort()
-    return decode_image(data, limits, max_side=max_side)
+    image = decode_image(data, limits, max_side=max_side)
+    if slot is None or image.rgb.nbytes > slot.size:
+        return image
+    if slot.segment not in _segments:
+        # Opened once per process. It registers with the worker's resource tracker (shared through
+        # the fork server), which removes the segment should the worker die without closing it.
+        _segments[slot.segment] = shared_memory.SharedMemory(name=slot.segment)
+    buffer = _segments[slot.segment].buf
+    np.ndarray(image.rgb.shape, np.uint8, buffer=buffer, offset=slot.offset)[...] = image.rgb
+    return _InSlot(image.rgb.shape, image.format, image.original_width, image.original_height)
+
+
+class _Slots:
+    """A shared memory segment cut into slots, one per decode in flight; the free ones queued."""
+
+    def __init__(self, count: int, slot_bytes: int) -> None:
+        self.size = slot_bytes
+        self.count = count
+        self.segment = shared_memory.SharedMemory(create=True, size=count * slot_bytes)
+        self._busy: set[int] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+
+    def _free_slots(self) -> asyncio.Queue[int]:
+        # An asyncio queue belongs to the loop that first waits on it: one per loop (the worker
+        # runs one; tests run several in turn).
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._free = loop, asyncio.Queue()
+            for index in range(self.count):
+                if index not in self._busy:
+                    self._free.put_nowait(index)
+        return self._free
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[_Slot]:
+        free = self._free_slots()
+        index = await free.get()
+        self._busy.add(index)
+        try:
+            yield _Slot(self.segment.name, index * self.size, self.size)
+        finally:
+            self._busy.discard(index)
+            free.put_nowait(index)
+
+    def take(self, slot: _Slot, answer: DecodedImage | _InSlot) -> DecodedImage:
+        """The decoded image, its pixels copied out of ``slot`` (which may then be reused)."""
+        if isinstance(answer, DecodedImage):
+            return answer
+        view = np.ndarray(answer.shape, np.uint8, buffer=self.segment.buf, offset=slot.offset)
+        return DecodedImage(
+            rgb=view.copy(),
+            format=answer.format,
+            original_width=answer.original_width,
+            original_height=answer.original_height,
+        )
+
+    def close(self) -> None:
+        self.segment.close()
+        self.segment.unlink()
 
 
 class DecodePool:
-    def __init__(self, processes: int, *, crash_marker: str | None = None) -> None:
+    def __init__(self, processes: int, *, crash_marker: str | None = None, slot_side: int | None = None) -> None:
+        """``slot_side``: the longest side the images are decoded to (the models' largest input
+        size); None passes every image back pickled."""
         self.processes = processes
+        # Two slots a process: one being written while the worker copies the other out.
+        self._slots = _Slots(2 * processes, slot_side * slot_side * 3) if slot_side else None
         self._crash_marker = crash_marker.encode() if crash_marker else None
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["visionq.decode_pool"])
@@ -76,18 +170,25 @@ class DecodePool:
         )
 
     async def decode(self, data: bytes, limits: ImageLimits, *, max_side: int | None) -> DecodedImage:
-        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            image = await self._decode(functools.partial(_decode, data, limits, max_side, self._crash_marker))
+            assert isinstance(image, DecodedImage)
+            return image
+        async with self._slots.slot() as slot:
+            call = functools.partial(_decode, data, limits, max_side, self._crash_marker, slot)
+            return self._slots.take(slot, await self._decode(call))
+
+    async def _decode(self, call: functools.partial[DecodedImage | _InSlot]) -> DecodedImage | _InSlot:
         pool = self._pool
-        call = functools.partial(_decode, data, limits, max_side, self._crash_marker)
         try:
-            return await loop.run_in_executor(pool, call)
+            return await asyncio.get_running_loop().run_in_executor(pool, call)
         except BrokenProcessPool:
             self._replace(pool)
         # Alone, in a process of its own: was it this image, or a batch-mate?
         async with self._solo:
             return await self._decode_alone(call)
 
-    async def _decode_alone(self, call: functools.partial[DecodedImage]) -> DecodedImage:
+    async def _decode_alone(self, call: functools.partial[DecodedImage | _InSlot]) -> DecodedImage | _InSlot:
         solo = self._new_pool(1)
         try:
             return await asyncio.get_running_loop().run_in_executor(solo, call)
@@ -110,3 +211,5 @@ class DecodePool:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._slots is not None:
+            self._slots.close()

@@ -88,9 +88,9 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        module = "moto.server" if self.stock else "visionq.moto_server"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server" if self.stock else "visionq.moto_server"]
-            + ["-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **LOCAL_AWS_CREDENTIALS},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,11 +33,35 @@ def png(value: int, *, crash: bool = False) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def pool() -> Iterator[DecodePool]:
-    decode_pool = DecodePool(2, crash_marker=MARKER)
+@pytest.fixture(params=[None, 64], ids=["pickled", "shared-memory"])
+def pool(request: pytest.FixtureRequest) -> Iterator[DecodePool]:
+    decode_pool = DecodePool(2, crash_marker=MARKER, slot_side=request.param)
     yield decode_pool
     decode_pool.close()
+
+
+def test_many_images_through_few_slots_each_keep_their_own_pixels() -> None:
+    pool = DecodePool(2, slot_side=64)  # 4 slots for 40 images decoded at once
+    segment = pool._slots.segment.name if pool._slots else ""
+
+    async def run() -> list[tuple[int, tuple[int, ...]]]:
+        images = await asyncio.gather(*(pool.decode(png(v), LIMITS, max_side=64) for v in range(40)))
+        return [(int(image.rgb[-1, -1, 2]), image.rgb.shape) for image in images]
+
+    try:
+        assert asyncio.run(run()) == [(v, (48, 64, 3)) for v in range(40)]
+    finally:
+        pool.close()
+    assert segment and not Path("/dev/shm", segment).exists()  # closed: the segment is gone
+
+
+def test_an_image_larger_than_a_slot_comes_back_whole() -> None:
+    pool = DecodePool(1, slot_side=16)  # a slot holds 16 x 16; this image is decoded to 32 x 24
+    try:
+        image = asyncio.run(pool.decode(png(7), LIMITS, max_side=32))
+    finally:
+        pool.close()
+    assert image.rgb.shape == (24, 32, 3) and int(image.rgb[5, 5, 1]) == 7
 
 
 def test_images_decode_in_processes(pool: DecodePool) -> None:

@@ -184,6 +184,11 @@ class LoadedModels:
     def device(self) -> str:
         return next(iter(self.models.values())).device if self.models else "cpu"
 
+    @property
+    def largest_input_size(self) -> int | None:
+        """The longest side any served model decodes images to; None when none has a size."""
+        return max((m.input_size for m in self.models.values() if m.input_size), default=None)
+
     @classmethod
     def of(cls, model: Model) -> LoadedModels:
         """One model already loaded, as "default" (tests, benchmarks)."""
