@@ -1,8 +1,17 @@
 """moto's HTTP server as the local stack runs it: ``python -m visionq.moto_server -H HOST -p PORT``.
 
-The same server as ``python -m moto.server``, with two costs taken out that made the co-located
-emulator the pipeline's bottleneck (bench/RESULTS.md, run 11), neither of which changes an answer:
+moto's own application (S3, SQS and DynamoDB at one endpoint), with costs taken out that made the
+co-located emulator the pipeline's bottleneck and inflated the worker's own CPU figures
+(bench/RESULTS.md, run 11). None of them changes an answer:
 
+- **Connections are kept open.** moto's server is werkzeug's development server, which closes
+  the connection after every response (``Connection: close``) and starts a thread per
+  connection: every AWS call of the worker paid a TCP connect and close on both sides, which AWS
+  itself never makes a client pay (its endpoints keep connections alive). The application is
+  served by uvicorn instead (HTTP/1.1 keep-alive, a pool of threads for the WSGI calls).
+  ``VISIONQ_EMULATOR_SERVER=werkzeug`` serves it as ``moto.server`` does, to compare or should
+  something need werkzeug's handler (it keeps the spelling of header names with underscores,
+  which uvicorn folds as WSGI does; visionq sets no such header).
 - **SQS receives in time linear in the queue's depth per message.** For every message it hands
   out, moto's ``receive_message`` checks the message against the queue's retention period by
   asking ``get_queue_attributes`` for it, which builds *every* attribute of the queue first,
@@ -12,11 +21,12 @@ emulator the pipeline's bottleneck (bench/RESULTS.md, run 11), neither of which 
 - **Finding the service for each request** listed moto's package directory and stat'ed each of
   its ~150 entries, then tried every service's URL patterns, under a lock (11 %). The directory
   and the patterns do not change while the server runs, so the answer for a host is kept.
-- **A log line per request** (werkzeug's access log: 8 % of the emulator's CPU, formatted and
-  written for every call). Kept off unless ``VISIONQ_EMULATOR_LOG_REQUESTS=1``.
+- **A log line per request** (werkzeug's access log: 8 % of the emulator's CPU), and uvicorn's,
+  are off unless ``VISIONQ_EMULATOR_LOG_REQUESTS=1``.
 
-Each change is applied only where moto still has the shape it was written against, and says so
-in the log otherwise, so a moto upgrade can make the emulator slower but never wrong.
+Each change to moto's code is applied only where moto still has the shape it was written
+against, and says so in the log otherwise, so a moto upgrade can make the emulator slower but
+never wrong.
 """
 
 from __future__ import annotations
@@ -78,14 +88,45 @@ def quiet_request_log() -> None:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
+def serve_keeping_connections(host: str, port: int) -> None:
+    """moto's application under uvicorn: HTTP/1.1 connections kept open between requests."""
+    import warnings
+
+    import uvicorn
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # it points to a2wsgi, one more package
+        from uvicorn.middleware.wsgi import WSGIMiddleware  # type: ignore[attr-defined]
+
+    os.environ.setdefault("MOTO_PORT", str(port))  # as moto.server sets it (presigned URLs use it)
+    app = DomainDispatcherApplication(create_backend_app)
+    uvicorn.run(
+        # Threads for the WSGI calls: SQS long polls hold one each for up to 20 s.
+        WSGIMiddleware(app, workers=32),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=os.environ.get("VISIONQ_EMULATOR_LOG_REQUESTS") == "1",
+        timeout_graceful_shutdown=1,  # long polls in flight do not hold up a stop
+        # Idle connections stay open a minute, as AWS endpoints keep them; clients drop theirs first
+        # (aiohttp after 15 s), so a request never races the server closing its connection.
+        timeout_keep_alive=60,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     speed_up_sqs_receive()
     speed_up_dispatch()
     quiet_request_log()
+    args = argv if argv is not None else sys.argv[1:]
+    if os.environ.get("VISIONQ_EMULATOR_SERVER", "uvicorn") != "werkzeug":
+        serve_keeping_connections(args[args.index("-H") + 1], int(args[args.index("-p") + 1]))
+        return
     from moto.server import main as moto_main
 
-    moto_main(argv if argv is not None else sys.argv[1:])
+    moto_main(args)
 
 
 if __name__ == "__main__":
