@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {naive.images_per_second:.2f} img/s", flush=True)
             report["pipeline_over_naive"] = pipeline.images_per_second / naive.images_per_second
         report["pipeline_over_raw"] = pipeline.images_per_second / raw["images_per_second"]
+        report["cpu_ceiling"] = cpu_ceiling(report["pipeline"], raw["images_per_second"])
         single = raw["by_batch"][1]["ms_per_image"]
         print("(d) latency at a low arrival rate", flush=True)
         interval = max(0.5, 3 * single / 1000)
@@ -424,6 +425,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cpu_ceiling(pipeline: dict[str, Any], raw_images_per_second: float) -> dict[str, float]:
+    """The fastest the co-located pipeline could go on this machine's cores, from the CPU that the
+    worker (model included), the emulator and PostgreSQL each spent per image in the run: what
+    bounds b/a here when the raw model alone already keeps every core busy."""
+    cores = psutil.cpu_count() or 1
+    ms = pipeline["cpu_ms_per_image"] + pipeline["emulator_cpu_ms_per_image"] + pipeline["postgres_cpu_ms_per_image"]
+    ceiling = cores * 1000 / ms
+    return {
+        "cores": cores,
+        "cpu_ms_per_image": round(ms, 2),
+        "images_per_second": round(ceiling, 2),
+        "over_raw": round(ceiling / raw_images_per_second, 3),
+        "pipeline_over_ceiling": round(pipeline["images_per_second"] / ceiling, 3),
+    }
+
+
 def summary(r: dict[str, Any]) -> str:
     p, raw = r["pipeline"], r["raw"]
     lines = [
@@ -442,6 +459,9 @@ def summary(r: dict[str, Any]) -> str:
         f"AWS requests per image: {p['aws_requests_per_image']:.2f}  {p['aws_requests']}",
         f"emulator CPU per image: {p['emulator_cpu_ms_per_image']:.1f} ms; PostgreSQL: "
         f"{p['postgres_cpu_ms_per_image']:.1f} ms",
+        f"CPU-bound ceiling of (b) on {r['cpu_ceiling']['cores']} cores: {r['cpu_ceiling']['images_per_second']:.2f}"
+        f" img/s ({r['cpu_ceiling']['cpu_ms_per_image']:.1f} ms of CPU per image, all processes), i.e. at most"
+        f" {r['cpu_ceiling']['over_raw']:.3f} x raw; (b) reached {r['cpu_ceiling']['pipeline_over_ceiling']:.3f} of it",
         f"worker peak RSS: {p['peak_rss_mb']:.0f} MB",
         f"latency at 1 image / {r['latency']['arrival_interval_s']:.2f} s: p50 {r['latency']['p50_ms']:.0f} ms,"
         f" p95 {r['latency']['p95_ms']:.0f} ms (model alone: {r['latency']['model_single_image_ms']:.0f} ms)",

@@ -188,6 +188,14 @@ class WorkerSettings(AwsSettings):
         return 0 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else self.decode_workers
 
     torch_threads: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_TORCH_THREADS")
+    # Each model in a process of its own (models/own_process.py): its Python never waits on the
+    # worker's for the GIL, and a crash in it fails the image, not the worker. Never on Lambda.
+    model_process: bool = Field(default=False, validation_alias="VISIONQ_MODEL_PROCESS")
+
+    @property
+    def model_process_wanted(self) -> bool:
+        return self.model_process and not os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+
     # One message at a time, batch 1, no overlap: the same code path, for comparison.
     naive: bool = Field(default=False, validation_alias="VISIONQ_NAIVE")
     visibility_timeout: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT, validation_alias="VISIONQ_VISIBILITY_TIMEOUT")

@@ -38,8 +38,8 @@ from visionq.images import DecodedImage, ImageLimits, decode_image
 logger = logging.getLogger(__name__)
 
 
-def _watch_parent(parent: int) -> None:
-    """In each decode process: exit once the worker that started the pool is gone (a SIGKILLed
+def watch_parent(parent: int) -> None:
+    """In a decode (or model) process: exit once the worker that started it is gone (a SIGKILLed
     worker cannot shut its pool down, and its decode processes would otherwise linger)."""
     import threading
     import time
@@ -166,7 +166,7 @@ class DecodePool:
 
     def _new_pool(self, processes: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            processes, mp_context=self._context, initializer=_watch_parent, initargs=(os.getpid(),)
+            processes, mp_context=self._context, initializer=watch_parent, initargs=(os.getpid(),)
         )
 
     async def decode(self, data: bytes, limits: ImageLimits, *, max_side: int | None) -> DecodedImage:

@@ -147,6 +147,7 @@ async def serve_worker(
                 settings.ready_file.unlink(missing_ok=True)
             metrics.stop_serving(metrics_server)
             processor.close()
+            models.close()
             processor.stats.aws_requests = dict(sorted(requests.items()))
             logger.info("worker totals", extra={"stats": vars(processor.stats)})
     return processor.stats

@@ -184,6 +184,13 @@ class LoadedModels:
     def device(self) -> str:
         return next(iter(self.models.values())).device if self.models else "cpu"
 
+    def close(self) -> None:
+        """Stop what the models hold outside this process (a model's own process)."""
+        for model in self.models.values():
+            close = getattr(model, "close", None)
+            if close is not None:
+                close()
+
     @property
     def largest_input_size(self) -> int | None:
         """The longest side any served model decodes images to; None when none has a size."""
@@ -238,7 +245,13 @@ def load_served_models(settings: Any) -> LoadedModels:
     their weights fetched from where they are (``models/weights.py``)."""
     registry = registry_from_settings(settings)
     names = [n.strip() for n in settings.serve_models.split(",") if n.strip()] if settings.serve_models else None
-    return load_models(registry, names=names, device=settings.device, resolve=_weights_resolver(settings))
+    loader: Loader = _load_family
+    if getattr(settings, "model_process_wanted", False):
+        from visionq.models.own_process import process_loader
+
+        loader = process_loader(torch_threads=settings.torch_threads, batch_room=max(settings.max_batch or 8, 1))
+    resolve = _weights_resolver(settings)
+    return load_models(registry, names=names, device=settings.device, resolve=resolve, loader=loader)
 
 
 def _weights_resolver(settings: Any) -> Callable[[str], str]:

@@ -7,10 +7,13 @@ with them is the worker's own cost: receive, claim, fetch, decode, write, acknow
 
 In a registry: ``family = "synthetic"``, ``weights = "null"`` or ``"delay"``, options ``delay_ms``,
 ``per_image_ms`` and ``input_size`` (the longer side images are decoded to; default 640, as YOLO).
+For fault injection, ``crash_on_value``: an image whose first pixel's red value is this number
+kills the process running the model, as a native crash in a model's code would.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ class SyntheticModel:
     delay_ms: float = 0.0
     per_image_ms: float = 0.0
     side: int | None = 640
+    crash_on_value: int | None = None
 
     @property
     def version(self) -> str:
@@ -50,6 +54,8 @@ class SyntheticModel:
         return self.side
 
     def predict(self, images: Sequence[np.ndarray]) -> Sequence[Detections]:
+        if self.crash_on_value is not None and any(int(image[0, 0, 0]) == self.crash_on_value for image in images):
+            os.abort()
         wait = self.delay_ms + self.per_image_ms * len(images)
         if wait > 0:
             time.sleep(wait / 1000)
@@ -71,4 +77,5 @@ def load_synthetic(spec: ModelSpec) -> SyntheticModel:
         delay_ms=float(options.get("delay_ms", 0.0)) if spec.weights == "delay" else 0.0,
         per_image_ms=float(options.get("per_image_ms", 0.0)) if spec.weights == "delay" else 0.0,
         side=int(side) if side else None,
+        crash_on_value=int(options["crash_on_value"]) if "crash_on_value" in options else None,
     )

@@ -1,0 +1,214 @@
+"""A model in a process of its own (``VISIONQ_MODEL_PROCESS=1``).
+
+Two reasons to run the model outside the worker's process:
+- **The GIL.** A model's pre- and post-processing is Python (Ultralytics' letterbox and NMS
+  bookkeeping, a processor's resizing). In the worker's process it takes turns on the GIL with
+  everything else the worker does (receiving, claiming, fetching, writing), so the forward pass
+  waits on bookkeeping; in a process of its own it never does.
+- **Crashes.** A native crash in the model's code (a kernel, a codec inside a processor) kills the
+  model's process, not the worker: the batch is retried one image at a time on a fresh process, so
+  the image that crashes it fails alone (``model_error``) and the messages the worker holds are
+  never redelivered because of it (in the worker's process, a crash-looping image would take its
+  batch-mates towards the dead-letter queue with it).
+
+The worker keeps a proxy that is a ``Model``. ``predict`` copies the batch's pixels into a shared
+memory segment the worker made (room for a batch at the model's input size: one memcpy per image,
+no pickling), sends their offsets and shapes down a pipe, and reads the outputs back (small
+dataclasses, pickled). The model process loads the model with the loader every worker uses
+(``registry._load_family``), once, and answers one batch at a time; the worker's one infer thread
+is the only caller, so there is never more than one batch in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from visionq.errors import ModelUnavailable
+from visionq.models import Model
+from visionq.models.spec import ModelSpec
+from visionq.outputs import ModelOutput
+
+logger = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_SECONDS = 900.0  # a first load may convert weights (an ONNX export takes minutes on a CPU)
+
+Frame = tuple[int, tuple[int, ...]] | np.ndarray  # (offset, shape) in the segment, or the pixels themselves
+
+
+class ModelProcessDied(RuntimeError):
+    """The model's process ended while it held a batch (a native crash in the model's code)."""
+
+
+class ModelFailed(RuntimeError):
+    """The model raised on a batch (in its own process); the message is its exception's repr."""
+
+
+def _serve(
+    conn: Connection, spec: dict[str, Any], weights: str, device: str | None, torch_threads: int | None, parent: int
+) -> None:
+    """The model process: load, say what was loaded, then answer batches until the pipe closes."""
+    from visionq.decode_pool import watch_parent
+    from visionq.models.registry import _load_family
+
+    watch_parent(parent)
+    try:
+        model = _load_family(ModelSpec(**spec), weights, device)
+    except ModelUnavailable as exc:
+        conn.send(("unavailable", exc.message))
+        return
+    except Exception as exc:  # noqa: BLE001 - any failure to load is told to the worker in one line
+        conn.send(("unavailable", f"{type(exc).__name__}: {exc}"))
+        return
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)  # after loading, as the worker does (Ultralytics resets it)
+    info = {"version": model.version, "untrained": model.untrained, "device": model.device}
+    conn.send(("ready", {**info, "input_size": model.input_size}))
+    segments: dict[str, shared_memory.SharedMemory] = {}
+    while True:
+        try:
+            segment, frames = conn.recv()
+        except EOFError:  # the worker closed the pipe (or died): nothing more to do
+            return
+        try:
+            if segment is not None and segment not in segments:
+                segments[segment] = shared_memory.SharedMemory(name=segment)
+            images = [
+                frame
+                if isinstance(frame, np.ndarray)
+                else np.ndarray(frame[1], np.uint8, buffer=segments[segment].buf, offset=frame[0])
+                for frame in frames
+            ]
+            conn.send(("ok", list(model.predict(images))))
+        except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
+            conn.send(("error", repr(exc)))
+
+
+class ModelProcess:
+    """A ``Model`` whose forward passes run in a process of its own (see the module's text)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: str,
+        device: str | None,
+        *,
+        torch_threads: int | None = None,
+        batch_room: int = 8,
+    ) -> None:
+        self.spec = spec
+        # The spec as plain values: its options are a read-only mapping, which pickle refuses.
+        plain = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+        self._args = ({**plain, "options": dict(spec.options)}, weights, device, torch_threads)
+        self._context = multiprocessing.get_context("spawn")  # CUDA cannot be initialised in a forked child
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._info: dict[str, Any] = {}
+        self.starts = 0  # processes started: 1, plus one after each death (for the log and the tests)
+        self._start()
+        side = self.input_size
+        # Room for a batch of images at the model's input size; anything beyond is pickled.
+        self._segment = shared_memory.SharedMemory(create=True, size=batch_room * side * side * 3) if side else None
+
+    def _start(self) -> None:
+        ours, theirs = self._context.Pipe()
+        proc = self._context.Process(
+            target=_serve, args=(theirs, *self._args, os.getpid()), name=f"visionq-model-{self.spec.name}"
+        )
+        proc.start()
+        theirs.close()
+        self.starts += 1
+        try:
+            if not ours.poll(LOAD_TIMEOUT_SECONDS):
+                raise ModelUnavailable(f"model {self.spec.name!r} did not load within {LOAD_TIMEOUT_SECONDS:.0f} s")
+            kind, payload = ours.recv()
+        except (EOFError, OSError):
+            proc.join(5)
+            raise ModelUnavailable(
+                f"model {self.spec.name!r}: its process ended while loading (exit code {proc.exitcode})"
+            ) from None
+        if kind != "ready":
+            proc.join(5)
+            raise ModelUnavailable(str(payload))
+        self._proc, self._conn, self._info = proc, ours, payload
+
+    @property
+    def version(self) -> str:
+        return str(self._info["version"])
+
+    @property
+    def untrained(self) -> bool:
+        return bool(self._info["untrained"])
+
+    @property
+    def device(self) -> str:
+        return str(self._info["device"])
+
+    @property
+    def input_size(self) -> int | None:
+        size = self._info["input_size"]
+        return int(size) if size else None
+
+    def predict(self, images: Sequence[np.ndarray]) -> Sequence[ModelOutput]:
+        if self._conn is None:  # the last process died: a fresh one (loads the model again)
+            logger.warning("starting a new process for model %s (the last one died)", self.spec.name)
+            self._start()
+        assert self._conn is not None
+        try:
+            self._conn.send((self._segment.name if self._segment else None, self._frames(images)))
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(5)
+            code = self._proc.exitcode
+            self._conn.close()
+            self._proc, self._conn = None, None
+            raise ModelProcessDied(
+                f"the process of model {self.spec.name!r} died on a batch of {len(images)} (exit code {code})"
+            ) from None
+        if kind != "ok":
+            raise ModelFailed(str(payload))
+        outputs: list[ModelOutput] = payload
+        return outputs
+
+    def _frames(self, images: Sequence[np.ndarray]) -> list[Frame]:
+        frames: list[Frame] = []
+        offset = 0
+        for image in images:
+            if self._segment is not None and image.dtype == np.uint8 and offset + image.nbytes <= self._segment.size:
+                np.ndarray(image.shape, np.uint8, buffer=self._segment.buf, offset=offset)[...] = image
+                frames.append((offset, image.shape))
+                offset += image.nbytes
+            else:
+                frames.append(np.ascontiguousarray(image))
+        return frames
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # the model process sees the pipe close and returns
+        if self._proc is not None:
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        if self._segment is not None:
+            self._segment.close()
+            self._segment.unlink()
+            self._segment = None
+
+
+def process_loader(*, torch_threads: int | None, batch_room: int) -> Callable[[ModelSpec, str, str | None], Model]:
+    """A ``load_models`` loader that puts each model in a process of its own."""
+
+    def load(spec: ModelSpec, weights: str, device: str | None) -> Model:
+        return ModelProcess(spec, weights, device, torch_threads=torch_threads, batch_room=batch_room)
+
+    return load
