@@ -178,14 +178,17 @@ class WorkerSettings(AwsSettings):
     decode_workers: int = Field(default=2, ge=1, validation_alias="VISIONQ_DECODE_WORKERS")
     # Decode in this many processes of their own (decode_pool.py): an image that crashes the decoder
     # then fails its job (decoder_crashed) instead of killing the worker. 0: in threads (decode_workers).
-    # Unset: as many as decode_workers, but threads on Lambda (no /dev/shm for process pools there).
+    # Unset: one per core this process may run on (at least decode_workers), but threads on Lambda
+    # (no /dev/shm for process pools there).
     decode_processes: int | None = Field(default=None, ge=0, validation_alias="VISIONQ_DECODE_PROCESSES")
 
     @property
     def decode_processes_wanted(self) -> int:
         if self.decode_processes is not None:
             return self.decode_processes
-        return 0 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else self.decode_workers
+        if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            return 0
+        return max(self.decode_workers, len(os.sched_getaffinity(0)))
 
     torch_threads: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_TORCH_THREADS")
     # Each model in a process of its own (models/own_process.py): its Python never waits on the

@@ -49,3 +49,16 @@ def test_a_worker_never_reads_the_local_env_file(tmp_path: Path, monkeypatch: py
     # A deployed process is configured by its environment alone: a stray file changes nothing.
     with pytest.raises(ConfigError, match=r"queue_url|VISIONQ_QUEUE_URL"):
         load_settings(WorkerSettings)
+
+
+def test_decoding_and_the_model_run_in_processes_of_their_own_except_on_lambda(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {"queue_url": "http://q", "jobs_table": "jobs", "database_url": "postgresql://x"}
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5})
+    assert WorkerSettings(**base).decode_processes_wanted == 6  # one per usable core
+    assert WorkerSettings(**base, decode_workers=8).decode_processes_wanted == 8
+    assert WorkerSettings(**base, decode_processes=0).decode_processes_wanted == 0  # threads
+    assert WorkerSettings(**base, model_process=True).model_process_wanted
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "worker")  # no /dev/shm there
+    assert WorkerSettings(**base).decode_processes_wanted == 0
+    assert not WorkerSettings(**base, model_process=True).model_process_wanted
