@@ -9,9 +9,11 @@ co-located emulator the pipeline's bottleneck and inflated the worker's own CPU 
   connection: every AWS call of the worker paid a TCP connect and close on both sides, which AWS
   itself never makes a client pay (its endpoints keep connections alive). The application is
   served by uvicorn instead (HTTP/1.1 keep-alive, a pool of threads for the WSGI calls).
-  ``VISIONQ_EMULATOR_SERVER=werkzeug`` serves it as ``moto.server`` does, to compare or should
-  something need werkzeug's handler (it keeps the spelling of header names with underscores,
-  which uvicorn folds as WSGI does; visionq sets no such header).
+  The environ gets what werkzeug's server adds and moto relies on (the raw request path, the body
+  read to its end; tests/integration/test_emulator_http.py). ``VISIONQ_EMULATOR_SERVER=werkzeug``
+  serves it as ``moto.server`` does, to compare or should something need werkzeug's handler (it
+  keeps the spelling of header names with underscores, which uvicorn folds as WSGI does; visionq
+  sets no such header).
 - **SQS receives in time linear in the queue's depth per message.** For every message it hands
   out, moto's ``receive_message`` checks the message against the queue's retention period by
   asking ``get_queue_attributes`` for it, which builds *every* attribute of the queue first,
@@ -34,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 logger = logging.getLogger("visionq.moto_server")
@@ -97,22 +100,43 @@ def serve_keeping_connections(host: str, port: int) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # it points to a2wsgi, one more package
-        from uvicorn.middleware.wsgi import WSGIMiddleware  # type: ignore[attr-defined]
+        import uvicorn.middleware.wsgi as uvicorn_wsgi
 
+    uvicorn_wsgi.build_environ = _as_werkzeug_builds(uvicorn_wsgi.build_environ)
     os.environ.setdefault("MOTO_PORT", str(port))  # as moto.server sets it (presigned URLs use it)
     app = DomainDispatcherApplication(create_backend_app)
     uvicorn.run(
-        # Threads for the WSGI calls: SQS long polls hold one each for up to 20 s.
-        WSGIMiddleware(app, workers=32),
+        # Threads for the WSGI calls, made as needed: SQS long polls hold one each for up to 20 s
+        # (two per worker, one per notifier), and werkzeug's server had no cap at all.
+        uvicorn_wsgi.WSGIMiddleware(app, workers=256),  # type: ignore[attr-defined]
         host=host,
         port=port,
         log_level="warning",
         access_log=os.environ.get("VISIONQ_EMULATOR_LOG_REQUESTS") == "1",
         timeout_graceful_shutdown=1,  # long polls in flight do not hold up a stop
-        # Idle connections stay open a minute, as AWS endpoints keep them; clients drop theirs first
-        # (aiohttp after 15 s), so a request never races the server closing its connection.
+        # Idle connections stay open a minute, as AWS endpoints keep them. aiohttp drops its idle
+        # ones first (15 s); urllib3 (boto3) checks a pooled connection before reusing it, and
+        # botocore retries the rare request that meets a connection closing under it.
         timeout_keep_alive=60,
     )
+
+
+def _as_werkzeug_builds(build: Callable[..., MutableMapping[str, Any]]) -> Callable[..., MutableMapping[str, Any]]:
+    """uvicorn's WSGI environ with what werkzeug's server adds and moto relies on:
+    - ``RAW_URI``, the path as sent: without it moto decodes an S3 key's percent-escapes twice
+      (``x%41.jpg`` would be stored as ``xA.jpg``, ``a%3Fb.jpg`` as ``a``);
+    - ``wsgi.input_terminated``: uvicorn has read the whole body, so a chunked upload (no
+      Content-Length) is read to its end instead of as empty."""
+
+    def build_environ(scope: Any, message: Any, body: Any) -> MutableMapping[str, Any]:
+        environ = build(scope, message, body)
+        raw = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        environ["RAW_URI"] = environ["REQUEST_URI"] = f"{raw}?{query}" if query else raw
+        environ["wsgi.input_terminated"] = True
+        return environ
+
+    return build_environ
 
 
 def main(argv: list[str] | None = None) -> None:
