@@ -261,6 +261,10 @@ class Processor:
         ready: list[tuple[WorkItem, ModelOutput]] = []
         for item, output in zip(batch, outputs, strict=True):
             image = item.image
+            if isinstance(output, TransientError):  # the model cannot be run just now: not this image's fault
+                if item.enter(Stage.SETTLING):
+                    item.finish(await self._settler.retry_or_fail(item, output))
+                continue
             if isinstance(output, Exception) or image is None:
                 if item.enter(Stage.SETTLING):
                     error = JobError(code="model_error", message=f"the model failed on this image ({output!r})")
@@ -281,12 +285,19 @@ class Processor:
             if len(outputs) == len(batch):
                 return list(outputs)
             raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(batch)} images")
+        except TransientError as exc:  # e.g. the model's process could not be started again
+            logger.warning(
+                "the model could not run a batch of %d (%s); their messages will be retried", len(batch), exc
+            )
+            return [exc] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
                 logger.exception("the model failed on an image", extra=batch[0].log_extra())
                 return [exc]
             logger.warning("a batch of %d failed (%r); running its images one by one", len(batch), exc)
-        return [(await self._predict([item], model))[0] for item in batch]
+        # One by one; an image whose job expired meanwhile (its pixels dropped) is not run again.
+        expired = RuntimeError("the job's deadline passed before the image could be run alone")
+        return [(await self._predict([item], model))[0] if item.image is not None else expired for item in batch]
 
     # --- write ---------------------------------------------------------------------------------
 

@@ -19,16 +19,18 @@ An image that does not fit a slot (a model without an input size) still comes ba
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
+import concurrent.futures
 import functools
 import logging
 import multiprocessing
 import os
-from collections.abc import AsyncIterator
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from typing import Any
 
 import numpy as np
 
@@ -38,11 +40,16 @@ from visionq.images import DecodedImage, ImageLimits, decode_image
 logger = logging.getLogger(__name__)
 
 
-def watch_parent(parent: int) -> None:
-    """In a decode (or model) process: exit once the worker that started it is gone (a SIGKILLed
-    worker cannot shut its pool down, and its decode processes would otherwise linger)."""
+def child_of(parent: int) -> None:
+    """Set up a decode (or model) process: Ctrl-C at a terminal reaches the whole process group,
+    but the worker decides when its children stop (it drains first), so SIGINT is ignored here; and
+    the process exits once the worker that started it is gone (a SIGKILLed worker cannot shut its
+    pool down, and its children would otherwise linger)."""
+    import signal
     import threading
     import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while True:
@@ -97,37 +104,70 @@ def _decode(
 
 
 class _Slots:
-    """A shared memory segment cut into slots, one per decode in flight; the free ones queued."""
+    """A shared memory segment cut into slots, one per decode in flight.
+
+    A slot is free again only once no decode process can still write into it: a decode whose
+    caller was cancelled (a deadline, a shutdown) goes on running in its process, and its pixels
+    must not land in a slot handed to another image meanwhile."""
 
     def __init__(self, count: int, slot_bytes: int) -> None:
         self.size = slot_bytes
-        self.count = count
         self.segment = shared_memory.SharedMemory(create=True, size=count * slot_bytes)
-        self._busy: set[int] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._free: asyncio.Queue[int] = asyncio.Queue()
+        self._free = list(range(count))
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def _free_slots(self) -> asyncio.Queue[int]:
-        # An asyncio queue belongs to the loop that first waits on it: one per loop (the worker
-        # runs one; tests run several in turn).
+    def slot(self, index: int) -> _Slot:
+        return _Slot(self.segment.name, index * self.size, self.size)
+
+    async def acquire(self) -> int:
+        while not self._free:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # it was this one's turn: pass it on
+                else:
+                    self._waiters.remove(waiter)
+                raise
+        return self._free.pop()
+
+    def release(self, index: int) -> None:
+        self._free.append(index)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def release_when_done(self, index: int, calls: list[concurrent.futures.Future[Any]]) -> None:
+        """Free ``index`` now if none of ``calls`` can still write into it, else once they end."""
+        for call in calls:
+            call.cancel()  # one still queued is dropped; one already running cannot be stopped
+        running = [call for call in calls if not call.done()]
+        if not running:
+            self.release(index)
+            return
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._loop, self._free = loop, asyncio.Queue()
-            for index in range(self.count):
-                if index not in self._busy:
-                    self._free.put_nowait(index)
-        return self._free
+        left = [len(running)]
+        lock = threading.Lock()
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[_Slot]:
-        free = self._free_slots()
-        index = await free.get()
-        self._busy.add(index)
-        try:
-            yield _Slot(self.segment.name, index * self.size, self.size)
-        finally:
-            self._busy.discard(index)
-            free.put_nowait(index)
+        def ended(_: concurrent.futures.Future[Any]) -> None:  # on the pool's thread
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                try:
+                    loop.call_soon_threadsafe(self.release, index)
+                except RuntimeError:  # the loop is closed: nobody waits on it any more
+                    self._free.append(index)
+
+        for call in running:
+            call.add_done_callback(ended)
 
     def take(self, slot: _Slot, answer: DecodedImage | _InSlot) -> DecodedImage:
         """The decoded image, its pixels copied out of ``slot`` (which may then be reused)."""
@@ -144,6 +184,19 @@ class _Slots:
     def close(self) -> None:
         self.segment.close()
         self.segment.unlink()
+
+
+Call = functools.partial[DecodedImage | _InSlot]
+
+
+async def _submit(
+    pool: ProcessPoolExecutor, call: Call, calls: list[concurrent.futures.Future[Any]]
+) -> DecodedImage | _InSlot:
+    """``call`` in ``pool``; its future is added to ``calls`` (whoever holds its slot must know
+    whether it can still run)."""
+    future = pool.submit(call)
+    calls.append(future)
+    return await asyncio.wrap_future(future)
 
 
 class DecodePool:
@@ -165,33 +218,36 @@ class DecodePool:
             self._pool.submit(int)
 
     def _new_pool(self, processes: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            processes, mp_context=self._context, initializer=watch_parent, initargs=(os.getpid(),)
-        )
+        return ProcessPoolExecutor(processes, mp_context=self._context, initializer=child_of, initargs=(os.getpid(),))
 
     async def decode(self, data: bytes, limits: ImageLimits, *, max_side: int | None) -> DecodedImage:
+        calls: list[concurrent.futures.Future[Any]] = []  # every submission of this image
         if self._slots is None:
-            image = await self._decode(functools.partial(_decode, data, limits, max_side, self._crash_marker))
+            image = await self._decode(functools.partial(_decode, data, limits, max_side, self._crash_marker), calls)
             assert isinstance(image, DecodedImage)
             return image
-        async with self._slots.slot() as slot:
+        index = await self._slots.acquire()
+        try:
+            slot = self._slots.slot(index)
             call = functools.partial(_decode, data, limits, max_side, self._crash_marker, slot)
-            return self._slots.take(slot, await self._decode(call))
+            return self._slots.take(slot, await self._decode(call, calls))
+        finally:
+            self._slots.release_when_done(index, calls)
 
-    async def _decode(self, call: functools.partial[DecodedImage | _InSlot]) -> DecodedImage | _InSlot:
+    async def _decode(self, call: Call, calls: list[concurrent.futures.Future[Any]]) -> DecodedImage | _InSlot:
         pool = self._pool
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, call)
+            return await _submit(pool, call, calls)
         except BrokenProcessPool:
             self._replace(pool)
         # Alone, in a process of its own: was it this image, or a batch-mate?
         async with self._solo:
-            return await self._decode_alone(call)
+            return await self._decode_alone(call, calls)
 
-    async def _decode_alone(self, call: functools.partial[DecodedImage | _InSlot]) -> DecodedImage | _InSlot:
+    async def _decode_alone(self, call: Call, calls: list[concurrent.futures.Future[Any]]) -> DecodedImage | _InSlot:
         solo = self._new_pool(1)
         try:
-            return await asyncio.get_running_loop().run_in_executor(solo, call)
+            return await _submit(solo, call, calls)
         except BrokenProcessPool:
             logger.warning("an image crashed the decoder twice, alone the second time: failing its job")
             raise ImageRejected(

@@ -146,8 +146,10 @@ async def serve_worker(
             if settings.ready_file is not None:
                 settings.ready_file.unlink(missing_ok=True)
             metrics.stop_serving(metrics_server)
-            processor.close()
-            models.close()
+            try:
+                processor.close()
+            finally:
+                models.close()
             processor.stats.aws_requests = dict(sorted(requests.items()))
             logger.info("worker totals", extra={"stats": vars(processor.stats)})
     return processor.stats

@@ -263,6 +263,22 @@ def test_an_image_the_model_cannot_take_fails_alone_and_its_batch_mates_succeed(
     assert h.status(good1) == h.status(good2) == (JobStatus.SUCCEEDED, None)
 
 
+def test_a_model_that_cannot_run_just_now_gives_the_messages_back_without_failing_a_job() -> None:
+    """A model process that could not be started again (models/own_process.py) is not the images'
+    fault: the batch is not split into single images, and every message comes back for a retry."""
+
+    class Unstartable(FakeModel):
+        def predict(self, images: Any) -> list[Any]:
+            self.batches.append([(img.shape[1], img.shape[0]) for img in images])
+            raise TransientError("model 'default' could not be started again: the GPU is out of memory")
+
+    h = Harness(max_batch=2, max_wait=2.0, max_attempts=3, model=Unstartable())
+    one, two = h.put("one", 91), h.put("two", 92)
+    assert h.run(lambda: h.process(message(one, two, receive_count=1))) is Outcome.RETRY
+    assert len(h.model.batches) == 1  # one try, not one per image
+    assert h.status(one) == h.status(two) == (JobStatus.RUNNING, None)
+
+
 def test_a_row_the_database_refuses_fails_alone_and_its_batch_mates_succeed() -> None:
     h = Harness(max_batch=3, max_wait=2.0)
     good1, bad, good2 = h.put("g1", 71), h.put("bad-row", 72), h.put("g2", 73)

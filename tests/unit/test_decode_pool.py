@@ -94,3 +94,34 @@ def test_a_bad_image_is_still_a_plain_rejection(pool: DecodePool) -> None:
         asyncio.run(pool.decode(b"not an image at all", LIMITS, max_side=None))
     assert raised.value.code == "unsupported_format"
     assert pool.crashes == 0
+
+
+def test_a_slot_is_free_again_only_once_no_process_can_write_into_it() -> None:
+    """A decode whose caller gave up (a deadline) goes on in its process: its slot must not be
+    handed to the next image before that process is done with it."""
+    import concurrent.futures
+
+    from visionq.decode_pool import _Slots
+
+    async def run() -> list[str]:
+        slots = _Slots(1, 16)
+        seen: list[str] = []
+        try:
+            index = await slots.acquire()
+            running: concurrent.futures.Future[None] = concurrent.futures.Future()
+            assert running.set_running_or_notify_cancel()  # in a decode process already
+            slots.release_when_done(index, [running])
+            waiting = asyncio.ensure_future(slots.acquire())
+            await asyncio.sleep(0.05)
+            seen.append("waiting" if not waiting.done() else "handed out too early")
+            running.set_result(None)  # the process finishes writing
+            await asyncio.wait_for(waiting, 5)
+            seen.append("handed out")
+            queued: concurrent.futures.Future[None] = concurrent.futures.Future()  # never started: dropped
+            slots.release_when_done(waiting.result(), [queued])
+            seen.append("free at once" if await asyncio.wait_for(slots.acquire(), 1) == 0 else "?")
+        finally:
+            slots.close()
+        return seen
+
+    assert asyncio.run(run()) == ["waiting", "handed out", "free at once"]

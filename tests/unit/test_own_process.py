@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visionq.errors import ModelUnavailable
-from visionq.models.own_process import ModelProcess, ModelProcessDied
+from visionq.errors import ModelUnavailable, TransientError
+from visionq.models.own_process import ModelProcess, ModelProcessDied, ModelRestartFailed
 from visionq.models.registry import _load_family
 from visionq.models.spec import ModelSpec
 
@@ -43,13 +43,41 @@ def test_answers_as_the_model_does_in_this_process(model: ModelProcess) -> None:
 
 
 def test_a_crash_fails_the_batch_and_a_fresh_process_serves_the_next(model: ModelProcess) -> None:
-    with pytest.raises(ModelProcessDied, match="died on a batch of 3"):
-        model.predict([image(1), image(CRASH), image(2)])
+    with pytest.raises(ModelProcessDied, match=r"died \(exit code -6\) on a batch of 3"):
+        model.predict([image(1), image(CRASH), image(2)])  # on the process started for it: no second try
     assert [len(model.predict([image(v)])) for v in (1, 2)] == [1, 1]  # one by one, the innocent ones pass
     with pytest.raises(ModelProcessDied):
-        model.predict([image(CRASH)])  # and the guilty one fails alone
+        # It dies on a process that served batches before, so once more on a fresh one, and again.
+        model.predict([image(CRASH)])
     assert len(model.predict([image(4)])) == 1
-    assert model.starts == 3  # the first, and one after each death
+    assert model.starts == 4  # the first, one after the first death, two for the guilty image
+
+
+def test_a_hung_model_process_is_killed_and_counts_as_dead() -> None:
+    slow = ModelSpec(name="slow", family="synthetic", weights="delay", options={"delay_ms": 5000})
+    model = ModelProcess(slow, "delay", None, answer_timeout=0.5)
+    try:
+        process = model._proc
+        with pytest.raises(ModelProcessDied, match="gave no answer within 0 s"):
+            model.predict([image(1)])
+        assert process is not None and not process.is_alive()
+    finally:
+        model.close()
+
+
+def test_a_model_that_cannot_be_started_again_is_a_transient_failure(
+    model: ModelProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ModelProcessDied):
+        model.predict([image(CRASH)])
+
+    def cannot_start() -> None:
+        raise ModelUnavailable("the GPU is out of memory")
+
+    monkeypatch.setattr(model, "_start", cannot_start)
+    with pytest.raises(ModelRestartFailed, match="could not be started again: the GPU is out of memory") as raised:
+        model.predict([image(1)])
+    assert isinstance(raised.value, TransientError)  # its messages are retried, not failed
 
 
 def test_a_model_that_cannot_load_says_why() -> None:

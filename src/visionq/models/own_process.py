@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from visionq.errors import ModelUnavailable
+from visionq.errors import ModelUnavailable, TransientError
 from visionq.models import Model
 from visionq.models.spec import ModelSpec
 from visionq.outputs import ModelOutput
@@ -45,7 +45,15 @@ Frame = tuple[int, tuple[int, ...]] | np.ndarray  # (offset, shape) in the segme
 
 
 class ModelProcessDied(RuntimeError):
-    """The model's process ended while it held a batch (a native crash in the model's code)."""
+    """The model's process ended (or stopped answering) while it held a batch, on a process that
+    had just been started for it: the batch is what killed it."""
+
+
+class ModelRestartFailed(TransientError):
+    """The model's process died and a new one could not load the model: not the images' fault, so
+    their messages are retried (on this worker later, or another), not failed."""
+
+    code = "model_unavailable"
 
 
 class ModelFailed(RuntimeError):
@@ -56,17 +64,18 @@ def _serve(
     conn: Connection, spec: dict[str, Any], weights: str, device: str | None, torch_threads: int | None, parent: int
 ) -> None:
     """The model process: load, say what was loaded, then answer batches until the pipe closes."""
-    from visionq.decode_pool import watch_parent
+    from visionq.decode_pool import child_of
     from visionq.models.registry import _load_family
 
-    watch_parent(parent)
+    child_of(parent)
     try:
         model = _load_family(ModelSpec(**spec), weights, device)
     except ModelUnavailable as exc:
         conn.send(("unavailable", exc.message))
         return
     except Exception as exc:  # noqa: BLE001 - any failure to load is told to the worker in one line
-        conn.send(("unavailable", f"{type(exc).__name__}: {exc}"))
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        conn.send(("unavailable", f"model {spec['name']!r} could not be loaded: {type(exc).__name__}: {first_line}"))
         return
     if torch_threads:
         import torch
@@ -105,8 +114,14 @@ class ModelProcess:
         *,
         torch_threads: int | None = None,
         batch_room: int = 8,
+        answer_timeout: float = 600.0,
     ) -> None:
+        """``answer_timeout``: the longest a batch may take (the job deadline); a process that
+        takes longer is taken for hung, killed, and counts as dead on that batch."""
         self.spec = spec
+        self._answer_timeout = answer_timeout
+        self._answered = 0  # batches the current process has answered
+        self._fresh_death = False  # the last death was on a process that had answered nothing
         # The spec as plain values: its options are a read-only mapping, which pickle refuses.
         plain = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
         self._args = ({**plain, "options": dict(spec.options)}, weights, device, torch_threads)
@@ -131,16 +146,20 @@ class ModelProcess:
         try:
             if not ours.poll(LOAD_TIMEOUT_SECONDS):
                 raise ModelUnavailable(f"model {self.spec.name!r} did not load within {LOAD_TIMEOUT_SECONDS:.0f} s")
-            kind, payload = ours.recv()
-        except (EOFError, OSError):
-            proc.join(5)
-            raise ModelUnavailable(
-                f"model {self.spec.name!r}: its process ended while loading (exit code {proc.exitcode})"
-            ) from None
-        if kind != "ready":
-            proc.join(5)
-            raise ModelUnavailable(str(payload))
-        self._proc, self._conn, self._info = proc, ours, payload
+            try:
+                kind, payload = ours.recv()
+            except (EOFError, OSError):
+                proc.join(5)
+                raise ModelUnavailable(
+                    f"model {self.spec.name!r}: its process ended while loading (exit code {proc.exitcode})"
+                ) from None
+            if kind != "ready":
+                raise ModelUnavailable(str(payload))
+        except BaseException:
+            ours.close()
+            _end(proc)
+            raise
+        self._proc, self._conn, self._info, self._answered = proc, ours, payload, 0
 
     @property
     def version(self) -> str:
@@ -160,25 +179,53 @@ class ModelProcess:
         return int(size) if size else None
 
     def predict(self, images: Sequence[np.ndarray]) -> Sequence[ModelOutput]:
+        try:
+            return self._predict_once(images)
+        except ModelProcessDied:
+            if self._fresh_death:
+                raise
+        # It died on a process that had served batches before: not proof against this batch (memory
+        # grown over time, the OOM killer). Once more, on a process started for it.
+        logger.warning("the process of model %s died; running the batch again on a new one", self.spec.name)
+        return self._predict_once(images)
+
+    def _predict_once(self, images: Sequence[np.ndarray]) -> Sequence[ModelOutput]:
         if self._conn is None:  # the last process died: a fresh one (loads the model again)
             logger.warning("starting a new process for model %s (the last one died)", self.spec.name)
-            self._start()
+            try:
+                self._start()
+            except ModelUnavailable as exc:
+                raise ModelRestartFailed(
+                    f"model {self.spec.name!r} could not be started again: {exc.message}"
+                ) from None
         assert self._conn is not None
         try:
             self._conn.send((self._segment.name if self._segment else None, self._frames(images)))
+            if not self._conn.poll(self._answer_timeout):
+                raise TimeoutError
             kind, payload = self._conn.recv()
-        except (EOFError, OSError):
-            self._proc.join(5)
-            code = self._proc.exitcode
-            self._conn.close()
-            self._proc, self._conn = None, None
+        except (EOFError, OSError, TimeoutError) as exc:
+            hung = isinstance(exc, TimeoutError)
+            code = self._lose_process()
+            what = f"gave no answer within {self._answer_timeout:.0f} s" if hung else f"died (exit code {code})"
             raise ModelProcessDied(
-                f"the process of model {self.spec.name!r} died on a batch of {len(images)} (exit code {code})"
+                f"the process of model {self.spec.name!r} {what} on a batch of {len(images)}"
             ) from None
+        self._answered += 1
         if kind != "ok":
             raise ModelFailed(str(payload))
         outputs: list[ModelOutput] = payload
         return outputs
+
+    def _lose_process(self) -> int | None:
+        """The current process is dead or hung: make sure it is gone (before the segment it reads
+        is written again); its exit code."""
+        self._fresh_death = self._answered == 0
+        assert self._proc is not None and self._conn is not None
+        self._conn.close()
+        code = _end(self._proc, wait=5)
+        self._proc, self._conn = None, None
+        return code
 
     def _frames(self, images: Sequence[np.ndarray]) -> list[Frame]:
         frames: list[Frame] = []
@@ -196,19 +243,32 @@ class ModelProcess:
         if self._conn is not None:
             self._conn.close()  # the model process sees the pipe close and returns
         if self._proc is not None:
-            self._proc.join(10)
-            if self._proc.is_alive():
-                self._proc.kill()
+            _end(self._proc, wait=10)
+        self._proc, self._conn = None, None
         if self._segment is not None:
             self._segment.close()
             self._segment.unlink()
             self._segment = None
 
 
-def process_loader(*, torch_threads: int | None, batch_room: int) -> Callable[[ModelSpec, str, str | None], Model]:
+def _end(proc: Any, *, wait: float = 5) -> int | None:
+    """Wait up to ``wait`` s for ``proc`` to exit, then kill it; its exit code."""
+    proc.join(wait)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+    code: int | None = proc.exitcode
+    return code
+
+
+def process_loader(
+    *, torch_threads: int | None, batch_room: int, answer_timeout: float
+) -> Callable[[ModelSpec, str, str | None], Model]:
     """A ``load_models`` loader that puts each model in a process of its own."""
 
     def load(spec: ModelSpec, weights: str, device: str | None) -> Model:
-        return ModelProcess(spec, weights, device, torch_threads=torch_threads, batch_room=batch_room)
+        return ModelProcess(
+            spec, weights, device, torch_threads=torch_threads, batch_room=batch_room, answer_timeout=answer_timeout
+        )
 
     return load

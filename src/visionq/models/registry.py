@@ -185,11 +185,15 @@ class LoadedModels:
         return next(iter(self.models.values())).device if self.models else "cpu"
 
     def close(self) -> None:
-        """Stop what the models hold outside this process (a model's own process)."""
-        for model in self.models.values():
+        """Stop what the models hold outside this process (a model's own process), every one even
+        if one fails to stop."""
+        for name, model in self.models.items():
             close = getattr(model, "close", None)
             if close is not None:
-                close()
+                try:
+                    close()
+                except Exception:
+                    logger.exception("model %s did not stop cleanly", name)
 
     @property
     def largest_input_size(self) -> int | None:
@@ -249,7 +253,11 @@ def load_served_models(settings: Any) -> LoadedModels:
     if getattr(settings, "model_process_wanted", False):
         from visionq.models.own_process import process_loader
 
-        loader = process_loader(torch_threads=settings.torch_threads, batch_room=max(settings.max_batch or 8, 1))
+        loader = process_loader(
+            torch_threads=settings.torch_threads,
+            batch_room=max(settings.max_batch or 8, 1),
+            answer_timeout=settings.job_deadline_seconds,
+        )
     resolve = _weights_resolver(settings)
     return load_models(registry, names=names, device=settings.device, resolve=resolve, loader=loader)
 
