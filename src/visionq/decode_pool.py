@@ -11,8 +11,9 @@ and its job ends FAILED (``decoder_crashed``) while the worker goes on.
 Processes are started by a fork server (never ``fork`` from a process with threads), which
 imports the decoder once. The decoded pixels come back through shared memory: each decode in
 flight holds a slot of a segment the worker made (sized for the models' input, ``slot_side``), the
-process writes the pixels there, and the worker copies them out and frees the slot at once (one
-memcpy; pickling them through the pool's pipe cost 1.4 ms per 640 px image, bench/RESULTS.md).
+process writes the pixels there, and the worker copies them out (one memcpy; pickling them
+through the pool's pipe cost 1.4 ms more per 640 px image, bench/RESULTS.md run 11). A slot is
+reused only once no process can still write into it.
 An image that does not fit a slot (a model without an input size) still comes back pickled.
 """
 

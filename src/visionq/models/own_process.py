@@ -6,10 +6,14 @@ Two reasons to run the model outside the worker's process:
   everything else the worker does (receiving, claiming, fetching, writing), so the forward pass
   waits on bookkeeping; in a process of its own it never does.
 - **Crashes.** A native crash in the model's code (a kernel, a codec inside a processor) kills the
-  model's process, not the worker: the batch is retried one image at a time on a fresh process, so
-  the image that crashes it fails alone (``model_error``) and the messages the worker holds are
+  model's process, not the worker. A batch that kills a process which had served batches before
+  runs once more on a fresh one (the death may not be its fault: memory grown over time); a batch
+  that kills a fresh process is the culprit, and the core runs its images one at a time, so the
+  image that crashes the model fails alone (``model_error``) and the messages the worker holds are
   never redelivered because of it (in the worker's process, a crash-looping image would take its
-  batch-mates towards the dead-letter queue with it).
+  batch-mates towards the dead-letter queue with it). A process that does not answer within the
+  job deadline is killed and counts as dead; one that cannot be started again makes the batch's
+  messages come back later (``ModelRestartFailed``, transient), not fail.
 
 The worker keeps a proxy that is a ``Model``. ``predict`` copies the batch's pixels into a shared
 memory segment the worker made (room for a batch at the model's input size: one memcpy per image,
