@@ -213,10 +213,18 @@ class DecodePool:
         self._pool = self._new_pool(processes)
         self.crashes = 0  # pools lost to a crash, for the log and the tests
         # After a crash every decode in flight is retried alone; a few at a time, not all at once.
-        self._solo = asyncio.Semaphore(processes)
+        self._solo: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         # Start the fork server and the processes now, not on the first image (about a second).
         for _ in range(processes):
             self._pool.submit(int)
+
+    def _solo_semaphore(self) -> asyncio.Semaphore:
+        # An asyncio semaphore belongs to the loop that first waits on it: one per loop (the worker
+        # runs one; tests run several in turn).
+        loop = asyncio.get_running_loop()
+        if self._solo is None or self._solo[0] is not loop:
+            self._solo = (loop, asyncio.Semaphore(self.processes))
+        return self._solo[1]
 
     def _new_pool(self, processes: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(processes, mp_context=self._context, initializer=child_of, initargs=(os.getpid(),))
@@ -242,7 +250,7 @@ class DecodePool:
         except BrokenProcessPool:
             self._replace(pool)
         # Alone, in a process of its own: was it this image, or a batch-mate?
-        async with self._solo:
+        async with self._solo_semaphore():
             return await self._decode_alone(call, calls)
 
     async def _decode_alone(self, call: Call, calls: list[concurrent.futures.Future[Any]]) -> DecodedImage | _InSlot:
