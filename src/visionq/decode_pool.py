@@ -26,7 +26,6 @@ import functools
 import logging
 import multiprocessing
 import os
-import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -35,34 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from visionq.child_process import child_of
 from visionq.errors import ImageRejected
 from visionq.images import DecodedImage, ImageLimits, decode_image
 
 logger = logging.getLogger(__name__)
-
-
-def child_of(parent: int) -> None:
-    """Set up a decode (or model) process: Ctrl-C at a terminal reaches the whole process group,
-    but the worker decides when its children stop (it drains first), so SIGINT is ignored here; and
-    the process exits once the worker that started it is gone (a SIGKILLed worker cannot shut its
-    pool down, and its children would otherwise linger)."""
-    import signal
-    import threading
-    import time
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(parent, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # a process of another user took the pid: ours is gone
-                os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -146,29 +122,22 @@ class _Slots:
                 return
 
     def release_when_done(self, index: int, calls: list[concurrent.futures.Future[Any]]) -> None:
-        """Free ``index`` now if none of ``calls`` can still write into it, else once they end."""
+        """Free ``index`` now if none of ``calls`` can still write into it, else once it ends. Only
+        the last submission can still be running: each earlier one ended when its pool broke."""
         for call in calls:
             call.cancel()  # one still queued is dropped; one already running cannot be stopped
-        running = [call for call in calls if not call.done()]
-        if not running:
+        if not calls or calls[-1].done():
             self.release(index)
             return
         loop = asyncio.get_running_loop()
-        left = [len(running)]
-        lock = threading.Lock()
 
         def ended(_: concurrent.futures.Future[Any]) -> None:  # on the pool's thread
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                try:
-                    loop.call_soon_threadsafe(self.release, index)
-                except RuntimeError:  # the loop is closed: nobody waits on it any more
-                    self._free.append(index)
+            try:
+                loop.call_soon_threadsafe(self.release, index)
+            except RuntimeError:  # the loop is closed: nobody waits on it any more
+                self._free.append(index)
 
-        for call in running:
-            call.add_done_callback(ended)
+        calls[-1].add_done_callback(ended)
 
     def take(self, slot: _Slot, answer: DecodedImage | _InSlot) -> DecodedImage:
         """The decoded image, its pixels copied out of ``slot`` (which may then be reused)."""

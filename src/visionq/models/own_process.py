@@ -49,8 +49,12 @@ Frame = tuple[int, tuple[int, ...]] | np.ndarray  # (offset, shape) in the segme
 
 
 class ModelProcessDied(RuntimeError):
-    """The model's process ended (or stopped answering) while it held a batch, on a process that
-    had just been started for it: the batch is what killed it."""
+    """The model's process ended (or stopped answering) while it held a batch. ``fresh``: the
+    process had answered nothing before, so the batch is what killed it."""
+
+    def __init__(self, message: str, *, fresh: bool = True) -> None:
+        super().__init__(message)
+        self.fresh = fresh
 
 
 class ModelRestartFailed(TransientError):
@@ -68,7 +72,7 @@ def _serve(
     conn: Connection, spec: dict[str, Any], weights: str, device: str | None, torch_threads: int | None, parent: int
 ) -> None:
     """The model process: load, say what was loaded, then answer batches until the pipe closes."""
-    from visionq.decode_pool import child_of
+    from visionq.child_process import child_of
     from visionq.models.registry import _load_family
 
     child_of(parent)
@@ -125,7 +129,6 @@ class ModelProcess:
         self.spec = spec
         self._answer_timeout = answer_timeout
         self._answered = 0  # batches the current process has answered
-        self._fresh_death = False  # the last death was on a process that had answered nothing
         # The spec as plain values: its options are a read-only mapping, which pickle refuses.
         plain = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
         self._args = ({**plain, "options": dict(spec.options)}, weights, device, torch_threads)
@@ -185,8 +188,8 @@ class ModelProcess:
     def predict(self, images: Sequence[np.ndarray]) -> Sequence[ModelOutput]:
         try:
             return self._predict_once(images)
-        except ModelProcessDied:
-            if self._fresh_death:
+        except ModelProcessDied as died:
+            if died.fresh:
                 raise
         # It died on a process that had served batches before: not proof against this batch (memory
         # grown over time, the OOM killer). Once more, on a process started for it.
@@ -209,12 +212,11 @@ class ModelProcess:
                 raise TimeoutError
             kind, payload = self._conn.recv()
         except (EOFError, OSError, TimeoutError) as exc:
-            hung = isinstance(exc, TimeoutError)
+            hung, fresh = isinstance(exc, TimeoutError), self._answered == 0
             code = self._lose_process()
             what = f"gave no answer within {self._answer_timeout:.0f} s" if hung else f"died (exit code {code})"
-            raise ModelProcessDied(
-                f"the process of model {self.spec.name!r} {what} on a batch of {len(images)}"
-            ) from None
+            died = f"the process of model {self.spec.name!r} {what} on a batch of {len(images)}"
+            raise ModelProcessDied(died, fresh=fresh) from None
         self._answered += 1
         if kind != "ok":
             raise ModelFailed(str(payload))
@@ -224,7 +226,6 @@ class ModelProcess:
     def _lose_process(self) -> int | None:
         """The current process is dead or hung: make sure it is gone (before the segment it reads
         is written again); its exit code."""
-        self._fresh_death = self._answered == 0
         assert self._proc is not None and self._conn is not None
         self._conn.close()
         code = _end(self._proc, wait=5)
