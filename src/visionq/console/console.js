@@ -514,6 +514,19 @@
     );
   }
 
+  function framePresented(video, timeoutMs = 1000) {
+    // Registered before the seek, so the frame the seek brings triggers it; never waits longer
+    // than timeoutMs (a browser without requestVideoFrameCallback does not wait at all).
+    if (typeof video.requestVideoFrameCallback !== "function") return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      video.requestVideoFrameCallback(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
   async function extractFrames(file, fps, maxFrames, progress) {
     const url = URL.createObjectURL(file);
     const video = document.createElement("video");
@@ -545,8 +558,12 @@
         const time = index * step;
         if (time >= duration) break;
         const seeked = once(video, "seeked", 20000, "a frame");
+        const presented = framePresented(video);
         video.currentTime = time;
         await seeked;
+        // "seeked" can fire before the new frame is on screen (seen in headless Chromium under
+        // load: the previous frame was drawn); wait for it to be presented, at most a moment.
+        await presented;
         ctx.drawImage(video, 0, 0);
         frames.push({ index, time_ms: Math.round(time * 1000), blob: await canvasBlob(canvas) });
         progress(frames.length);
