@@ -192,6 +192,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     configure_logging(os.environ.get("VISIONQ_LOG_LEVEL", "INFO"))
     settings = load_settings(WorkerSettings)
     try:
+        cpus = settings.model_cpu_split
+        if cpus is not None:  # the model's process pins itself to cpus[0] (models/own_process.py)
+            from visionq.cpus import pin_this_process
+
+            pin_this_process(cpus[1])
         asyncio.run(serve_worker(settings))
     except VisionqError as exc:
         logger.error("%s %s", WORKER_CANNOT_START, exc.message)

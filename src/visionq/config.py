@@ -7,6 +7,7 @@ local stack writes every name explicitly into `.visionq/local.env`.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,22 @@ class WorkerSettings(AwsSettings):
     @property
     def model_process_wanted(self) -> bool:
         return self.model_process and not os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+
+    # CPUs for the model's process alone, such as "1" (cpus.py); the worker and its decode processes
+    # (and, locally, the emulator and PostgreSQL) run on the others. Needs model_process.
+    model_cpus: str | None = Field(default=None, validation_alias="VISIONQ_MODEL_CPUS")
+
+    @functools.cached_property
+    def model_cpu_split(self) -> tuple[frozenset[int], frozenset[int]] | None:
+        """(the model's CPUs, the rest) or None; ConfigError for a value that cannot be honoured.
+        Worked out once, before the worker pins itself to the rest (which changes what is usable)."""
+        from visionq.cpus import SETTING, split_cpus
+
+        if self.model_cpus and not self.model_process_wanted:
+            raise ConfigError(
+                f"{SETTING} needs VISIONQ_MODEL_PROCESS=1: only a model in its own process has cores of its own"
+            )
+        return split_cpus(self.model_cpus)
 
     # One message at a time, batch 1, no overlap: the same code path, for comparison.
     naive: bool = Field(default=False, validation_alias="VISIONQ_NAIVE")

@@ -38,7 +38,7 @@ from visionq.events import MalformedEvent, ObjectCreated, parse_s3_event
 from visionq.faults import Failpoints
 from visionq.images import DecodedImage, ImageLimits, decode_image
 from visionq.jobs import Job, JobError, JobStatus, batch_id_in_key, job_id_for_object, job_id_in_key, ttl_from_now
-from visionq.models import Model
+from visionq.models import Model, batches_in_flight
 from visionq.models.registry import LoadedModels
 from visionq.outputs import ModelOutput
 from visionq.settle import BoundedCalls, ProcessingStats, Settler, log_state, ms_since, run_in
@@ -90,12 +90,21 @@ class Processor:
             None if processes else ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         )
         self._calls = BoundedCalls(settings.store_timeout_seconds)
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        # Models in the worker's process share one infer thread; a model that takes several batches
+        # at once (in a process of its own) gets a thread per batch it can hold.
+        shared = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._infer_pools = {
+            name: ThreadPoolExecutor(n, thread_name_prefix=f"infer-{name}")
+            if (n := batches_in_flight(model)) > 1
+            else shared
+            for name, model in models.models.items()
+        }
+        self._model_free_at: dict[str, float] = {}  # when each model's last batch ended
         self._settler = Settler(
             settings=settings, jobs=jobs, results=results, calls=self._calls, stats=self.stats, announce=announce
         )
         self._preparing = 0
-        # Batches are formed per model; forward passes of all models share the one infer thread.
+        # Batches are formed per model (each model's infer loop runs as many as it takes at once).
         self._batchers: dict[str, MicroBatcher[WorkItem]] = {
             name: MicroBatcher(max_batch=max_batch, max_wait=max_wait, more_coming=lambda: self._preparing > 0)
             for name in models.models
@@ -120,7 +129,7 @@ class Processor:
                     stage.cancel()
 
     def close(self) -> None:
-        for pool in (self._decode_pool, self._infer_pool):
+        for pool in (self._decode_pool, *set(self._infer_pools.values())):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         if self._decode_processes is not None:
@@ -246,15 +255,26 @@ class Processor:
 
     async def _infer_loop(self, name: str, model: Model) -> None:
         batcher = self._batchers[name]
-        while True:
-            batch = [item for item in await batcher.next_batch() if item.enter(Stage.INFERRING)]
-            if batch:
-                await self._infer(batch, model)
+        # A batch is formed only when the model has room for it (so it gathers as many images as it
+        # can), and runs while the next is formed and handed over.
+        room = asyncio.Semaphore(batches_in_flight(model))
+        async with asyncio.TaskGroup() as running:
+            while True:
+                await room.acquire()
+                batch = [item for item in await batcher.next_batch() if item.enter(Stage.INFERRING)]
+                if not batch:
+                    room.release()
+                    continue
+                task = running.create_task(self._infer(batch, name, model))
+                task.add_done_callback(lambda _: room.release())
 
-    async def _infer(self, batch: list[WorkItem], model: Model) -> None:
+    async def _infer(self, batch: list[WorkItem], name: str, model: Model) -> None:
         started = time.perf_counter()
-        outputs = await self._predict(batch, model)
-        elapsed = time.perf_counter() - started
+        outputs = await self._predict(batch, model, self._infer_pools[name])
+        ended = time.perf_counter()
+        # With batches in flight, this one's turn came when the one before it ended.
+        elapsed = ended - max(started, self._model_free_at.get(name, started))
+        self._model_free_at[name] = ended
         self.stats.batches += 1
         self.stats.batched_images += len(batch)
         self.stats.model_seconds += elapsed
@@ -277,11 +297,13 @@ class Processor:
         if ready:
             await self._to_write.put(ready)
 
-    async def _predict(self, batch: list[WorkItem], model: Model) -> list[ModelOutput | Exception]:
+    async def _predict(
+        self, batch: list[WorkItem], model: Model, pool: ThreadPoolExecutor
+    ) -> list[ModelOutput | Exception]:
         """One forward pass; if it raises, one pass per image, so one bad image fails alone."""
         images = [item.image.rgb for item in batch if item.image is not None]
         try:
-            outputs = await run_in(self._infer_pool, model.predict, images)
+            outputs = await run_in(pool, model.predict, images)
             if len(outputs) == len(batch):
                 return list(outputs)
             raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(batch)} images")
@@ -297,7 +319,7 @@ class Processor:
             logger.warning("a batch of %d failed (%r); running its images one by one", len(batch), exc)
         # One by one; an image whose job expired meanwhile (its pixels dropped) is not run again.
         expired = RuntimeError("the job's deadline passed before the image could be run alone")
-        return [(await self._predict([item], model))[0] if item.image is not None else expired for item in batch]
+        return [(await self._predict([item], model, pool))[0] if item.image is not None else expired for item in batch]
 
     # --- write ---------------------------------------------------------------------------------
 

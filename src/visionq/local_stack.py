@@ -11,6 +11,7 @@ in-memory bucket, queue and jobs down with it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from visionq.cpus import cpus_away_from_model
 from visionq.errors import ConfigError
 from visionq.logs import WORKER_CANNOT_START
 
@@ -61,6 +63,13 @@ def wait_until(
         time.sleep(interval)
 
 
+def away_from_model() -> Callable[[], None] | None:
+    """For a service started here: run it off the model's cores when the model has cores of its own
+    (VISIONQ_MODEL_CPUS, cpus.py), so on one machine nothing but the model runs on them."""
+    cpus = cpus_away_from_model()
+    return None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+
+
 def stop_process(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
     if proc.poll() is not None:
         return
@@ -94,6 +103,7 @@ class MotoServer:
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **LOCAL_AWS_CREDENTIALS},
+            preexec_fn=away_from_model(),
         )
         wait_until(
             lambda: httpx.get(f"{self.endpoint}/moto-api/data.json", timeout=1).status_code == 200,
@@ -174,6 +184,7 @@ class EmbeddedPostgres:
             stdout=log,
             stderr=subprocess.STDOUT,
             user=self._user,
+            preexec_fn=away_from_model(),
         )
         wait_until(self._accepts_connections, timeout=60, what="PostgreSQL")
         self._ensure_database()

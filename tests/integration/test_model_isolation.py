@@ -6,14 +6,16 @@ or towards the dead-letter queue."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
 from tests.conftest import BUCKET, RunningWorker, Stack
-from tests.integration.fault_harness import jobs_by_key, queue_depth
+from tests.integration.fault_harness import Supervisor, jobs_by_key, queue_depth
 from visionq.local_stack import wait_until
 
 pytestmark = pytest.mark.integration
@@ -58,3 +60,33 @@ def test_a_model_crash_fails_one_job_and_nothing_else(stack: Stack, tmp_path: Pa
     finally:
         worker.stop()
     assert worker.error is None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_a_worker_gives_its_model_cores_of_its_own(stack: Stack, tmp_path: Path) -> None:
+    """VISIONQ_MODEL_CPUS: the model's process runs on those CPUs, the worker and its decode
+    processes on the others, and jobs run as usual."""
+    usable = os.sched_getaffinity(0)
+    model_cpu = max(usable)
+    models = tmp_path / "models.toml"
+    models.write_text('default = "null"\n[models.null]\nfamily = "synthetic"\nweights = "null"\n')
+    env = {"VISIONQ_MODELS_FILE": str(models), "VISIONQ_MODEL_PROCESS": "1", "VISIONQ_MODEL_CPUS": str(model_cpu)}
+    worker = Supervisor(stack, tmp_path, **env).start()
+    keys = [f"uploads/model-cpus/{i}.png" for i in range(3)]
+    try:
+        for key in keys:
+            stack.s3.put_object(Bucket=BUCKET, Key=key, Body=png(200))
+        wait_until(
+            lambda: all(jobs_by_key(stack).get(k, {}).get("status") == "SUCCEEDED" for k in keys),
+            timeout=120,
+            what="every job to succeed",
+        )
+        assert worker.proc is not None
+        family = psutil.Process(worker.proc.pid)
+        [model_process] = [p for p in family.children() if "spawn_main" in " ".join(p.cmdline())]
+        assert os.sched_getaffinity(model_process.pid) == {model_cpu}
+        rest = usable - {model_cpu}
+        assert os.sched_getaffinity(family.pid) == rest
+        assert all(os.sched_getaffinity(p.pid) == rest for p in family.children(recursive=True) if p != model_process)
+    finally:
+        assert worker.stop() == 0

@@ -209,14 +209,27 @@ class FakeModel:
     untrained = False
     device = "cpu"
 
-    def __init__(self, *, input_size: int | None = None, poison: int | None = None) -> None:
+    def __init__(self, *, input_size: int | None = None, poison: int | None = None, batches_in_flight: int = 1) -> None:
         self.input_size = input_size
         self.poison = poison
+        self.batches_in_flight = batches_in_flight
         self.batches: list[list[tuple[int, int]]] = []  # (width, height) of each image seen
         self.gate: threading.Event | None = None  # set: predict waits for it
         self.entered = threading.Event()
+        self.running = self.most_at_once = 0  # predict calls under way now, and at most
+        self._counting = threading.Lock()
 
     def predict(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
+        with self._counting:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return self._predict(images)
+        finally:
+            with self._counting:
+                self.running -= 1
+
+    def _predict(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(30)

@@ -93,6 +93,32 @@ def test_a_direct_upload_runs_to_success_with_its_result_in_both_stores() -> Non
     assert job.result["detection_count"] == 1 and not job.result["truncated"]
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_a_model_that_holds_two_batches_gets_the_next_while_it_runs_one(in_flight: int) -> None:
+    """A model in a process of its own takes its next batch while it runs one (no idle gap between
+    forward passes); a model in the worker's process gets one batch at a time."""
+    model = FakeModel(batches_in_flight=in_flight)
+    h = Harness(model=model)
+    objs = [h.put(f"i{v}", v) for v in (1, 2, 3)]
+
+    async def body() -> tuple[int, list[Outcome]]:
+        model.gate = threading.Event()
+        tasks = [asyncio.create_task(h.process(message(o, message_id=f"m{i}"))) for i, o in enumerate(objs)]
+        for _ in range(100):  # until the model holds as many batches as it takes (or 2 s)
+            if model.running >= in_flight:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # time for a batch too many to arrive, were one to
+        at_once = model.running
+        model.gate.set()
+        return at_once, [await task for task in tasks]
+
+    at_once, outcomes = h.run(body)
+    assert (at_once, model.most_at_once) == (in_flight, in_flight)
+    assert outcomes == [Outcome.DONE] * 3
+    assert [h.status(o) for o in objs] == [(JobStatus.SUCCEEDED, None)] * 3
+
+
 # 1 ----------------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,10 @@ the next batch gets a fresh process."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +94,68 @@ def test_closing_removes_the_shared_memory(model: ModelProcess) -> None:
     assert segment and Path("/dev/shm", segment).exists()
     model.close()
     assert not Path("/dev/shm", segment).exists()
+
+
+def labelled(**options: object) -> ModelSpec:
+    """The delay model whose box is labelled with each image's first red value (which pixels it saw)."""
+    return ModelSpec(
+        name="echo",
+        family="synthetic",
+        weights="delay",
+        options={"label_from_pixel": True, "crash_on_value": CRASH, **options},
+    )
+
+
+def labels(outputs: object) -> list[str]:
+    return [output.items[0].label for output in outputs]  # type: ignore[attr-defined]
+
+
+def test_two_batches_in_flight_each_get_their_own_answers() -> None:
+    """The next batch waits in the model's pipe while one runs (no gap between forward passes):
+    each caller's pixels stay its own, and each gets its own answers back."""
+    model = ModelProcess(labelled(delay_ms=2, input_size=64), "delay", None, batch_room=2)
+    assert model.batches_in_flight == 2
+
+    def caller(first: int) -> list[tuple[list[str], list[str]]]:
+        seen = []
+        for n in range(15):
+            values = [first + 2 * n, first + 2 * n + 1]
+            answer = labels(model.predict([image(v) for v in values]))
+            seen.append(([f"v{v}" for v in values], answer))
+        return seen
+
+    try:
+        with ThreadPoolExecutor(2) as threads:
+            runs = list(threads.map(caller, (20, 120)))
+    finally:
+        model.close()
+    assert all(answer == asked for run in runs for asked, answer in run)
+
+
+def test_a_crash_with_two_batches_in_flight_fails_only_the_batch_that_caused_it() -> None:
+    """The batch queued behind the one that killed the process did not kill it: it runs again on
+    a fresh process and succeeds; the guilty batch fails as a crash on a fresh process."""
+    model = ModelProcess(labelled(delay_ms=50, input_size=64), "delay", None, batch_room=2)
+    try:
+        with ThreadPoolExecutor(2) as threads:
+            guilty = threads.submit(model.predict, [image(CRASH)])
+            time.sleep(0.01)  # queued behind it, in the same process
+            innocent = threads.submit(model.predict, [image(5), image(6)])
+            assert labels(innocent.result(30)) == ["v5", "v6"]
+            with pytest.raises(ModelProcessDied) as died:
+                guilty.result(30)
+        assert died.value.fresh
+        assert labels(model.predict([image(7)])) == ["v7"]
+    finally:
+        model.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_the_model_process_runs_on_its_own_cpus() -> None:
+    last = max(os.sched_getaffinity(0))
+    model = ModelProcess(spec(input_size=64), "null", None, cpus=frozenset({last}))
+    try:
+        assert model._proc is not None and os.sched_getaffinity(model._proc.pid) == {last}
+        assert len(model.predict([image(1)])) == 1
+    finally:
+        model.close()

@@ -37,6 +37,12 @@ class Model(Protocol):
         """One forward pass over ``images`` (RGB, H x W x 3, uint8); one output each, in order."""
 
 
+def batches_in_flight(model: Model) -> int:
+    """How many ``predict`` calls the model takes at once: 1, or more for a model that can take its
+    next batch while it runs one (a model in a process of its own, whose pipe holds the next)."""
+    return max(1, int(getattr(model, "batches_in_flight", 1)))
+
+
 def pick_device(requested: str | None = None) -> str:
     """CUDA when available, else CPU; an explicit request wins."""
     if requested:

@@ -19,8 +19,15 @@ The worker keeps a proxy that is a ``Model``. ``predict`` copies the batch's pix
 memory segment the worker made (room for a batch at the model's input size: one memcpy per image,
 no pickling), sends their offsets and shapes down a pipe, and reads the outputs back (small
 dataclasses, pickled). The model process loads the model with the loader every worker uses
-(``registry._load_family``), once, and answers one batch at a time; the worker's one infer thread
-is the only caller, so there is never more than one batch in flight.
+(``registry._load_family``), once, and answers one batch at a time, in the order they came.
+
+Two batches may be in flight (``batches_in_flight``; the core runs that many ``predict`` calls at
+once, each in a thread): the next batch already waits in the pipe, in a region of the segment of
+its own, while the model runs one, so the model goes from one forward pass straight to the next
+instead of idling while the worker takes the answer and hands over the next batch (10–18 %
+of the model's time with batches of one on this CPU, bench/RESULTS.md run 12). Answers are read
+in turn, by the caller whose batch each one answers. When the process dies, only the batch it was
+running can have killed it: a batch queued behind it runs again on a fresh process.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Sequence
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
@@ -69,12 +77,20 @@ class ModelFailed(RuntimeError):
 
 
 def _serve(
-    conn: Connection, spec: dict[str, Any], weights: str, device: str | None, torch_threads: int | None, parent: int
+    conn: Connection,
+    spec: dict[str, Any],
+    weights: str,
+    device: str | None,
+    torch_threads: int | None,
+    cpus: frozenset[int] | None,
+    parent: int,
 ) -> None:
     """The model process: load, say what was loaded, then answer batches until the pipe closes."""
     from visionq.child_process import child_of
     from visionq.models.registry import _load_family
 
+    if cpus:  # before any thread starts, so the model's threads all run there (cpus.py)
+        os.sched_setaffinity(0, cpus)
     child_of(parent)
     try:
         model = _load_family(ModelSpec(**spec), weights, device)
@@ -114,6 +130,8 @@ def _serve(
 class ModelProcess:
     """A ``Model`` whose forward passes run in a process of its own (see the module's text)."""
 
+    batches_in_flight = 2  # one running, the next waiting in the pipe
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -121,26 +139,39 @@ class ModelProcess:
         device: str | None,
         *,
         torch_threads: int | None = None,
+        cpus: frozenset[int] | None = None,
         batch_room: int = 8,
         answer_timeout: float = 600.0,
     ) -> None:
-        """``answer_timeout``: the longest a batch may take (the job deadline); a process that
-        takes longer is taken for hung, killed, and counts as dead on that batch."""
+        """``cpus``: the CPUs the process runs on (VISIONQ_MODEL_CPUS; None: any).
+        ``answer_timeout``: the longest a batch may take once its turn has come (the job
+        deadline); a process that takes longer is taken for hung, killed, and counts as dead on
+        that batch."""
         self.spec = spec
         self._answer_timeout = answer_timeout
-        self._answered = 0  # batches the current process has answered
         # The spec as plain values: its options are a read-only mapping, which pickle refuses.
         plain = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-        self._args = ({**plain, "options": dict(spec.options)}, weights, device, torch_threads)
+        self._args = ({**plain, "options": dict(spec.options)}, weights, device, torch_threads, cpus)
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be initialised in a forked child
         self._proc: Any = None
         self._conn: Connection | None = None
         self._info: dict[str, Any] = {}
+        # Guards the process, the counters below and the free regions; held to start a process and
+        # to send a batch, never while waiting for an answer.
+        self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)  # an answer was read, or the process was lost
+        self._generation = 0  # processes lost so far: a batch sent to a lost one is never answered
+        self._sent = self._received = 0  # batches sent to / answers read from the current process
         self.starts = 0  # processes started: 1, plus one after each death (for the log and the tests)
+        self._closed = False
         self._start()
         side = self.input_size
-        # Room for a batch of images at the model's input size; anything beyond is pickled.
-        self._segment = shared_memory.SharedMemory(create=True, size=batch_room * side * side * 3) if side else None
+        # Per batch in flight, room for a batch of images at the model's input size; beyond, pickled.
+        self._room = batch_room * side * side * 3 if side else 0
+        self._segment = (
+            shared_memory.SharedMemory(create=True, size=self.batches_in_flight * self._room) if side else None
+        )
+        self._regions = list(range(self.batches_in_flight)) if side else []
 
     def _start(self) -> None:
         ours, theirs = self._context.Pipe()
@@ -166,7 +197,8 @@ class ModelProcess:
             ours.close()
             _end(proc)
             raise
-        self._proc, self._conn, self._info, self._answered = proc, ours, payload, 0
+        self._proc, self._conn, self._info = proc, ours, payload
+        self._sent = self._received = 0
 
     @property
     def version(self) -> str:
@@ -191,13 +223,65 @@ class ModelProcess:
         except ModelProcessDied as died:
             if died.fresh:
                 raise
-        # It died on a process that had served batches before: not proof against this batch (memory
-        # grown over time, the OOM killer). Once more, on a process started for it.
+        # The process died while this batch was queued, or running on a process that had served
+        # batches before: not proof against it (memory grown over time, the OOM killer, the batch
+        # ahead of it). Once more, on a process started for it.
         logger.warning("the process of model %s died; running the batch again on a new one", self.spec.name)
         return self._predict_once(images)
 
     def _predict_once(self, images: Sequence[np.ndarray]) -> Sequence[ModelOutput]:
-        if self._conn is None:  # the last process died: a fresh one (loads the model again)
+        with self._lock:
+            conn, generation, ticket = self._enqueue()
+            region = self._regions.pop() if self._regions else None
+            try:
+                conn.send((self._segment.name if self._segment else None, self._frames(images, region)))
+            except OSError:  # the pipe is broken: the process is gone, taking the batch ahead of this one
+                self._lose_process(generation)
+                self._free(region)
+                raise ModelProcessDied(self._died("died", len(images)), fresh=False) from None
+            except BaseException:
+                self._free(region)
+                raise
+        try:
+            with self._lock:
+                # Answers come in the order the batches went: wait for this one's turn to read.
+                self._turn.wait_for(lambda: self._received == ticket or self._generation != generation)
+                if self._generation != generation:  # lost while this batch waited behind another
+                    raise ModelProcessDied(self._died("died", len(images)), fresh=False)
+            kind, payload = self._answer(conn, generation, ticket, len(images))
+        finally:
+            with self._lock:
+                self._free(region)  # the process is done reading it: answered, or gone
+        if kind != "ok":
+            raise ModelFailed(str(payload))
+        outputs: list[ModelOutput] = payload
+        return outputs
+
+    def _answer(self, conn: Connection, generation: int, ticket: int, count: int) -> tuple[str, Any]:
+        """Read this batch's answer (its turn has come); then it is the next batch's turn."""
+        try:
+            if not conn.poll(self._answer_timeout):
+                raise TimeoutError
+            answer: tuple[str, Any] = conn.recv()
+            return answer
+        except (EOFError, OSError, TimeoutError) as exc:
+            with self._lock:
+                fresh = ticket == 0  # it had answered nothing before: this batch killed it
+                code = self._lose_process(generation)
+            what = f"gave no answer within {self._answer_timeout:.0f} s" if isinstance(exc, TimeoutError) else None
+            raise ModelProcessDied(self._died(what or f"died (exit code {code})", count), fresh=fresh) from None
+        finally:
+            with self._lock:
+                if self._generation == generation:  # read (or failed to unpickle): the stream moves on
+                    self._received += 1
+                    self._turn.notify_all()
+
+    def _enqueue(self) -> tuple[Connection, int, int]:
+        """(Under the lock.) The pipe to send on, started afresh if the last process died; the
+        process's generation, and this batch's place in its queue."""
+        if self._closed:
+            raise ModelRestartFailed(f"model {self.spec.name!r} is closed (the worker is stopping)")
+        if self._conn is None:
             logger.warning("starting a new process for model %s (the last one died)", self.spec.name)
             try:
                 self._start()
@@ -206,50 +290,54 @@ class ModelProcess:
                     f"model {self.spec.name!r} could not be started again: {exc.message}"
                 ) from None
         assert self._conn is not None
-        try:
-            self._conn.send((self._segment.name if self._segment else None, self._frames(images)))
-            if not self._conn.poll(self._answer_timeout):
-                raise TimeoutError
-            kind, payload = self._conn.recv()
-        except (EOFError, OSError, TimeoutError) as exc:
-            hung, fresh = isinstance(exc, TimeoutError), self._answered == 0
-            code = self._lose_process()
-            what = f"gave no answer within {self._answer_timeout:.0f} s" if hung else f"died (exit code {code})"
-            died = f"the process of model {self.spec.name!r} {what} on a batch of {len(images)}"
-            raise ModelProcessDied(died, fresh=fresh) from None
-        self._answered += 1
-        if kind != "ok":
-            raise ModelFailed(str(payload))
-        outputs: list[ModelOutput] = payload
-        return outputs
+        ticket = self._sent
+        self._sent += 1
+        return self._conn, self._generation, ticket
 
-    def _lose_process(self) -> int | None:
-        """The current process is dead or hung: make sure it is gone (before the segment it reads
-        is written again); its exit code."""
-        assert self._proc is not None and self._conn is not None
+    def _died(self, what: str, count: int) -> str:
+        return f"the process of model {self.spec.name!r} {what} on a batch of {count}"
+
+    def _lose_process(self, generation: int) -> int | None:
+        """(Under the lock.) The process of ``generation`` is dead or hung: make sure it is gone
+        (before the regions it reads are written again), wake the batches queued behind; its exit
+        code, or None when another caller already did this."""
+        if generation != self._generation or self._proc is None or self._conn is None:
+            return None
         self._conn.close()
         code = _end(self._proc, wait=5)
         self._proc, self._conn = None, None
+        self._generation += 1
+        self._turn.notify_all()
         return code
 
-    def _frames(self, images: Sequence[np.ndarray]) -> list[Frame]:
+    def _free(self, region: int | None) -> None:
+        if region is not None:
+            self._regions.append(region)
+
+    def _frames(self, images: Sequence[np.ndarray], region: int | None) -> list[Frame]:
         frames: list[Frame] = []
         offset = 0
         for image in images:
-            if self._segment is not None and image.dtype == np.uint8 and offset + image.nbytes <= self._segment.size:
-                np.ndarray(image.shape, np.uint8, buffer=self._segment.buf, offset=offset)[...] = image
-                frames.append((offset, image.shape))
+            fits = offset + image.nbytes <= self._room
+            if self._segment is not None and region is not None and image.dtype == np.uint8 and fits:
+                at = region * self._room + offset
+                np.ndarray(image.shape, np.uint8, buffer=self._segment.buf, offset=at)[...] = image
+                frames.append((at, image.shape))
                 offset += image.nbytes
             else:
                 frames.append(np.ascontiguousarray(image))
         return frames
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # the model process sees the pipe close and returns
-        if self._proc is not None:
-            _end(self._proc, wait=10)
-        self._proc, self._conn = None, None
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()  # the model process sees the pipe close and returns
+            if self._proc is not None:
+                _end(self._proc, wait=10)
+            self._proc, self._conn = None, None
+            self._generation += 1
+            self._turn.notify_all()
         if self._segment is not None:
             self._segment.close()
             self._segment.unlink()
@@ -267,13 +355,19 @@ def _end(proc: Any, *, wait: float = 5) -> int | None:
 
 
 def process_loader(
-    *, torch_threads: int | None, batch_room: int, answer_timeout: float
+    *, torch_threads: int | None, cpus: frozenset[int] | None, batch_room: int, answer_timeout: float
 ) -> Callable[[ModelSpec, str, str | None], Model]:
     """A ``load_models`` loader that puts each model in a process of its own."""
 
     def load(spec: ModelSpec, weights: str, device: str | None) -> Model:
         return ModelProcess(
-            spec, weights, device, torch_threads=torch_threads, batch_room=batch_room, answer_timeout=answer_timeout
+            spec,
+            weights,
+            device,
+            torch_threads=torch_threads,
+            cpus=cpus,
+            batch_room=batch_room,
+            answer_timeout=answer_timeout,
         )
 
     return load

@@ -253,8 +253,10 @@ def load_served_models(settings: Any) -> LoadedModels:
     if getattr(settings, "model_process_wanted", False):
         from visionq.models.own_process import process_loader
 
+        cpus = settings.model_cpu_split
         loader = process_loader(
             torch_threads=settings.torch_threads,
+            cpus=cpus[0] if cpus else None,
             batch_room=max(settings.max_batch or 8, 1),
             answer_timeout=settings.job_deadline_seconds,
         )

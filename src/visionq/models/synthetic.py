@@ -8,7 +8,9 @@ with them is the worker's own cost: receive, claim, fetch, decode, write, acknow
 In a registry: ``family = "synthetic"``, ``weights = "null"`` or ``"delay"``, options ``delay_ms``,
 ``per_image_ms`` and ``input_size`` (the longer side images are decoded to; default 640, as YOLO).
 For fault injection, ``crash_on_value``: an image whose first pixel's red value is this number
-kills the process running the model, as a native crash in a model's code would.
+kills the process running the model, as a native crash in a model's code would. For tests of the
+hand-over, ``label_from_pixel``: the box is labelled ``v<first red value>``, so which pixels the
+model saw shows in its answer.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class SyntheticModel:
     per_image_ms: float = 0.0
     side: int | None = 640
     crash_on_value: int | None = None
+    label_from_pixel: bool = False
 
     @property
     def version(self) -> str:
@@ -59,12 +62,13 @@ class SyntheticModel:
         wait = self.delay_ms + self.per_image_ms * len(images)
         if wait > 0:
             time.sleep(wait / 1000)
-        return [_one_box(image.shape[1], image.shape[0]) for image in images]
+        return [self._one_box(image) for image in images]
 
-
-def _one_box(width: int, height: int) -> Detections:
-    box = Box(class_id=0, label="thing", confidence=0.5, x1=0.0, y1=0.0, x2=width / 2, y2=height / 2)
-    return Detections(width=width, height=height, items=(box,))
+    def _one_box(self, image: np.ndarray) -> Detections:
+        height, width = image.shape[:2]
+        label = f"v{int(image[0, 0, 0])}" if self.label_from_pixel else "thing"
+        box = Box(class_id=0, label=label, confidence=0.5, x1=0.0, y1=0.0, x2=width / 2, y2=height / 2)
+        return Detections(width=width, height=height, items=(box,))
 
 
 def load_synthetic(spec: ModelSpec) -> SyntheticModel:
@@ -78,4 +82,5 @@ def load_synthetic(spec: ModelSpec) -> SyntheticModel:
         per_image_ms=float(options.get("per_image_ms", 0.0)) if spec.weights == "delay" else 0.0,
         side=int(side) if side else None,
         crash_on_value=int(options["crash_on_value"]) if "crash_on_value" in options else None,
+        label_from_pixel=bool(options.get("label_from_pixel", False)),
     )
