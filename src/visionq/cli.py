@@ -18,7 +18,7 @@ from visionq import cli_batches
 from visionq.client import ApiError
 from visionq.config import STATE_DIR
 from visionq.errors import ConfigError, VisionqError
-from visionq.logs import WORKER_CANNOT_START
+from visionq.logs import WORKER_CANNOT_START, WORKER_STOPPED
 
 logger = logging.getLogger("visionq")
 
@@ -201,10 +201,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except VisionqError as exc:
         logger.error("%s %s", WORKER_CANNOT_START, exc.message)
         return 2
-    except Exception:
-        logger.exception("worker failed")
-        return 1
+    except Exception as exc:
+        known = _known_error(exc)
+        if known is None:
+            logger.exception("worker failed")
+            return 1
+        # Raised inside the worker's running stages (the first receive finds no credentials, say):
+        # the one sentence, as for an error found before they start.
+        logger.error("%s %s", WORKER_STOPPED, known.message)
+        return 2
     return 0
+
+
+def _known_error(exc: BaseException) -> VisionqError | None:
+    """The first of our own errors when ``exc`` is one, or a group made only of them."""
+    if isinstance(exc, VisionqError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_known_error(inner) for inner in exc.exceptions]
+        if found and all(found):
+            return found[0]
+    return None
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

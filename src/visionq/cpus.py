@@ -5,8 +5,8 @@ decoding, and locally the emulator and PostgreSQL), the kernel spreads all of th
 the model's process is preempted by short bursts of the others, and they queue behind it while
 another core idles. Measured on 2 cores with the model in its own process (bench/RESULTS.md,
 run 12): the model's process spent 4–13 % of its time waiting for a core, and the pipeline ran at
-0.79–0.89 × the raw model (0.91–1.03 with cores of its own). Giving the model's process cores that nothing else of ours uses, and
-everything else the remaining ones, removes both.
+0.79–0.89 × the raw model (0.91–1.03 with cores of its own). Giving the model's process cores
+that nothing else of ours uses, and everything else the remaining ones, removes both.
 
 The worker pins itself (every thread, and so the decode processes it starts afterwards) to the
 cores the model does not have, and the model's process pins itself to the model's. The local

@@ -10,6 +10,7 @@ from typing import Any
 
 # The first words of the log line in which a worker says why it cannot start; `visionq up` looks for it.
 WORKER_CANNOT_START = "worker cannot start:"
+WORKER_STOPPED = "worker stopped:"
 
 # Attributes every LogRecord has; anything else was bound by the caller through ``extra``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
