@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, JpegImagePlugin
+import simplejpeg
+from PIL import Image, ImageDraw
 
 from tests.integration.fault_harness import png_header_only
 from visionq.errors import ImageRejected
@@ -271,20 +272,62 @@ def test_max_side_must_be_positive() -> None:
 
 
 def test_jpeg_decoder_itself_reduces(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Draft mode: the JPEG decoder is asked for at most a quarter of the pixels, not the full size."""
-    sizes: list[tuple[int, int]] = []
-    load = JpegImagePlugin.JpegImageFile.load
+    """libjpeg's scaled decode: the decoder produces a quarter of each side, not the full size."""
+    shapes: list[tuple[int, ...]] = []
+    decode = simplejpeg.decode_jpeg
 
-    def spy(self: JpegImagePlugin.JpegImageFile) -> object:
-        sizes.append(self.size)  # the size the decoder is about to produce
-        return load(self)
+    def spy(*args: object, **kwargs: object) -> np.ndarray:
+        pixels: np.ndarray = decode(*args, **kwargs)
+        shapes.append(pixels.shape)  # what the decoder itself produced
+        return pixels
 
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", spy)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", spy)
     decoded = decode_image(big_scene(), LIMITS, max_side=640)
     assert decoded.rgb.shape == (480, 640, 3)
-    assert sizes, "the JPEG was not decoded through JpegImageFile.load"
     # 4000 x 3000 -> 640 x 480: libjpeg's 1/4 scale (1/8 would fall below the target).
-    assert max(sizes) == (1000, 750)
+    assert shapes == [(750, 1000, 3)]
+
+
+def pillow_reference(data: bytes, max_side: int | None) -> np.ndarray:
+    """What Pillow alone makes of a JPEG, reduced as decode_image reduces (draft, then OpenCV)."""
+    from visionq.images import _fit, _reduce
+
+    image = Image.open(io.BytesIO(data))
+    target = _fit(*image.size, max_side)
+    if target is not None:
+        image.draft(image.mode, target)
+    array = np.asarray(image.convert("RGB"))
+    return array if target is None else _reduce(array, target)
+
+
+@pytest.mark.parametrize("max_side", [None, 640, 300])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_pixels_are_pillows(mode: str, max_side: int | None) -> None:
+    """The JPEG path (simplejpeg) gives Pillow's pixels: the same libjpeg-turbo, the same IDCT and
+    upsampling, at full size and at each scaled decode (1000 x 750 -> 640: none; -> 300: 1/2)."""
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, (750 // 10, 1000 // 10, 3), dtype=np.uint8)
+    photo = Image.fromarray(noise).resize((1000, 750), Image.Resampling.BICUBIC).convert(mode)
+    data = encode(photo, "JPEG", quality=90)
+    decoded = decode_image(data, LIMITS, max_side=max_side)
+    reference = pillow_reference(data, max_side)
+    assert decoded.rgb.shape == reference.shape
+    assert int(np.abs(decoded.rgb.astype(int) - reference.astype(int)).max()) <= 1
+
+
+def test_a_jpeg_libjpeg_only_warns_about_is_decoded_as_pillow_decodes_it() -> None:
+    """A restart marker where none belongs, inside the scan: libjpeg warns ("premature end of data
+    segment") and goes on, simplejpeg in strict mode refuses, Pillow decodes: the image is not lost
+    to the faster path, and it is what Pillow makes of it."""
+    noise = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    data = bytearray(encode(Image.fromarray(noise), "JPEG", quality=90))
+    scan = data.index(b"\xff\xda")
+    data[scan + 400 : scan + 404] = b"\xff\xd0\xff\xd3"
+    with pytest.raises(ValueError, match="Corrupt JPEG data"):
+        simplejpeg.decode_jpeg(bytes(data), strict=True)
+    decoded = decode_image(bytes(data), LIMITS)
+    assert decoded.rgb.shape == (120, 160, 3)
+    assert np.array_equal(decoded.rgb, pillow_reference(bytes(data), None))
 
 
 _PEAK_RSS_CHILD = textwrap.dedent(
@@ -325,9 +368,9 @@ def test_reduced_jpeg_decode_never_holds_the_full_bitmap(tmp_path: Path) -> None
         return int(out[0])
 
     full, reduced = peak_growth(0), peak_growth(640)
-    # Full size: Pillow's 4-byte-a-pixel bitmap (96 MB), then the 72 MB array. Reduced: the
-    # decoder's 750 x 500 (1.5 MB) and the 640 x 427 result; the full bitmap would be 96 MB.
-    assert full > 96_000_000
+    # Full size: the 72 MB array. Reduced: the decoder's 750 x 500 (1.1 MB) and the 640 x 427
+    # result; the full bitmap would be 72 MB.
+    assert full > 72_000_000
     assert reduced < 16_000_000
 
 

@@ -1,0 +1,74 @@
+"""CPU per image of decoding a JPEG to the model's size: simplejpeg (the worker's path) vs Pillow.
+
+    .venv/bin/python bench/decode_cpu.py                  # the bench's 200 JPEGs, max_side 640, 5 rounds
+
+Both go through ``visionq.images.decode_image`` (header and size checks, EXIF, the reduction to
+``max_side``); "Pillow" is the same call with the simplejpeg step turned off, which is the path a
+JPEG takes when simplejpeg will not decode it (CMYK, a file libjpeg only warns about). The two are
+interleaved image by image, each timed on the calling thread's CPU clock, so the machine's drift
+falls on both alike. Prints the command, the machine and the two figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run_bench import machine, make_images  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="distinct JPEGs (the bench's, from Ultralytics' samples)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max-side", type=int, default=640)
+    args = parser.parse_args()
+
+    import cv2
+
+    from visionq import images
+
+    cv2.setNumThreads(1)  # as in a decode process: one image a process at a time
+    data = make_images(args.n)
+    limits = images.ImageLimits()
+    simplejpeg_path = images._jpeg_pixels
+
+    def decode(use_simplejpeg: bool) -> Callable[[bytes], object]:
+        def run(blob: bytes) -> object:
+            images._jpeg_pixels = simplejpeg_path if use_simplejpeg else (lambda *_: None)  # type: ignore[assignment]
+            return images.decode_image(blob, limits, max_side=args.max_side)
+
+        return run
+
+    paths = {"simplejpeg": decode(True), "Pillow": decode(False)}
+    spent = dict.fromkeys(paths, 0)
+    for _ in range(args.rounds):
+        for blob in data:
+            for name, run in paths.items():
+                started = time.thread_time_ns()
+                run(blob)
+                spent[name] += time.thread_time_ns() - started
+    images._jpeg_pixels = simplejpeg_path
+    megapixels = sum(images.decode_image(b, limits).width * images.decode_image(b, limits).height for b in data)
+    print(f"`{shlex.join(['.venv/bin/python', 'bench/decode_cpu.py', *sys.argv[1:]])}`  ")
+    print(
+        f"{machine()}; {args.n} JPEGs, {sum(map(len, data)) / len(data) / 1000:.0f} KB and "
+        f"{megapixels / len(data) / 1e6:.2f} MP on average, decoded to {args.max_side} px, {args.rounds} rounds\n"
+    )
+    per_image = {name: ns / 1e6 / (args.rounds * len(data)) for name, ns in spent.items()}
+    print("| decoder | CPU per image |\n|---|---|")
+    for name, ms in per_image.items():
+        print(f"| {name} | {ms:.2f} ms |")
+    print(f"\nsimplejpeg / Pillow: {per_image['simplejpeg'] / per_image['Pillow']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
