@@ -52,13 +52,16 @@ class LambdaWorker:
         from visionq.models.registry import LoadedModels, load_served_models
         from visionq.notifications import announcer
         from visionq.stores.job_store import DynamoJobStore
-        from visionq.stores.object_store import S3ObjectReader
         from visionq.stores.queue import SqsQueue
         from visionq.stores.result_store import PostgresResultStore
+        from visionq.stores.s3_reader import SIGNATURE_VERSION, S3ObjectReader
 
         settings = self.settings
         models = LoadedModels.of(model) if model is not None else load_served_models(settings)
-        s3 = await self._resources.enter_async_context(get_session().create_client(**aio_client_kwargs("s3", settings)))
+        s3 = await self._resources.enter_async_context(
+            get_session().create_client(**aio_client_kwargs("s3", settings, signature_version=SIGNATURE_VERSION))
+        )
+        objects = await self._resources.enter_async_context(S3ObjectReader(s3))
         announce = None
         if settings.notify_queue_url:
             sqs = await self._resources.enter_async_context(
@@ -68,7 +71,7 @@ class LambdaWorker:
         return Processor(
             settings=settings,
             jobs=DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table),
-            objects=S3ObjectReader(s3),
+            objects=objects,
             results=PostgresResultStore(settings.database_url),
             models=models,
             max_batch=default_max_batch(settings, models.device),

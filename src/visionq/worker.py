@@ -20,8 +20,8 @@ from visionq.models import Model
 from visionq.notifications import announcer
 from visionq.poller import Pipeline, Poller
 from visionq.settle import ProcessingStats
-from visionq.stores.object_store import S3ObjectReader
 from visionq.stores.queue import SqsQueue
+from visionq.stores.s3_reader import SIGNATURE_VERSION, S3ObjectReader
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ async def serve_worker(
                 "sqs", settings, max_pool_connections=16, read_timeout=settings.poll_wait_seconds + 10, **lean
             )
         ) as sqs,
-        session.create_client(**aio_client_kwargs("s3", settings, max_pool_connections=64, **lean)) as s3,
+        session.create_client(**aio_client_kwargs("s3", settings, signature_version=SIGNATURE_VERSION, **lean)) as s3,
+        S3ObjectReader(s3, connections=64, counts=requests) as objects,
     ):
         dynamodb = boto3_client("dynamodb", settings, max_pool_connections=16, **lean)
         for client in (sqs, s3, dynamodb):
@@ -118,7 +119,7 @@ async def serve_worker(
         processor = Processor(
             settings=settings,
             jobs=jobs,
-            objects=S3ObjectReader(s3),
+            objects=objects,
             results=PostgresResultStore(settings.database_url),
             models=models,
             max_batch=pipeline.max_batch,

@@ -1,42 +1,17 @@
-"""Object storage (S3 or MinIO): reading uploads in the worker, presigning uploads in the API."""
+"""Object storage (S3 or MinIO): what the worker reads through (``ObjectReader``; S3's is
+``s3_reader.S3ObjectReader``), and presigned uploads for the API."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from visionq.errors import ImageRejected
 from visionq.events import ObjectCreated
 from visionq.stores.aws_errors import aws_errors
 
 
 class ObjectReader(Protocol):
     async def read(self, obj: ObjectCreated, *, max_bytes: int) -> bytes: ...
-
-
-class S3ObjectReader:
-    """Asynchronous reads for the worker (an aiobotocore S3 client)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    async def read(self, obj: ObjectCreated, *, max_bytes: int) -> bytes:
-        """The bytes of exactly the version the event named; refuses, before reading the body, an
-        object over ``max_bytes``, and raises ObjectChanged if the key now holds other bytes."""
-        # The version id where the bucket keeps versions, else the ETag as a precondition: an
-        # overwrite between the event and this read must not credit the new bytes to the old event.
-        exact = {"VersionId": obj.version_id} if obj.version_id else {"IfMatch": f'"{obj.etag}"'}
-        with aws_errors(f"read s3://{obj.bucket}/{obj.key}"):
-            response = await self._client.get_object(Bucket=obj.bucket, Key=obj.key, **exact)
-            size = int(response.get("ContentLength", 0))
-            if size > max_bytes:
-                response["Body"].close()
-                raise ImageRejected(
-                    f"the object is {size} bytes, over the limit of {max_bytes}", code="object_too_large"
-                )
-            async with response["Body"] as stream:
-                data: bytes = await stream.read()
-        return data
 
 
 @dataclass(frozen=True)

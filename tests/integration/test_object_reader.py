@@ -1,0 +1,200 @@
+"""The worker's object reads (S3ObjectReader): presigned by the SDK, sent by aiohttp, against the
+real S3 emulator over HTTP; S3's failure answers from a stand-in server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import BUCKET, Stack
+from visionq.errors import ImageRejected, ObjectChanged, ObjectMissing, TransientError
+from visionq.events import ObjectCreated
+from visionq.stores.s3_reader import READ_ATTEMPTS, SIGNATURE_VERSION, S3ObjectReader
+
+LIMIT = 1_000_000
+
+
+@contextlib.asynccontextmanager
+async def reader_at(endpoint: str, counts: dict[str, int] | None = None) -> AsyncIterator[S3ObjectReader]:
+    from aiobotocore.session import get_session
+
+    from visionq.aws import aio_client_kwargs
+    from visionq.config import AwsSettings
+
+    settings = AwsSettings.model_validate(
+        {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    )
+    async with (
+        get_session().create_client(**aio_client_kwargs("s3", settings, signature_version=SIGNATURE_VERSION)) as s3,
+        S3ObjectReader(s3, counts=counts) as reader,
+    ):
+        yield reader
+
+
+def put(stack: Stack, key: str, body: bytes) -> ObjectCreated:
+    etag = stack.s3.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"].strip('"')
+    return ObjectCreated(bucket=BUCKET, key=key, etag=etag, size=len(body))
+
+
+def read(endpoint: str, obj: ObjectCreated, counts: dict[str, int] | None = None, limit: int = LIMIT) -> bytes:
+    async def go() -> bytes:
+        async with reader_at(endpoint, counts) as reader:
+            return await reader.read(obj, max_bytes=limit)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("key", ["uploads/plain.jpg", "uploads/a b/%41 ?x=1&y+z/ü.jpg"])
+def test_reads_the_bytes_of_the_version_its_event_named(stack: Stack, key: str) -> None:
+    body = bytes(range(256)) * 700  # 179 KB, as a photo
+    counts: dict[str, int] = {}
+    assert read(stack.endpoint, put(stack, key, body), counts) == body
+    assert counts == {"s3.GetObject": 1}
+
+
+def test_an_object_overwritten_since_its_event_is_object_changed(stack: Stack) -> None:
+    first = put(stack, "uploads/x.jpg", b"first")
+    put(stack, "uploads/x.jpg", b"second")
+    with pytest.raises(ObjectChanged):
+        read(stack.endpoint, first)
+
+
+def test_an_object_deleted_since_its_event_is_object_missing(stack: Stack) -> None:
+    obj = put(stack, "uploads/gone.jpg", b"bytes")
+    stack.s3.delete_object(Bucket=BUCKET, Key=obj.key)
+    with pytest.raises(ObjectMissing):
+        read(stack.endpoint, obj)
+
+
+def test_an_object_over_the_limit_is_refused_on_its_length(stack: Stack) -> None:
+    obj = put(stack, "uploads/big.jpg", b"x" * 5000)
+    with pytest.raises(ImageRejected) as raised:
+        read(stack.endpoint, obj, limit=4999)
+    assert raised.value.code == "object_too_large"
+    assert read(stack.endpoint, obj, limit=5000) == b"x" * 5000
+
+
+SLOW_DOWN = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+
+
+@contextlib.asynccontextmanager
+async def stand_in_s3(answer: Callable[[int], Awaitable[web.Response]]) -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP server on loopback whose n-th request (from 1) gets ``answer(n)``; yields its
+    endpoint and the paths it was asked for."""
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return await answer(len(seen))
+
+    runner = web.AppRunner(web.Application())
+    runner.app.router.add_route("GET", "/{tail:.*}", handle)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+def read_from_stand_in(answer: Callable[[int], Awaitable[web.Response]]) -> tuple[bytes | Exception, list[str]]:
+    obj = ObjectCreated(bucket=BUCKET, key="uploads/y.jpg", etag="abc")
+
+    async def go() -> tuple[bytes | Exception, list[str]]:
+        async with stand_in_s3(answer) as (endpoint, seen), reader_at(endpoint) as reader:
+            try:
+                return await reader.read(obj, max_bytes=LIMIT), seen
+            except Exception as exc:  # noqa: BLE001 - the test looks at which
+                return exc, seen
+
+    return asyncio.run(go())
+
+
+def test_a_throttled_read_is_tried_again_and_succeeds() -> None:
+    async def answer(n: int) -> web.Response:
+        return web.Response(status=503, body=SLOW_DOWN) if n < READ_ATTEMPTS else web.Response(body=b"pixels")
+
+    result, seen = read_from_stand_in(answer)
+    assert result == b"pixels"
+    assert len(seen) == READ_ATTEMPTS
+    assert all(
+        path.startswith(f"/{BUCKET}/uploads/y.jpg?") and "X-Amz-Algorithm=AWS4-HMAC-SHA256" in path for path in seen
+    )
+
+
+def test_the_url_is_sent_as_it_was_signed() -> None:
+    """A key with characters a client may re-quote (%, +, space, ?, non-ASCII): the request line is
+    the presigned URL's path and query byte for byte, or S3 refuses its signature."""
+    from aiobotocore.session import get_session
+
+    from visionq.aws import aio_client_kwargs
+    from visionq.config import AwsSettings
+
+    key = "uploads/a b/%41 ?x=1&y+z~/ü.jpg"
+    signed: list[str] = []
+    received: list[str] = []
+
+    async def answer(n: int) -> web.Response:
+        return web.Response(body=b"pixels")
+
+    async def go() -> bytes:
+        async with stand_in_s3(answer) as (endpoint, seen):
+            settings = AwsSettings.model_validate(
+                {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+            )
+            kwargs = aio_client_kwargs("s3", settings, signature_version=SIGNATURE_VERSION)
+            async with get_session().create_client(**kwargs) as s3:
+                presign = s3.generate_presigned_url
+
+                async def recording(*args: object, **kwargs: object) -> str:
+                    url: str = await presign(*args, **kwargs)
+                    signed.append(url)
+                    return url
+
+                s3.generate_presigned_url = recording
+                async with S3ObjectReader(s3) as reader:
+                    data = await reader.read(ObjectCreated(bucket=BUCKET, key=key, etag="abc"), max_bytes=LIMIT)
+            received.extend(seen)
+            return data
+
+    assert asyncio.run(go()) == b"pixels"
+    assert "%2541%20%3Fx%3D1%26y%2Bz~/%C3%BC.jpg?" in signed[0]
+    assert received == [signed[0].split(endpoint_of(signed[0]), 1)[1]]
+
+
+def endpoint_of(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def test_a_read_that_keeps_failing_is_transient_after_its_attempts() -> None:
+    async def answer(n: int) -> web.Response:
+        return web.Response(status=500, body=b"<html>upstream error</html>")
+
+    result, seen = read_from_stand_in(answer)
+    assert isinstance(result, TransientError), result
+    assert len(seen) == READ_ATTEMPTS
+
+
+def test_a_refusal_is_not_retried() -> None:
+    async def answer(n: int) -> web.Response:
+        return web.Response(status=403, body=b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>")
+
+    result, seen = read_from_stand_in(answer)
+    assert not isinstance(result, TransientError)
+    assert "AccessDenied" in str(result)
+    assert len(seen) == 1
+
+
+def test_an_endpoint_that_does_not_answer_is_transient() -> None:
+    from visionq.local_stack import free_port
+
+    obj = ObjectCreated(bucket=BUCKET, key="uploads/z.jpg", etag="abc")
+    with pytest.raises(TransientError, match="cannot reach S3"):
+        read(f"http://127.0.0.1:{free_port()}", obj)
