@@ -5,12 +5,15 @@ Nothing here runs at import time; entry points call these once and pass the clie
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 
 from visionq.config import AwsSettings
+
+if TYPE_CHECKING:
+    from visionq.stores.dynamodb_wire import DynamoDBWire
 
 # Explicit bounds on every HTTP call, so that no AWS call waits on a silent peer for botocore's
 # default 60 s per attempt (times the retries). The read timeout is per socket read, not per
@@ -97,3 +100,27 @@ def count_requests(client: Any, counts: dict[str, int]) -> Any:
 
     client.meta.events.register("before-send", on_send)
     return client
+
+
+def dynamodb_wire(
+    settings: AwsSettings, *, connections: int = 16, counts: dict[str, int] | None = None
+) -> DynamoDBWire:
+    """The worker's DynamoDB client (``stores/dynamodb_wire.py``): the endpoint and credentials
+    are those a boto3 client made from ``settings`` would use (its endpoint resolution, its
+    credential chain), resolved here once."""
+    from visionq.stores.dynamodb_wire import DynamoDBWire
+
+    credentials: Any = settings.credentials()  # keys given as settings, else boto3's own chain
+    session = boto3.session.Session(**credentials)
+    resolver = session.client(
+        "dynamodb", endpoint_url=settings.endpoint_for("dynamodb"), region_name=settings.aws_region
+    )
+    return DynamoDBWire(
+        endpoint_url=resolver.meta.endpoint_url,
+        region=resolver.meta.region_name,
+        credentials=session.get_credentials(),
+        connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+        read_timeout=DEFAULT_READ_TIMEOUT,
+        connections=connections,
+        counts=counts,
+    )

@@ -72,7 +72,7 @@ async def serve_worker(
 
     from aiobotocore.session import get_session
 
-    from visionq.aws import aio_client_kwargs, boto3_client, count_requests
+    from visionq.aws import aio_client_kwargs, count_requests, dynamodb_wire
     from visionq.models.registry import LoadedModels, load_served_models
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.result_store import PostgresResultStore
@@ -110,8 +110,9 @@ async def serve_worker(
         session.create_client(**aio_client_kwargs("s3", settings, signature_version=SIGNATURE_VERSION, **lean)) as s3,
         S3ObjectReader(s3, connections=64, counts=requests) as objects,
     ):
-        dynamodb = boto3_client("dynamodb", settings, max_pool_connections=16, **lean)
-        for client in (sqs, s3, dynamodb):
+        # The job store's conditional writes, two per image, without boto3's per-call machinery.
+        dynamodb = dynamodb_wire(settings, connections=16, counts=requests)
+        for client in (sqs, s3):
             count_requests(client, requests)
         pipeline = Pipeline.from_settings(settings, models.device)
         failpoints = Failpoints.from_env()
