@@ -12,9 +12,10 @@ whole, then resized. The upright image's original size is kept so that coordinat
 reduced image can be mapped back (``DecodedImage.scale``).
 
 JPEG pixels come from simplejpeg (libjpeg-turbo's TurboJPEG API, straight into a NumPy array)
-rather than Pillow, which keeps RGB at four bytes a pixel and repacks it on the way out: 3.5 against
-5.3 ms per 0.65 MP photo (bench/RESULTS.md run 13). Pillow still reads the header (size limit,
-EXIF orientation) and decodes whatever simplejpeg will not take: CMYK, or a file libjpeg only
+rather than Pillow, which keeps RGB at four bytes a pixel and repacks it on the way out: 5.04
+against 6.76 ms per 0.68 MP photo decoded to 640 (bench/decode_cpu.py, bench/RESULTS.md run 13).
+Pillow still reads the header (size limit, EXIF orientation) and decodes whatever simplejpeg will
+not take: CMYK, or a file libjpeg only
 warns about, where Pillow's verdict (decode or reject) stays the one that counts.
 """
 

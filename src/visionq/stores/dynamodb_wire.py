@@ -5,8 +5,9 @@ store builds them (attribute values already typed, ``{"S": "..."}``, ``{"N": "12
 request's body as they stand, and the answer's body is the dict boto3 would return. So the job
 store's two conditional writes per image need no model-driven serialising, parsing, endpoint
 rules, hooks or per-call user agent: the body is dumped, signed with botocore's own SigV4 signer
-and the session's (refreshing) credentials, and posted through a urllib3 pool. Through boto3 an
-``UpdateItem`` cost the worker 1.8-2.0 ms of CPU, this way 0.95-1.05 ms (bench/RESULTS.md run 13).
+and the session's (refreshing) credentials, and posted through a urllib3 pool. Through boto3 the
+job store's claim (an ``UpdateItem``) cost the worker 3.13 ms of CPU, this way 1.86 ms
+(bench/request_cpu.py, bench/RESULTS.md run 13).
 
 Errors come back as botocore's own ``ClientError`` (and its connection errors), so
 ``aws_errors`` translates them as it does the SDK's; throttling and server errors are tried three

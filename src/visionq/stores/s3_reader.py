@@ -32,9 +32,10 @@ SIGNATURE_VERSION = "s3v4"  # the client's presigned URLs: SigV4 query auth
 class S3ObjectReader:
     """Asynchronous reads for the worker: the request is presigned by the (aiobotocore) S3 client,
     so endpoint, addressing, region and credentials are the SDK's from configuration, and sent by
-    aiohttp. Through the SDK a 170 KB read cost 2.2 ms of the worker's CPU, presigned and sent
-    directly 0.9 ms (its modelled response parsing, hooks and per-request user agent;
-    bench/RESULTS.md run 13); this is the worker's one request per image with a body.
+    aiohttp. Through the SDK a 175 KB read cost the worker 3.11 ms of CPU, presigned and sent
+    directly 1.73 ms (the SDK's modelled response parsing, hooks and per-request user agent;
+    bench/request_cpu.py, bench/RESULTS.md run 13); this is the worker's one request per image
+    with a body.
 
     ``client`` must sign with SigV4 (``SIGNATURE_VERSION``). An async context manager: the HTTP
     session lives between enter and exit. ``counts`` (as ``aws.count_requests`` fills it) gets one

@@ -1,10 +1,14 @@
-"""The worker's CPU per object read: aiobotocore's get_object vs S3ObjectReader (presigned, aiohttp).
+"""The worker's CPU per request, through the SDK and the way the worker now sends it.
 
-    .venv/bin/python bench/s3_read_cpu.py                 # 100 of the bench's JPEGs, 5 rounds
+    .venv/bin/python bench/request_cpu.py                 # 100 of the bench's JPEGs, 5 rounds
 
-Starts the local S3 emulator (``python -m visionq.moto_server``), puts N JPEGs, then reads each of
-them, the exact version by ETag as the worker does, through both paths in turn, timing this
-process's CPU only (the emulator's is its own). Prints the command, the machine and the figures.
+Starts the local AWS emulator (``python -m visionq.moto_server``), then, the two paths of each
+interleaved request by request, timing this process's CPU only (the emulator's is its own):
+- the object read: aiobotocore's ``get_object`` vs ``S3ObjectReader`` (presigned, aiohttp), the
+  exact version by ETag, of N JPEGs;
+- the job store's claim, a conditional ``UpdateItem`` returning the new item: boto3 vs
+  ``DynamoDBWire``, on N jobs (each claimed once per round: the condition holds on a RUNNING job).
+Prints the command, the machine and the figures.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,17 +35,57 @@ from visionq.local_stack import free_port, wait_until  # noqa: E402
 BUCKET = "bench-reads"
 
 
+def interleaved(paths: dict[str, Any], calls: list[Any], rounds: int) -> dict[str, float]:
+    """ms of this process's CPU per call of each path, the paths taking turns call by call."""
+    spent = dict.fromkeys(paths, 0.0)
+    for _ in range(rounds):
+        for call in calls:
+            for name, path in paths.items():
+                started = time.process_time()
+                path(call)
+                spent[name] += time.process_time() - started
+    return {name: seconds * 1000 / (rounds * len(calls)) for name, seconds in spent.items()}
+
+
+def claims(endpoint: str, n: int, rounds: int) -> dict[str, float]:
+    from infra.bootstrap import ensure_jobs_table
+    from visionq.aws import boto3_client, dynamodb_wire
+    from visionq.jobs import ObjectVersion
+    from visionq.stores.job_store import DynamoJobStore
+
+    settings = aws_settings(endpoint)
+    sdk = boto3_client("dynamodb", settings, parameter_validation=False)  # as the worker's was
+    ensure_jobs_table(sdk, "bench-jobs")
+    stores = {
+        "boto3 (UpdateItem)": DynamoJobStore(sdk, "bench-jobs"),
+        "DynamoDBWire (UpdateItem)": DynamoJobStore(dynamodb_wire(settings), "bench-jobs"),
+    }
+    objects = [ObjectVersion(bucket=BUCKET, key=f"uploads/{i:04d}.jpg", version=f"{i:032x}") for i in range(n)]
+
+    def claim(store: DynamoJobStore) -> Any:
+        return lambda i: store.claim(f"{i:032x}", objects[i], model="default", expires_at=2_000_000_000)
+
+    for i in range(n):  # first claims: the jobs' records are created
+        stores["boto3 (UpdateItem)"].claim(f"{i:032x}", objects[i], model="default", expires_at=2_000_000_000)
+    return interleaved({name: claim(store) for name, store in stores.items()}, list(range(n)), rounds)
+
+
+def aws_settings(endpoint: str) -> Any:
+    from visionq.config import AwsSettings
+
+    return AwsSettings.model_validate(
+        {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    )
+
+
 async def measure(endpoint: str, images: list[bytes], rounds: int) -> dict[str, float]:
     from aiobotocore.session import get_session
 
     from visionq.aws import aio_client_kwargs
-    from visionq.config import AwsSettings
     from visionq.events import ObjectCreated
     from visionq.stores.s3_reader import SIGNATURE_VERSION, S3ObjectReader
 
-    settings = AwsSettings.model_validate(
-        {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
-    )
+    settings = aws_settings(endpoint)
     # As the worker makes its client (no parameter validation), SigV4 for the presigned reads.
     kwargs = aio_client_kwargs("s3", settings, parameter_validation=False, signature_version=SIGNATURE_VERSION)
     async with get_session().create_client(**kwargs) as s3, S3ObjectReader(s3) as reader:
@@ -96,17 +141,19 @@ def main() -> None:
             return False
 
         wait_until(answers, timeout=60, what="the S3 emulator")
-        per_read = asyncio.run(measure(f"http://127.0.0.1:{port}", images, args.rounds))
+        endpoint = f"http://127.0.0.1:{port}"
+        per_call = asyncio.run(measure(endpoint, images, args.rounds))
+        per_call.update(claims(endpoint, args.n, args.rounds))
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"`{shlex.join(['.venv/bin/python', 'bench/s3_read_cpu.py', *sys.argv[1:]])}`  ")
+    print(f"`{shlex.join(['.venv/bin/python', 'bench/request_cpu.py', *sys.argv[1:]])}`  ")
     print(
         f"{machine()}; {args.n} JPEGs of {sum(map(len, images)) / len(images) / 1000:.0f} KB on average, "
         f"{args.rounds} rounds, the two paths interleaved object by object\n"
     )
-    print("| read | the worker's CPU per object |\n|---|---|")
-    for name, ms in per_read.items():
+    print("| request | the worker's CPU per request |\n|---|---|")
+    for name, ms in per_call.items():
         print(f"| {name} | {ms:.2f} ms |")
 
 
