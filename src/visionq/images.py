@@ -15,8 +15,8 @@ JPEG pixels come from simplejpeg (libjpeg-turbo's TurboJPEG API, straight into a
 rather than Pillow, which keeps RGB at four bytes a pixel and repacks it on the way out: 5.04
 against 6.76 ms per 0.68 MP photo decoded to 640 (bench/decode_cpu.py, bench/RESULTS.md run 13).
 Pillow still reads the header (size limit, EXIF orientation) and decodes whatever simplejpeg will
-not take: CMYK, or a file libjpeg only
-warns about, where Pillow's verdict (decode or reject) stays the one that counts.
+not take: CMYK, or a file libjpeg only warns about, where Pillow's verdict (decode or reject)
+stays the one that counts.
 """
 
 from __future__ import annotations
