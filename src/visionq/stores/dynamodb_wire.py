@@ -123,7 +123,7 @@ class DynamoDBWire:
             code, message = _error_fields(data)
             raise _client_error(response.status, code or str(response.status), message, operation)
         answer: dict[str, Any] = json.loads(data) if data else {}
-        answer["ResponseMetadata"] = {"HTTPStatusCode": 200, "RetryAttempts": 0}
+        answer["ResponseMetadata"] = {"HTTPStatusCode": 200}
         return answer
 
 
