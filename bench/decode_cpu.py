@@ -6,7 +6,10 @@ Both go through ``visionq.images.decode_image`` (header and size checks, EXIF, t
 ``max_side``); "Pillow" is the same call with the simplejpeg step turned off, which is the path a
 JPEG takes when simplejpeg will not decode it (CMYK, a file libjpeg only warns about). The two are
 interleaved image by image, each timed on the calling thread's CPU clock, so the machine's drift
-falls on both alike. Prints the command, the machine and the two figures.
+falls on both alike. Then the worker's way, through the decode processes (``DecodePool``, two
+processes, pixels back through shared memory, four decodes in flight), counting the children's CPU,
+back to back with the same images decoded in this thread: the difference is what handing an image
+to a process and back costs. Prints the command, the machine and the figures.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run_bench import machine, make_images  # noqa: E402
+from run_bench import cpu_seconds, machine, make_images  # noqa: E402
 
 
 def main() -> None:
@@ -68,6 +72,48 @@ def main() -> None:
     for name, ms in per_image.items():
         print(f"| {name} | {ms:.2f} ms |")
     print(f"\nsimplejpeg / Pillow: {per_image['simplejpeg'] / per_image['Pillow']:.2f}")
+    print("\n| simplejpeg, round | in the decode processes (children counted) | in this thread | the hand-over |")
+    print("|---|---|---|---|")
+    for round_, (pooled, threaded) in enumerate(through_processes(data, limits, args.max_side, rounds=3), 1):
+        print(f"| {round_} | {pooled:.2f} ms | {threaded:.2f} ms | {pooled - threaded:.2f} ms |")
+
+
+def through_processes(data: list[bytes], limits: Any, max_side: int, rounds: int) -> list[tuple[float, float]]:
+    """Per round, CPU ms per image through one DecodePool (this process and its live decode
+    processes, read while they run), and in this thread (its own CPU clock)."""
+    import asyncio
+
+    import psutil
+
+    from visionq.decode_pool import DecodePool
+    from visionq.images import decode_image
+
+    me = psutil.Process()
+    pool = DecodePool(2, slot_side=max_side)
+
+    async def drain() -> None:
+        in_flight = asyncio.Semaphore(4)
+
+        async def one(blob: bytes) -> None:
+            async with in_flight:
+                await pool.decode(blob, limits, max_side=max_side)
+
+        await asyncio.gather(*(one(blob) for blob in data))
+
+    figures = []
+    try:
+        asyncio.run(drain())  # the processes started and warm
+        for _ in range(rounds):
+            started = time.thread_time()
+            for blob in data:
+                decode_image(blob, limits, max_side=max_side)
+            threaded = (time.thread_time() - started) * 1000 / len(data)
+            before = cpu_seconds(me)
+            asyncio.run(drain())
+            figures.append(((cpu_seconds(me) - before) * 1000 / len(data), threaded))
+    finally:
+        pool.close()
+    return figures
 
 
 if __name__ == "__main__":
