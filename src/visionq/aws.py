@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 # request: a large S3 download that keeps receiving bytes is not cut off by it.
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 30.0  # above SQS's longest long poll (20 s), which sends nothing until it ends
+# Attempts per call, the first included: the SDK's standard retry mode, and the same for the calls the
+# worker sends itself (stores/s3_reader.py, stores/dynamodb_wire.py).
+MAX_ATTEMPTS = 3
 
 
 def client_config(
@@ -42,7 +45,7 @@ def client_config(
     return Config(
         region_name=settings.aws_region,
         s3=s3_options,
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         **extra,

@@ -112,8 +112,8 @@ async def serve_worker(
     ):
         # The job store's conditional writes, two per image, without boto3's per-call machinery.
         dynamodb = dynamodb_wire(settings, connections=16, counts=requests)
-        for client in (sqs, s3):
-            count_requests(client, requests)
+        # The S3 client only presigns: the reader and the DynamoDB wire count what they send.
+        count_requests(sqs, requests)
         pipeline = Pipeline.from_settings(settings, models.device)
         failpoints = Failpoints.from_env()
         jobs = DynamoJobStore(dynamodb, settings.jobs_table)

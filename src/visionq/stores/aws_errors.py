@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -47,6 +48,17 @@ _BAD_CREDENTIALS = {
     "AccessDenied",
     "AccessDeniedException",
 }
+
+
+def client_error(status: int, code: str, message: str, operation: str) -> ClientError:
+    """An error answer read without the SDK (stores/s3_reader.py, stores/dynamodb_wire.py) as the
+    SDK's ``ClientError``, as much of it as ``translate_client_error`` reads; ``code`` empty: the
+    status stands for it."""
+    answer: Any = {
+        "Error": {"Code": code or str(status), "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(answer, operation)
 
 
 def translate_client_error(exc: ClientError, what: str) -> VisionqError:

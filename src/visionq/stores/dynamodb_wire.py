@@ -30,10 +30,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 from botocore.httpsession import where as ca_bundle
 
+from visionq.aws import MAX_ATTEMPTS
 from visionq.errors import TransientError
-from visionq.stores.aws_errors import translate_client_error
+from visionq.stores.aws_errors import client_error, translate_client_error
 
-ATTEMPTS = 3  # as the SDK's standard retry mode
+ATTEMPTS = MAX_ATTEMPTS  # as the SDK's standard retry mode
 _BACKOFF_BASE_SECONDS = 0.05
 _TARGET_PREFIX = "DynamoDB_20120810"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -118,10 +119,10 @@ class DynamoDBWire:
         data = response.data
         expected_crc = response.headers.get("x-amz-crc32")
         if expected_crc is not None and int(expected_crc) != zlib.crc32(data):
-            raise _client_error(500, "CRC32CheckFailed", "the answer's body does not match its CRC32", operation)
+            raise client_error(500, "CRC32CheckFailed", "the answer's body does not match its CRC32", operation)
         if response.status != 200:
             code, message = _error_fields(data)
-            raise _client_error(response.status, code or str(response.status), message, operation)
+            raise client_error(response.status, code, message, operation)
         answer: dict[str, Any] = json.loads(data) if data else {}
         answer["ResponseMetadata"] = {"HTTPStatusCode": 200}
         return answer
@@ -138,8 +139,3 @@ def _error_fields(data: bytes) -> tuple[str, str]:
         return "", ""
     code = str(document.get("__type", "")).rsplit("#", 1)[-1]
     return code, str(document.get("message") or document.get("Message") or "")
-
-
-def _client_error(status: int, code: str, message: str, operation: str) -> ClientError:
-    answer: Any = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
-    return ClientError(answer, operation)

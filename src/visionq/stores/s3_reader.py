@@ -12,17 +12,16 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-from botocore.exceptions import ClientError
 from yarl import URL
 
-from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_ATTEMPTS
 from visionq.errors import ImageRejected, TransientError
 from visionq.events import ObjectCreated
-from visionq.stores.aws_errors import aws_errors, translate_client_error
+from visionq.stores.aws_errors import aws_errors, client_error, translate_client_error
 
-# As the SDK's standard retry mode: a throttled or failed read is tried three times in all, with
-# jittered exponential backoff, before the message is given back.
-READ_ATTEMPTS = 3
+# As the SDK's standard retry mode: a throttled or failed read is tried MAX_ATTEMPTS times in all,
+# with jittered exponential backoff, before the message is given back.
+READ_ATTEMPTS = MAX_ATTEMPTS
 _BACKOFF_BASE_SECONDS = 0.1
 _ERROR_BODY_BYTES = 64 * 1024  # an S3 error document is a few hundred bytes
 _URL_LIFETIME_SECONDS = 300  # a read's URL is used at once, and for its retries
@@ -130,14 +129,12 @@ def _s3_error(status: int, body: bytes, what: str) -> Exception:
     # Two fields of a short document: read by pattern, not by an XML parser (no entity expansion to
     # fear from whatever answers at the endpoint; a proxy's HTML page leaves the status to decide).
     code, message = (_ERROR_FIELDS[name].search(body) for name in ("Code", "Message"))
-    answer: Any = {  # the shape botocore gives a ClientError, as much of it as the translation reads
-        "Error": {
-            "Code": code.group(1).decode(errors="replace") if code else str(status),
-            "Message": message.group(1).decode(errors="replace") if message else "",
-        },
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
-    error = ClientError(answer, "GetObject")
+    error = client_error(
+        status,
+        code.group(1).decode(errors="replace") if code else "",
+        message.group(1).decode(errors="replace") if message else "",
+        "GetObject",
+    )
     return translate_client_error(error, what)
 
 
