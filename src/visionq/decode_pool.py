@@ -4,32 +4,41 @@ the worker (VISIONQ_DECODE_PROCESSES > 0).
 A native crash in a codec (a segfault in libjpeg, libpng, libwebp...) takes down whatever process
 runs it. In the worker's own process it takes every message the worker holds with it: they come
 back with one more receive, and an image that crashes every time drags its batch-mates towards the
-dead-letter queue. Here the pool breaks instead; every decode it held is retried alone, in a
+dead-letter queue. Here only the decode process dies; every decode it held is retried alone, in a
 process of its own: the innocent ones succeed, the one that crashes again is that image's fault
 and its job ends FAILED (``decoder_crashed``) while the worker goes on.
 
 Processes are started by a fork server (never ``fork`` from a process with threads), which
-imports the decoder once. The decoded pixels come back through shared memory: each decode in
-flight holds a slot of a segment the worker made (sized for the models' input, ``slot_side``), the
-process writes the pixels there, and the worker copies them out (one memcpy; pickling them
-through the pool's pipe cost 1.4 ms more per 640 px image, bench/RESULTS.md run 11). A slot is
-reused only once no process can still write into it.
-An image that does not fit a slot (a model without an input size) still comes back pickled.
+imports the decoder once. Each has a socket of its own to the worker, and the worker's event loop
+does the talking: it writes a request (a small header, then the object's bytes, as they came) and
+reads the answer when the socket is readable, no thread in between. (``concurrent.futures``'
+process pool, used before, woke a manager thread and a feeder thread and pickled every call: 1.3
+to 2.0 ms of the worker's CPU per image, bench/RESULTS.md run 13.) A process decodes one image at
+a time; the worker keeps up to two waiting on it, so it goes from one straight to the next.
+
+The decoded pixels come back through shared memory: each decode in flight holds a slot of a
+segment the worker made (sized for the models' input, ``slot_side``), the process writes the pixels
+there, and the worker copies them out (one memcpy; pickling them cost 1.4 ms more per 640 px
+image, run 11). A slot is reused only once no process can still write into it: a decode whose
+caller gave up (a deadline) goes on in its process until it answers or dies. An image that does
+not fit a slot (a model without an input size) comes back pickled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import functools
+import itertools
 import logging
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+import pickle
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -39,6 +48,14 @@ from visionq.errors import ImageRejected
 from visionq.images import DecodedImage, ImageLimits, decode_image
 
 logger = logging.getLogger(__name__)
+
+# A frame on the socket is multiprocessing.Connection's: a signed 4-byte big-endian length, then
+# that many bytes, so the decode process reads with Connection.recv_bytes. Answers start with the
+# request's number, so one that cannot be unpickled still fails the right caller.
+_LENGTH = struct.Struct("!i")
+_REQUEST_ID = struct.Struct("!q")
+_READ_CHUNK = 1 << 18
+WAITING_PER_PROCESS = 2  # decodes handed to a process at once: one running, the next queued behind
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,184 @@ def _decode(
     buffer = _segments[slot.segment].buf
     np.ndarray(image.rgb.shape, np.uint8, buffer=buffer, offset=slot.offset)[...] = image.rgb
     return _InSlot(image.rgb.shape, image.format, image.original_width, image.original_height)
+
+
+def _serve(conn: Connection, parent: int, crash_marker: bytes | None) -> None:
+    """A decode process: answer requests, one at a time, until the worker closes the socket."""
+    child_of(parent)
+    while True:
+        try:
+            header = conn.recv_bytes()
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        request_id, limits, max_side, slot = pickle.loads(header)  # noqa: S301 - from the worker that started it
+        answer: tuple[str, Any]
+        try:
+            answer = ("ok", _decode(data, limits, max_side, crash_marker, slot))
+        except Exception as exc:  # noqa: BLE001 - the worker decides what a failed decode means
+            answer = ("error", exc)
+        try:
+            payload = pickle.dumps(answer)
+        except Exception as exc:  # noqa: BLE001 - an exception that does not pickle, in one line
+            payload = pickle.dumps(("error", RuntimeError(f"{type(answer[1]).__name__}: {exc}")))
+        try:
+            conn.send_bytes(_REQUEST_ID.pack(request_id) + payload)
+        except OSError:
+            return
+
+
+class _Died(Exception):
+    """The decode process ended while it held the request."""
+
+
+@dataclass(eq=False)
+class _Request:
+    id: int
+    header: bytes
+    data: bytes
+    answer: asyncio.Future[Any] | None = None  # the caller's; None once nobody waits
+    ended: bool = False  # answered, or its process is gone: nothing can write its slot any more
+    on_end: list[Callable[[], None]] = field(default_factory=list)
+
+    def end(self) -> None:
+        self.ended = True
+        for callback in self.on_end:
+            callback()
+        self.on_end.clear()
+
+
+class _DecodeProcess:
+    """One decode process and the worker's end of its socket, driven by the event loop."""
+
+    def __init__(self, context: Any, crash_marker: bytes | None, on_death: Callable[[_DecodeProcess], None]) -> None:
+        ours, theirs = socket.socketpair()
+        their_end = Connection(theirs.detach())
+        self._proc = context.Process(target=_serve, args=(their_end, os.getpid(), crash_marker), name="visionq-decode")
+        try:
+            self._proc.start()
+        finally:
+            # The process has its own copy now; ours must go, or its death would never read as the
+            # end of the socket here.
+            their_end.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._on_death = on_death
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._out = bytearray()  # what the socket could not take yet
+        self._in = bytearray()
+        self.pending: dict[int, _Request] = {}
+        self.dead = False
+        self._closed = False
+
+    def send(self, request: _Request) -> None:
+        """Queue ``request``; its answer (or _Died) lands in ``request.answer``."""
+        loop = asyncio.get_running_loop()
+        if self.dead:
+            raise _Died
+        self._attach(loop)
+        self.pending[request.id] = request
+        parts = [_LENGTH.pack(len(request.header)), request.header, _LENGTH.pack(len(request.data)), request.data]
+        if self._out:
+            self._out += b"".join(parts)
+            return
+        try:
+            sent = self._sock.sendmsg(parts)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the process is gone; the reader finds out and fails what it held
+            return
+        total = sum(map(len, parts))
+        if sent < total:
+            self._out += b"".join(parts)[sent:]
+            loop.add_writer(self._sock, self._flush)
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the socket on ``loop`` (the worker runs one loop; tests run several in turn)."""
+        if self._loop is loop:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._sock)
+            self._loop.remove_writer(self._sock)
+        self._loop = loop
+        loop.add_reader(self._sock, self._readable)
+        if self._out:
+            loop.add_writer(self._sock, self._flush)
+
+    def _flush(self) -> None:
+        try:
+            sent = self._sock.send(self._out)
+        except BlockingIOError:
+            return
+        except OSError:
+            sent = len(self._out)  # gone: the reader sees the end
+        del self._out[:sent]
+        if not self._out and self._loop is not None:
+            self._loop.remove_writer(self._sock)
+
+    def _readable(self) -> None:
+        try:
+            chunk = self._sock.recv(_READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._lost()
+            return
+        self._in += chunk
+        while len(self._in) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(self._in)
+            if len(self._in) < _LENGTH.size + size:
+                break
+            frame = bytes(self._in[_LENGTH.size : _LENGTH.size + size])
+            del self._in[: _LENGTH.size + size]
+            self._answered(frame)
+
+    def _answered(self, frame: bytes) -> None:
+        (request_id,) = _REQUEST_ID.unpack_from(frame)
+        request = self.pending.pop(request_id, None)
+        if request is None:
+            return
+        try:
+            kind, payload = pickle.loads(frame[_REQUEST_ID.size :])  # noqa: S301 - from its own decode process
+        except Exception as exc:  # noqa: BLE001 - a broken answer fails its request, not the worker
+            kind, payload = "error", RuntimeError(f"a decode process's answer could not be read: {exc!r}")
+        request.end()
+        if request.answer is not None and not request.answer.done():
+            if kind == "ok":
+                request.answer.set_result(payload)
+            else:
+                request.answer.set_exception(payload)
+
+    def _lost(self) -> None:
+        """The socket ended: the process is gone. Fail what it held (its callers retry alone)."""
+        if self.dead:
+            return
+        self.dead = True
+        self.close()
+        held, self.pending = list(self.pending.values()), {}
+        for request in held:
+            request.end()
+            if request.answer is not None and not request.answer.done():
+                request.answer.set_exception(_Died())
+        self._on_death(self)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._sock)
+            self._loop.remove_writer(self._sock)
+        self._sock.close()  # the process reads the end of its socket and returns
+
+    def end(self, wait: float) -> None:
+        self.close()
+        self._proc.join(wait)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
 
 
 class _Slots:
@@ -121,23 +316,13 @@ class _Slots:
                 waiter.set_result(None)
                 return
 
-    def release_when_done(self, index: int, calls: list[concurrent.futures.Future[Any]]) -> None:
-        """Free ``index`` now if none of ``calls`` can still write into it, else once it ends. Only
-        the last submission can still be running: each earlier one ended when its pool broke."""
-        for call in calls:
-            call.cancel()  # one still queued is dropped; one already running cannot be stopped
-        if not calls or calls[-1].done():
+    def release_when_done(self, index: int, request: _Request | None) -> None:
+        """Free ``index`` now if ``request`` (its last submission) can no longer write into it,
+        else once it ends."""
+        if request is None or request.ended:
             self.release(index)
-            return
-        loop = asyncio.get_running_loop()
-
-        def ended(_: concurrent.futures.Future[Any]) -> None:  # on the pool's thread
-            try:
-                loop.call_soon_threadsafe(self.release, index)
-            except RuntimeError:  # the loop is closed: nobody waits on it any more
-                self._free.append(index)
-
-        calls[-1].add_done_callback(ended)
+        else:
+            request.on_end.append(lambda: self.release(index))
 
     def take(self, slot: _Slot, answer: DecodedImage | _InSlot) -> DecodedImage:
         """The decoded image, its pixels copied out of ``slot`` (which may then be reused)."""
@@ -156,36 +341,35 @@ class _Slots:
         self.segment.unlink()
 
 
-Call = functools.partial[DecodedImage | _InSlot]
-
-
-async def _submit(
-    pool: ProcessPoolExecutor, call: Call, calls: list[concurrent.futures.Future[Any]]
-) -> DecodedImage | _InSlot:
-    """``call`` in ``pool``; its future is added to ``calls`` (whoever holds its slot must know
-    whether it can still run)."""
-    future = pool.submit(call)
-    calls.append(future)
-    return await asyncio.wrap_future(future)
-
-
 class DecodePool:
     def __init__(self, processes: int, *, crash_marker: str | None = None, slot_side: int | None = None) -> None:
         """``slot_side``: the longest side the images are decoded to (the models' largest input
         size); None passes every image back pickled."""
         self.processes = processes
-        # Two slots a process: one being written while the worker copies the other out.
-        self._slots = _Slots(2 * processes, slot_side * slot_side * 3) if slot_side else None
+        # A slot per decode a process can hold: one being written while the next waits.
+        self._slots = _Slots(WAITING_PER_PROCESS * processes, slot_side * slot_side * 3) if slot_side else None
         self._crash_marker = crash_marker.encode() if crash_marker else None
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["visionq.decode_pool"])
-        self._pool = self._new_pool(processes)
-        self.crashes = 0  # pools lost to a crash, for the log and the tests
-        # After a crash every decode in flight is retried alone; a few at a time, not all at once.
+        self._ids = itertools.count()
+        self.crashes = 0  # decode processes lost to a crash, for the log and the tests
+        # After a crash every decode the process held is retried alone; a few at a time, not all at once.
         self._solo: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
-        # Start the fork server and the processes now, not on the first image (about a second).
-        for _ in range(processes):
-            self._pool.submit(int)
+        self._closed = False
+        # Started now, not on the first image (the fork server imports the decoder: about a second).
+        self._processes = [self._start() for _ in range(processes)]
+
+    def _start(self) -> _DecodeProcess:
+        return _DecodeProcess(self._context, self._crash_marker, self._replace)
+
+    def _replace(self, dead: _DecodeProcess) -> None:
+        """A new process in place of one that died (it took only the decodes it held)."""
+        if self._closed or dead not in self._processes:
+            return
+        self.crashes += 1
+        logger.warning("a decode process died; starting a new one (the images it held are retried alone)")
+        dead.end(wait=1)
+        self._processes[self._processes.index(dead)] = self._start()
 
     def _solo_semaphore(self) -> asyncio.Semaphore:
         # An asyncio semaphore belongs to the loop that first waits on it: one per loop (the worker
@@ -195,55 +379,69 @@ class DecodePool:
             self._solo = (loop, asyncio.Semaphore(self.processes))
         return self._solo[1]
 
-    def _new_pool(self, processes: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(processes, mp_context=self._context, initializer=child_of, initargs=(os.getpid(),))
-
     async def decode(self, data: bytes, limits: ImageLimits, *, max_side: int | None) -> DecodedImage:
-        calls: list[concurrent.futures.Future[Any]] = []  # every submission of this image
+        submitted: list[_Request] = []  # every submission of this image; only the last can still run
         if self._slots is None:
-            image = await self._decode(functools.partial(_decode, data, limits, max_side, self._crash_marker), calls)
+            image = await self._decode(data, limits, max_side, None, submitted)
             assert isinstance(image, DecodedImage)
             return image
         index = await self._slots.acquire()
         try:
             slot = self._slots.slot(index)
-            call = functools.partial(_decode, data, limits, max_side, self._crash_marker, slot)
-            return self._slots.take(slot, await self._decode(call, calls))
+            return self._slots.take(slot, await self._decode(data, limits, max_side, slot, submitted))
         finally:
-            self._slots.release_when_done(index, calls)
+            self._slots.release_when_done(index, submitted[-1] if submitted else None)
 
-    async def _decode(self, call: Call, calls: list[concurrent.futures.Future[Any]]) -> DecodedImage | _InSlot:
-        pool = self._pool
+    async def _decode(
+        self, data: bytes, limits: ImageLimits, max_side: int | None, slot: _Slot | None, submitted: list[_Request]
+    ) -> DecodedImage | _InSlot:
         try:
-            return await _submit(pool, call, calls)
-        except BrokenProcessPool:
-            self._replace(pool)
-        # Alone, in a process of its own: was it this image, or a batch-mate?
+            return await self._ask(
+                min(self._processes, key=lambda p: len(p.pending)), data, (limits, max_side, slot), submitted
+            )
+        except _Died:
+            pass
+        # Alone, in a process of its own: was it this image, or one decoded beside it?
         async with self._solo_semaphore():
-            return await self._decode_alone(call, calls)
+            solo = _DecodeProcess(self._context, self._crash_marker, lambda _: None)
+            try:
+                return await self._ask(solo, data, (limits, max_side, slot), submitted)
+            except _Died:
+                logger.warning("an image crashed the decoder twice, alone the second time: failing its job")
+                raise ImageRejected(
+                    "the image crashes the decoder (the process decoding it died); it cannot be read",
+                    code="decoder_crashed",
+                ) from None
+            finally:
+                if submitted[-1].ended:
+                    solo.close()  # it reads the end of its socket and exits
+                else:  # a cancelled caller: the process is still decoding; it goes once it answers
+                    submitted[-1].on_end.append(solo.close)
 
-    async def _decode_alone(self, call: Call, calls: list[concurrent.futures.Future[Any]]) -> DecodedImage | _InSlot:
-        solo = self._new_pool(1)
+    async def _ask(
+        self,
+        process: _DecodeProcess,
+        data: bytes,
+        how: tuple[ImageLimits, int | None, _Slot | None],
+        submitted: list[_Request],
+    ) -> DecodedImage | _InSlot:
+        """Decode ``data`` in ``process`` (``how``: the limits, the longest side, the slot)."""
+        request_id = next(self._ids)
+        request = _Request(request_id, pickle.dumps((request_id, *how)), data)
+        request.answer = asyncio.get_running_loop().create_future()
+        submitted.append(request)
+        process.send(request)
         try:
-            return await _submit(solo, call, calls)
-        except BrokenProcessPool:
-            logger.warning("an image crashed the decoder twice, alone the second time: failing its job")
-            raise ImageRejected(
-                "the image crashes the decoder (the process decoding it died); it cannot be read",
-                code="decoder_crashed",
-            ) from None
+            answer: DecodedImage | _InSlot = await request.answer
+            return answer
         finally:
-            solo.shutdown(wait=False)
-
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        """A new pool for everyone, once per broken pool (many decodes learn of it at once)."""
-        if self._pool is broken:
-            self.crashes += 1
-            logger.warning("a decode process died; starting new ones (the images it held are retried alone)")
-            self._pool = self._new_pool(self.processes)
-            broken.shutdown(wait=False)
+            request.answer = None
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
+        for process in self._processes:
+            process.close()
+        for process in self._processes:
+            process.end(wait=2)
         if self._slots is not None:
             self._slots.close()

@@ -99,29 +99,54 @@ def test_a_bad_image_is_still_a_plain_rejection(pool: DecodePool) -> None:
 def test_a_slot_is_free_again_only_once_no_process_can_write_into_it() -> None:
     """A decode whose caller gave up (a deadline) goes on in its process: its slot must not be
     handed to the next image before that process is done with it."""
-    import concurrent.futures
-
-    from visionq.decode_pool import _Slots
+    from visionq.decode_pool import _Request, _Slots
 
     async def run() -> list[str]:
         slots = _Slots(1, 16)
         seen: list[str] = []
         try:
             index = await slots.acquire()
-            running: concurrent.futures.Future[None] = concurrent.futures.Future()
-            assert running.set_running_or_notify_cancel()  # in a decode process already
-            slots.release_when_done(index, [running])
+            running = _Request(0, b"", b"")  # in a decode process, its caller gone
+            slots.release_when_done(index, running)
             waiting = asyncio.ensure_future(slots.acquire())
             await asyncio.sleep(0.05)
             seen.append("waiting" if not waiting.done() else "handed out too early")
-            running.set_result(None)  # the process finishes writing
+            running.end()  # the process answers (or dies)
             await asyncio.wait_for(waiting, 5)
             seen.append("handed out")
-            queued: concurrent.futures.Future[None] = concurrent.futures.Future()  # never started: dropped
-            slots.release_when_done(waiting.result(), [queued])
+            answered = _Request(1, b"", b"")
+            answered.end()
+            slots.release_when_done(waiting.result(), answered)
             seen.append("free at once" if await asyncio.wait_for(slots.acquire(), 1) == 0 else "?")
         finally:
             slots.close()
         return seen
 
     assert asyncio.run(run()) == ["waiting", "handed out", "free at once"]
+
+
+def test_a_caller_that_gives_up_leaves_its_slot_to_the_process_until_it_answers() -> None:
+    """Through the pool: two callers cancelled while their images are in the decode process; their
+    slots stay taken until the process has answered, then serve the next images."""
+    pool = DecodePool(1, slot_side=64)  # 2 slots
+    assert pool._slots is not None
+    slots = pool._slots
+
+    async def run() -> tuple[int, int, list[int]]:
+        first = [asyncio.ensure_future(pool.decode(png(200 + v), LIMITS, max_side=64)) for v in range(2)]
+        await asyncio.sleep(0)  # both sent to the process
+        for task in first:
+            task.cancel()
+        await asyncio.gather(*first, return_exceptions=True)
+        free_after_cancel = len(slots._free)
+        for _ in range(500):  # the process answers both within a few ms
+            if len(slots._free) == 2:
+                break
+            await asyncio.sleep(0.01)
+        images = await asyncio.gather(*(pool.decode(png(v), LIMITS, max_side=64) for v in range(6)))
+        return free_after_cancel, len(slots._free), [int(image.rgb[0, 0, 0]) for image in images]
+
+    try:
+        assert asyncio.run(run()) == (0, 2, list(range(6)))
+    finally:
+        pool.close()
