@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/request_cpu.py                 # 100 of the bench's JPEGs, 5 rounds
 
-Starts the local AWS emulator (``python -m visionq.moto_server``), then, the two paths of each
+Starts the local AWS emulator (``python -m visionq.moto_server``), then, the paths of each
 interleaved request by request, timing this process's CPU only (the emulator's is its own):
-- the object read: aiobotocore's ``get_object`` vs ``S3ObjectReader`` (presigned, aiohttp), the
+- the object read: aiobotocore's ``get_object`` vs ``S3ObjectReader`` (presigned, aiohttp; each URL
+  presigned by the client, or the bucket's route kept and each URL signed by the client's signer), the
   exact version by ETag, of N JPEGs;
 - the job store's claim, a conditional ``UpdateItem`` returning the new item: boto3 vs
   ``DynamoDBWire``, on N jobs (each claimed once per round: the condition holds on a RUNNING job).
@@ -88,7 +89,12 @@ async def measure(endpoint: str, images: list[bytes], rounds: int) -> dict[str, 
     settings = aws_settings(endpoint)
     # As the worker makes its client (no parameter validation), SigV4 for the presigned reads.
     kwargs = aio_client_kwargs("s3", settings, parameter_validation=False, signature_version=SIGNATURE_VERSION)
-    async with get_session().create_client(**kwargs) as s3, S3ObjectReader(s3) as reader:
+    async with (
+        get_session().create_client(**kwargs) as s3,
+        S3ObjectReader(s3) as reader,
+        S3ObjectReader(s3) as reader_sdk_presign,
+    ):
+        reader_sdk_presign._routes[BUCKET] = None  # every URL presigned by the client, as in run 13
         await s3.create_bucket(Bucket=BUCKET)
         objects = []
         for i, data in enumerate(images):
@@ -104,7 +110,14 @@ async def measure(endpoint: str, images: list[bytes], rounds: int) -> dict[str, 
         async def presigned(obj: ObjectCreated) -> bytes:
             return await reader.read(obj, max_bytes=20 * 1024 * 1024)
 
-        paths = {"aiobotocore get_object": through_sdk, "S3ObjectReader (presigned, aiohttp)": presigned}
+        async def presigned_by_client(obj: ObjectCreated) -> bytes:
+            return await reader_sdk_presign.read(obj, max_bytes=20 * 1024 * 1024)
+
+        paths = {
+            "aiobotocore get_object": through_sdk,
+            "S3ObjectReader, each URL presigned by the client": presigned_by_client,
+            "S3ObjectReader, the bucket's route kept, signed by the client's signer": presigned,
+        }
         spent = dict.fromkeys(paths, 0.0)
         for read in paths.values():  # warm up: connections, endpoint resolution caches
             await read(objects[0])
@@ -150,7 +163,7 @@ def main() -> None:
     print(f"`{shlex.join(['.venv/bin/python', 'bench/request_cpu.py', *sys.argv[1:]])}`  ")
     print(
         f"{machine()}; {args.n} JPEGs of {sum(map(len, images)) / len(images) / 1000:.0f} KB on average, "
-        f"{args.rounds} rounds, the two paths interleaved object by object\n"
+        f"{args.rounds} rounds, the paths interleaved object by object\n"
     )
     print("| request | the worker's CPU per request |\n|---|---|")
     for name, ms in per_call.items():

@@ -1,4 +1,5 @@
-"""The worker's reads of uploaded objects from S3 (or MinIO): presigned by the SDK, sent by aiohttp.
+"""The worker's reads of uploaded objects from S3 (or MinIO): presigned with the SDK's signer, sent
+by aiohttp.
 
 Worker-only (aiohttp): the API's package does not carry it.
 """
@@ -8,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
+from botocore.awsrequest import AWSRequest
 from yarl import URL
 
 from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_ATTEMPTS
@@ -26,15 +30,37 @@ _BACKOFF_BASE_SECONDS = 0.1
 _ERROR_BODY_BYTES = 64 * 1024  # an S3 error document is a few hundred bytes
 _URL_LIFETIME_SECONDS = 300  # a read's URL is used at once, and for its retries
 SIGNATURE_VERSION = "s3v4"  # the client's presigned URLs: SigV4 query auth
+_PROBE_KEY = "visionq-route-probe"  # a key presigned once per bucket, to learn the bucket's route
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How the SDK addresses and signs a bucket's GetObject: the URL up to the key (endpoint,
+    virtual-host or path addressing), the operation's own query (``x-id=GetObject``), and the
+    signing scope. None of it depends on the key."""
+
+    prefix: str
+    query: str
+    region: str
+    service: str
 
 
 class S3ObjectReader:
-    """Asynchronous reads for the worker: the request is presigned by the (aiobotocore) S3 client,
-    so endpoint, addressing, region and credentials are the SDK's from configuration, and sent by
-    aiohttp. Through the SDK a 175 KB read cost the worker 3.11 ms of CPU, presigned and sent
-    directly 1.73 ms (the SDK's modelled response parsing, hooks and per-request user agent;
-    bench/request_cpu.py, bench/RESULTS.md run 13); this is the worker's one request per image
-    with a body.
+    """Asynchronous reads for the worker: the request is presigned with the (aiobotocore) S3
+    client's signer, so endpoint, addressing, region and credentials are the SDK's from
+    configuration, and sent by aiohttp. Through the SDK a 175 KB read cost the worker 3.11 ms of
+    CPU, presigned and sent directly 1.73 ms (the SDK's modelled response parsing, hooks and
+    per-request user agent; bench/request_cpu.py, bench/RESULTS.md run 13); this is the worker's
+    one request per image with a body.
+
+    Presigning through the client resolves the endpoint rules and runs the client's hooks on every
+    call; none of that depends on the key. So the client presigns one probe key per bucket, the
+    URL up to the key and the signing scope are kept (``_Route``), and each read's URL is the key
+    appended, as the SDK's serialiser quotes it, signed by the client's own SigV4 query signer
+    (with its refreshing credentials). The URLs are byte for byte the client's (tested with the
+    clock fixed, for path and virtual-host addressing, version ids and awkward keys). A bucket
+    whose probe does not come back as plain SigV4 for ``s3`` (a directory bucket's session auth)
+    keeps the client's presigning for every read.
 
     ``client`` must sign with SigV4 (``SIGNATURE_VERSION``). An async context manager: the HTTP
     session lives between enter and exit. ``counts`` (as ``aws.count_requests`` fills it) gets one
@@ -55,6 +81,7 @@ class S3ObjectReader:
             # AWS is retiring: the client must be made with signature_version="s3v4".
             raise ValueError(f"the S3 client must sign with {SIGNATURE_VERSION!r} (Config(signature_version=...))")
         self._client = client
+        self._routes: dict[str, _Route | None] = {}  # by bucket; None: presigned by the client each time
         self._connector_limit = connections
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._counts = counts
@@ -82,12 +109,9 @@ class S3ObjectReader:
         what = f"read s3://{obj.bucket}/{obj.key}"
         # The version id where the bucket keeps versions, else the ETag as a precondition: an
         # overwrite between the event and this read must not credit the new bytes to the old event.
-        params = {"Bucket": obj.bucket, "Key": obj.key, **({"VersionId": obj.version_id} if obj.version_id else {})}
         headers = {} if obj.version_id else {"If-Match": f'"{obj.etag}"'}
         with aws_errors(what):  # presigning reads credentials: none, or none valid, is a ConfigError
-            presigned = await self._client.generate_presigned_url(
-                "get_object", Params=params, ExpiresIn=_URL_LIFETIME_SECONDS
-            )
+            presigned = await self.presign(obj.bucket, obj.key, obj.version_id)
         # Sent as signed, byte for byte: aiohttp would otherwise re-quote the path and query (a key
         # with %, + or a space), and the signature covers them as they are.
         url = URL(presigned, encoded=True)
@@ -99,6 +123,55 @@ class S3ObjectReader:
                     raise
             await asyncio.sleep(random.uniform(0, _BACKOFF_BASE_SECONDS * 2**attempt))
         raise AssertionError("unreachable")
+
+    async def presign(self, bucket: str, key: str, version_id: str | None = None) -> str:
+        """The URL that GETs ``key`` (``version_id``), as the client's ``generate_presigned_url``
+        would make it."""
+        if bucket not in self._routes:
+            self._routes[bucket] = await self._route(bucket)
+        route = self._routes[bucket]
+        if route is None:
+            return await self._sdk_presign(bucket, key, version_id)
+        # The key as botocore's serialiser quotes a greedy URI label; versionId as its query string.
+        request = AWSRequest(
+            method="GET",
+            url=route.prefix + quote(key, safe="/~") + route.query,
+            params={"versionId": version_id} if version_id else {},
+        )
+        signer = await self._client._request_signer.get_auth_instance(
+            signing_name=route.service,
+            region_name=route.region,
+            signature_version="s3v4-query",
+            expires=_URL_LIFETIME_SECONDS,
+        )
+        signer.add_auth(request)
+        return str(request.url)
+
+    async def _sdk_presign(self, bucket: str, key: str, version_id: str | None) -> str:
+        params = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+        url: str = await self._client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=_URL_LIFETIME_SECONDS
+        )
+        return url
+
+    async def _route(self, bucket: str) -> _Route | None:
+        """The bucket's route, from the client's URL for a probe key; None where it is not plain
+        SigV4 query auth for s3 with the key at the end of the path."""
+        probe = urlsplit(await self._sdk_presign(bucket, _PROBE_KEY, None))
+        fields = parse_qsl(probe.query, keep_blank_values=True)
+        auth = dict(fields)
+        scope = auth.get("X-Amz-Credential", "").split("/")  # key id / date / region / service / aws4_request
+        if (
+            auth.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256"
+            or len(scope) != 5
+            or scope[3] != "s3"
+            or auth.get("X-Amz-SignedHeaders") != "host"
+            or not probe.path.endswith("/" + _PROBE_KEY)
+        ):
+            return None
+        own = "&".join(f"{k}={v}" for k, v in fields if not k.startswith("X-Amz-"))
+        prefix = f"{probe.scheme}://{probe.netloc}{probe.path[: -len(_PROBE_KEY)]}"
+        return _Route(prefix=prefix, query=f"?{own}" if own else "", region=scope[2], service=scope[3])
 
     async def _get(self, url: URL, headers: dict[str, str], what: str, max_bytes: int) -> bytes:
         if self._http is None:
