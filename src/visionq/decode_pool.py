@@ -169,6 +169,7 @@ class _DecodeProcess:
         """Queue ``request``; its answer (or _Died) lands in ``request.answer``."""
         loop = asyncio.get_running_loop()
         if self.dead:
+            request.end()  # never sent: nothing can write its slot
             raise _Died
         self._attach(loop)
         self.pending[request.id] = request
