@@ -178,10 +178,13 @@ class WorkerSettings(AwsSettings):
     receivers: int = Field(default=2, ge=1, validation_alias="VISIONQ_RECEIVERS")  # concurrent long-polls
     decode_workers: int = Field(default=2, ge=1, validation_alias="VISIONQ_DECODE_WORKERS")
     # Decode in this many processes of their own (decode_pool.py): an image that crashes the decoder
-    # then fails its job (decoder_crashed) instead of killing the worker. 0: in threads (decode_workers).
+    # fails its job (decoder_crashed) instead of killing the worker. 0: in threads (decode_workers).
     # Unset: one per core this process may run on (at least decode_workers), but threads on Lambda
     # (no /dev/shm for process pools there).
     decode_processes: int | None = Field(default=None, ge=0, validation_alias="VISIONQ_DECODE_PROCESSES")
+    # A decode process that has spent this long on one image is killed; the image is tried once
+    # more alone, then its job fails (decode_timeout). A 50 MP JPEG decodes in about a second.
+    decode_timeout_seconds: float = Field(default=60.0, gt=0, validation_alias="VISIONQ_DECODE_TIMEOUT_SECONDS")
 
     @property
     def decode_processes_wanted(self) -> int:

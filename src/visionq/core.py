@@ -82,7 +82,13 @@ class Processor:
         # worker), or in threads.
         processes = settings.decode_processes_wanted
         self._decode_processes = (
-            DecodePool(processes, crash_marker=self.failpoints.crash_decoder_on, slot_side=models.largest_input_size)
+            DecodePool(
+                processes,
+                slot_side=models.largest_input_size,
+                timeout=settings.decode_timeout_seconds,
+                crash_marker=self.failpoints.crash_decoder_on,
+                hang_marker=self.failpoints.hang_decoder_on,
+            )
             if processes
             else None
         )

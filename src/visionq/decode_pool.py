@@ -6,7 +6,11 @@ runs it. In the worker's own process it takes every message the worker holds wit
 back with one more receive, and an image that crashes every time drags its batch-mates towards the
 dead-letter queue. Here only the decode process dies; every decode it held is retried alone, in a
 process of its own: the innocent ones succeed, the one that crashes again is that image's fault
-and its job ends FAILED (``decoder_crashed``) while the worker goes on.
+and its job ends FAILED (``decoder_crashed``) while the worker goes on. A decode process that
+spends longer than ``timeout`` on one image (a codec caught in a loop) is killed and counts as
+dead; an image that does it again alone fails with ``decode_timeout``. Without that, each such
+image would keep a process and its slots for good, and the images queued behind it would wait
+for their deadline.
 
 Processes are started by a fork server (never ``fork`` from a process with threads), which
 imports the decoder once. Each has a socket of its own to the worker, and the worker's event loop
@@ -35,6 +39,7 @@ import os
 import pickle
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
@@ -66,6 +71,14 @@ class _Slot:
 
 
 @dataclass(frozen=True)
+class _Markers:
+    """Fault injection: the byte strings that make a decode process crash, or hang."""
+
+    crash: bytes | None = None
+    hang: bytes | None = None
+
+
+@dataclass(frozen=True)
 class _InSlot:
     """What a decode process answers when the pixels are in the slot: the image less its pixels."""
 
@@ -79,12 +92,14 @@ _segments: dict[str, shared_memory.SharedMemory] = {}  # in a decode process: th
 
 
 def _decode(
-    data: bytes, limits: ImageLimits, max_side: int | None, crash_marker: bytes | None, slot: _Slot | None = None
+    data: bytes, limits: ImageLimits, max_side: int | None, markers: _Markers, slot: _Slot | None = None
 ) -> DecodedImage | _InSlot:
-    # Fault injection (faults.Failpoints.crash_decoder_on): bytes holding the marker kill this
-    # process as a native crash in a codec would, before decoding.
-    if crash_marker and crash_marker in data:
+    # Fault injection (faults.Failpoints): bytes holding a marker kill this process as a native
+    # crash in a codec would, or keep it busy for good, before decoding.
+    if markers.crash and markers.crash in data:
         os.abort()
+    if markers.hang and markers.hang in data:
+        time.sleep(1e6)
     image = decode_image(data, limits, max_side=max_side)
     if slot is None or image.rgb.nbytes > slot.size:
         return image
@@ -97,7 +112,7 @@ def _decode(
     return _InSlot(image.rgb.shape, image.format, image.original_width, image.original_height)
 
 
-def _serve(conn: Connection, parent: int, crash_marker: bytes | None) -> None:
+def _serve(conn: Connection, parent: int, markers: _Markers) -> None:
     """A decode process: answer requests, one at a time, until the worker closes the socket."""
     child_of(parent)
     while True:
@@ -109,7 +124,7 @@ def _serve(conn: Connection, parent: int, crash_marker: bytes | None) -> None:
         request_id, limits, max_side, slot = pickle.loads(header)  # noqa: S301 - from the worker that started it
         answer: tuple[str, Any]
         try:
-            answer = ("ok", _decode(data, limits, max_side, crash_marker, slot))
+            answer = ("ok", _decode(data, limits, max_side, markers, slot))
         except Exception as exc:  # noqa: BLE001 - the worker decides what a failed decode means
             answer = ("error", exc)
         try:
@@ -123,7 +138,12 @@ def _serve(conn: Connection, parent: int, crash_marker: bytes | None) -> None:
 
 
 class _Died(Exception):
-    """The decode process ended while it held the request."""
+    """The decode process ended while it held the request (``timed_out``: it was killed for
+    spending too long on one image)."""
+
+    def __init__(self, *, timed_out: bool = False) -> None:
+        super().__init__()
+        self.timed_out = timed_out
 
 
 @dataclass(eq=False)
@@ -145,10 +165,16 @@ class _Request:
 class _DecodeProcess:
     """One decode process and the worker's end of its socket, driven by the event loop."""
 
-    def __init__(self, context: Any, crash_marker: bytes | None, on_death: Callable[[_DecodeProcess], None]) -> None:
+    def __init__(
+        self,
+        context: Any,
+        markers: _Markers,
+        on_death: Callable[[_DecodeProcess], None],
+        timeout: float | None = None,
+    ) -> None:
         ours, theirs = socket.socketpair()
         their_end = Connection(theirs.detach())
-        self._proc = context.Process(target=_serve, args=(their_end, os.getpid(), crash_marker), name="visionq-decode")
+        self._proc = context.Process(target=_serve, args=(their_end, os.getpid(), markers), name="visionq-decode")
         try:
             self._proc.start()
         finally:
@@ -164,6 +190,11 @@ class _DecodeProcess:
         self.pending: dict[int, _Request] = {}
         self.dead = False
         self._closed = False
+        # The watchdog: since when the process has been on the image it is decoding now.
+        self._timeout = timeout
+        self._busy_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.timed_out = False
 
     def send(self, request: _Request) -> None:
         """Queue ``request``; its answer (or _Died) lands in ``request.answer``."""
@@ -173,6 +204,9 @@ class _DecodeProcess:
             raise _Died
         self._attach(loop)
         self.pending[request.id] = request
+        if self._busy_since is None:
+            self._busy_since = time.monotonic()
+            self._watch(loop)
         parts = [_LENGTH.pack(len(request.header)), request.header, _LENGTH.pack(len(request.data)), request.data]
         if self._out:
             self._out += b"".join(parts)
@@ -195,10 +229,12 @@ class _DecodeProcess:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._sock)
             self._loop.remove_writer(self._sock)
+        self._cancel_watch()  # a timer of a loop that is gone would never fire
         self._loop = loop
         loop.add_reader(self._sock, self._readable)
         if self._out:
             loop.add_writer(self._sock, self._flush)
+        self._watch(loop)
 
     def _flush(self) -> None:
         try:
@@ -230,8 +266,32 @@ class _DecodeProcess:
             del self._in[: _LENGTH.size + size]
             self._answered(frame)
 
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timeout is not None and self._timer is None and self._busy_since is not None:
+            self._timer = loop.call_later(self._busy_since + self._timeout - time.monotonic(), self._check)
+
+    def _cancel_watch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        """The watchdog's turn: kill a process that has been on one image too long (its socket
+        then ends, and ``_lost`` fails what it held); else look again when the current one is due."""
+        self._timer = None
+        if self.dead or self._busy_since is None or self._timeout is None or self._loop is None:
+            return
+        if time.monotonic() - self._busy_since >= self._timeout:
+            logger.warning("a decode process spent over %.0f s on one image: killing it", self._timeout)
+            self.timed_out = True
+            self._proc.kill()
+            return
+        self._watch(self._loop)
+
     def _answered(self, frame: bytes) -> None:
         (request_id,) = _REQUEST_ID.unpack_from(frame)
+        # Requests are answered in the order they were sent: the next one starts now.
+        self._busy_since = time.monotonic() if len(self.pending) > 1 else None
         request = self.pending.pop(request_id, None)
         if request is None:
             return
@@ -256,13 +316,14 @@ class _DecodeProcess:
         for request in held:
             request.end()
             if request.answer is not None and not request.answer.done():
-                request.answer.set_exception(_Died())
+                request.answer.set_exception(_Died(timed_out=self.timed_out))
         self._on_death(self)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._cancel_watch()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._sock)
             self._loop.remove_writer(self._sock)
@@ -343,13 +404,25 @@ class _Slots:
 
 
 class DecodePool:
-    def __init__(self, processes: int, *, crash_marker: str | None = None, slot_side: int | None = None) -> None:
+    def __init__(
+        self,
+        processes: int,
+        *,
+        slot_side: int | None = None,
+        timeout: float | None = None,
+        crash_marker: str | None = None,
+        hang_marker: str | None = None,
+    ) -> None:
         """``slot_side``: the longest side the images are decoded to (the models' largest input
-        size); None passes every image back pickled."""
+        size); None passes every image back pickled. ``timeout``: the longest a process may spend
+        on one image (None: no limit). The markers: fault injection (``faults.Failpoints``)."""
         self.processes = processes
         # A slot per decode a process can hold: one being written while the next waits.
         self._slots = _Slots(WAITING_PER_PROCESS * processes, slot_side * slot_side * 3) if slot_side else None
-        self._crash_marker = crash_marker.encode() if crash_marker else None
+        self._markers = _Markers(
+            crash=crash_marker.encode() if crash_marker else None, hang=hang_marker.encode() if hang_marker else None
+        )
+        self.timeout = timeout
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["visionq.decode_pool"])
         self._ids = itertools.count()
@@ -361,14 +434,17 @@ class DecodePool:
         self._processes = [self._start() for _ in range(processes)]
 
     def _start(self) -> _DecodeProcess:
-        return _DecodeProcess(self._context, self._crash_marker, self._replace)
+        return _DecodeProcess(self._context, self._markers, self._replace, self.timeout)
 
     def _replace(self, dead: _DecodeProcess) -> None:
         """A new process in place of one that died (it took only the decodes it held)."""
         if self._closed or dead not in self._processes:
             return
         self.crashes += 1
-        logger.warning("a decode process died; starting a new one (the images it held are retried alone)")
+        logger.warning(
+            "a decode process %s; starting a new one (the images it held are retried alone)",
+            "was killed" if dead.timed_out else "died",
+        )
         dead.end(wait=1)
         self._processes[self._processes.index(dead)] = self._start()
 
@@ -404,10 +480,18 @@ class DecodePool:
             pass
         # Alone, in a process of its own: was it this image, or one decoded beside it?
         async with self._solo_semaphore():
-            solo = _DecodeProcess(self._context, self._crash_marker, lambda _: None)
+            solo = _DecodeProcess(self._context, self._markers, lambda _: None, self.timeout)
             try:
                 return await self._ask(solo, data, (limits, max_side, slot), submitted)
-            except _Died:
+            except _Died as died:
+                if died.timed_out:
+                    logger.warning(
+                        "an image outlasted the decode timeout twice, alone the second time: failing its job"
+                    )
+                    raise ImageRejected(
+                        f"the image takes longer than {self.timeout:.0f} s to decode; it cannot be read",
+                        code="decode_timeout",
+                    ) from None
                 logger.warning("an image crashed the decoder twice, alone the second time: failing its job")
                 raise ImageRejected(
                     "the image crashes the decoder (the process decoding it died); it cannot be read",

@@ -8,7 +8,9 @@ Off unless the environment turns them on, read once when the worker starts:
 - ``VISIONQ_CRASH_ON_KEY``: a substring; preparing an object whose key contains it kills the
   process every time, like an image that crashes a decoder;
 - ``VISIONQ_CRASH_DECODER_ON``: a byte string; a decode process (``VISIONQ_DECODE_PROCESSES``)
-  given an object holding it aborts, as a native crash in a codec would.
+  given an object holding it aborts, as a native crash in a codec would;
+- ``VISIONQ_HANG_DECODER_ON``: a byte string; a decode process given an object holding it never
+  answers, as a codec caught in a loop would.
 
 SIGKILL, not an exception: nothing gets to clean up, exactly as with the OOM killer or a spot
 interruption, so what survives is only what the stores committed.
@@ -33,6 +35,7 @@ class Failpoints:
     probability: float = 0.0
     crash_on_key: str | None = None
     crash_decoder_on: str | None = None
+    hang_decoder_on: str | None = None
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
@@ -46,6 +49,7 @@ class Failpoints:
             probability=float(os.environ.get("VISIONQ_CRASH_PROBABILITY", "0") or 0),
             crash_on_key=os.environ.get("VISIONQ_CRASH_ON_KEY") or None,
             crash_decoder_on=os.environ.get("VISIONQ_CRASH_DECODER_ON") or None,
+            hang_decoder_on=os.environ.get("VISIONQ_HANG_DECODER_ON") or None,
             rng=random.Random(os.environ.get("VISIONQ_CRASH_SEED")),
         )
         if failpoints.armed:
@@ -54,7 +58,9 @@ class Failpoints:
 
     @property
     def armed(self) -> bool:
-        return bool(self.points and self.probability) or bool(self.crash_on_key or self.crash_decoder_on)
+        return bool(self.points and self.probability) or bool(
+            self.crash_on_key or self.crash_decoder_on or self.hang_decoder_on
+        )
 
     def hit(self, point: str) -> None:
         if point in self.points and self.rng.random() < self.probability:

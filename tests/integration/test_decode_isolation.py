@@ -1,7 +1,8 @@
-"""An image that crashes the decoder, with decoding in processes of its own (VISIONQ_DECODE_PROCESSES):
-its job ends FAILED decoder_crashed at once, the images around it succeed, the worker lives on,
-and nothing goes near the dead-letter queue (with decoding in threads, the same image kills the
-worker and every message it holds comes back: tests/e2e/test_up_supervision.py)."""
+"""An image that crashes the decoder, or hangs it, with decoding in processes of its own
+(VISIONQ_DECODE_PROCESSES): its job ends FAILED decoder_crashed (decode_timeout) at once, the
+images around it succeed, the worker lives on, and nothing goes near the dead-letter queue (with
+decoding in threads, the same crash kills the worker and every message it holds comes back:
+tests/e2e/test_up_supervision.py)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,20 @@ pytestmark = pytest.mark.integration
 MARKER = "visionq-poison-for-the-decoder"
 
 
-def test_a_decoder_crash_fails_one_job_and_nothing_else(
+@pytest.mark.parametrize(
+    ("failpoint", "code"),
+    [("VISIONQ_CRASH_DECODER_ON", "decoder_crashed"), ("VISIONQ_HANG_DECODER_ON", "decode_timeout")],
+)
+def test_a_decoder_crash_or_hang_fails_one_job_and_nothing_else(
     stack: Stack,
     start_worker: Callable[..., Any],
     draw_scene: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
+    failpoint: str,
+    code: str,
 ) -> None:
-    monkeypatch.setenv("VISIONQ_CRASH_DECODER_ON", MARKER)
+    monkeypatch.setenv(failpoint, MARKER)
+    monkeypatch.setenv("VISIONQ_DECODE_TIMEOUT_SECONDS", "2")
     worker = start_worker(decode_processes=2)
     keys = []
     for i in range(6):
@@ -47,7 +55,7 @@ def test_a_decoder_crash_fails_one_job_and_nothing_else(
     wait_until(ended, timeout=90, what="every job to end")
     jobs = jobs_by_key(stack)
     poison = jobs[keys[2]]
-    assert (poison["status"], poison["error_code"]) == ("FAILED", "decoder_crashed")
+    assert (poison["status"], poison["error_code"]) == ("FAILED", code)
     assert all(jobs[k]["status"] == "SUCCEEDED" for i, k in enumerate(keys) if i != 2)
     assert worker.alive
     wait_until(lambda: queue_depth(stack, stack.queue_url) == 0, timeout=30, what="an empty queue")

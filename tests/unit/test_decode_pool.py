@@ -18,17 +18,18 @@ from visionq.images import ImageLimits
 
 LIMITS = ImageLimits(max_bytes=10_000_000, max_pixels=50_000_000)
 MARKER = "visionq-test-crash-the-decoder"
+HANG = "visionq-test-hang-the-decoder"
 
 
-def png(value: int, *, crash: bool = False) -> bytes:
+def png(value: int, *, crash: bool = False, hang: bool = False) -> bytes:
     image = Image.fromarray(np.full((48, 64, 3), value, np.uint8))
     buf = io.BytesIO()
     info = None
-    if crash:  # the marker rides in a text chunk: a valid PNG whose decoding kills its process
+    if crash or hang:  # the marker rides in a text chunk: a valid PNG whose decoding kills (hangs) its process
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
-        info.add_text("Comment", MARKER)
+        info.add_text("Comment", MARKER if crash else HANG)
     image.save(buf, "PNG", pnginfo=info)
     return buf.getvalue()
 
@@ -87,6 +88,31 @@ def test_an_image_that_crashes_the_decoder_fails_alone(pool: DecodePool) -> None
         return int((await pool.decode(png(5), LIMITS, max_side=None)).rgb[0, 0, 0])
 
     assert asyncio.run(after()) == 5  # a new pool serves what comes next
+
+
+def test_an_image_that_hangs_the_decoder_fails_alone_and_the_pool_recovers() -> None:
+    """A decode that never ends: its process is killed after the timeout, the image queued behind
+    it on that process is decoded again elsewhere, the one that hangs again alone fails with
+    decode_timeout, and the pool is whole again for what comes next."""
+    pool = DecodePool(2, slot_side=64, timeout=0.5, hang_marker=HANG)
+
+    async def run() -> list[object]:
+        data = [png(1), png(2, hang=True), png(3), png(4), png(5)]
+        return await asyncio.gather(*(pool.decode(d, LIMITS, max_side=64) for d in data), return_exceptions=True)
+
+    async def after() -> list[int]:
+        images = await asyncio.gather(*(pool.decode(png(v), LIMITS, max_side=64) for v in (6, 7, 8, 9)))
+        return [int(image.rgb[0, 0, 0]) for image in images]
+
+    try:
+        results = asyncio.run(asyncio.wait_for(run(), 30))
+        error = results[1]
+        assert isinstance(error, ImageRejected) and error.code == "decode_timeout"
+        assert [int(r.rgb[0, 0, 0]) for i, r in enumerate(results) if i != 1] == [1, 3, 4, 5]  # type: ignore[union-attr]
+        assert pool.crashes == 1
+        assert asyncio.run(asyncio.wait_for(after(), 30)) == [6, 7, 8, 9]
+    finally:
+        pool.close()
 
 
 def test_a_bad_image_is_still_a_plain_rejection(pool: DecodePool) -> None:
