@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import aiohttp
 from botocore.awsrequest import AWSRequest
@@ -169,7 +169,7 @@ class S3ObjectReader:
             or not probe.path.endswith("/" + _PROBE_KEY)
         ):
             return None
-        own = "&".join(f"{k}={v}" for k, v in fields if not k.startswith("X-Amz-"))
+        own = urlencode([(k, v) for k, v in fields if not k.startswith("X-Amz-")], quote_via=quote)
         prefix = f"{probe.scheme}://{probe.netloc}{probe.path[: -len(_PROBE_KEY)]}"
         return _Route(prefix=prefix, query=f"?{own}" if own else "", region=scope[2], service=scope[3])
 
