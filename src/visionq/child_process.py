@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
 def child_of(parent: int) -> None:
@@ -27,3 +28,14 @@ def child_of(parent: int) -> None:
                 os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def end_process(proc: Any, *, wait: float = 5) -> int | None:
+    """Wait up to ``wait`` s for ``proc`` (a multiprocessing Process) to exit, then kill it; its
+    exit code."""
+    proc.join(wait)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+    code: int | None = proc.exitcode
+    return code

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from visionq.child_process import child_of
+from visionq.child_process import child_of, end_process
 from visionq.errors import ImageRejected
 from visionq.images import DecodedImage, ImageLimits, decode_image
 
@@ -331,10 +331,7 @@ class _DecodeProcess:
 
     def end(self, wait: float) -> None:
         self.close()
-        self._proc.join(wait)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
+        end_process(self._proc, wait=wait)
 
 
 class _Slots:

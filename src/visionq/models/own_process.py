@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from visionq.child_process import end_process
 from visionq.errors import ModelUnavailable, TransientError
 from visionq.models import Model
 from visionq.models.spec import ModelSpec
@@ -195,7 +196,7 @@ class ModelProcess:
                 raise ModelUnavailable(str(payload))
         except BaseException:
             ours.close()
-            _end(proc)
+            end_process(proc)
             raise
         self._proc, self._conn, self._info = proc, ours, payload
         self._sent = self._received = 0
@@ -304,7 +305,7 @@ class ModelProcess:
         if generation != self._generation or self._proc is None or self._conn is None:
             return None
         self._conn.close()
-        code = _end(self._proc, wait=5)
+        code = end_process(self._proc, wait=5)
         self._proc, self._conn = None, None
         self._generation += 1
         self._turn.notify_all()
@@ -334,7 +335,7 @@ class ModelProcess:
             if self._conn is not None:
                 self._conn.close()  # the model process sees the pipe close and returns
             if self._proc is not None:
-                _end(self._proc, wait=10)
+                end_process(self._proc, wait=10)
             self._proc, self._conn = None, None
             self._generation += 1
             self._turn.notify_all()
@@ -342,16 +343,6 @@ class ModelProcess:
             self._segment.close()
             self._segment.unlink()
             self._segment = None
-
-
-def _end(proc: Any, *, wait: float = 5) -> int | None:
-    """Wait up to ``wait`` s for ``proc`` to exit, then kill it; its exit code."""
-    proc.join(wait)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(5)
-    code: int | None = proc.exitcode
-    return code
 
 
 def process_loader(

@@ -37,12 +37,11 @@ _PROBE_KEY = "visionq-route-probe"  # a key presigned once per bucket, to learn 
 class _Route:
     """How the SDK addresses and signs a bucket's GetObject: the URL up to the key (endpoint,
     virtual-host or path addressing), the operation's own query (``x-id=GetObject``), and the
-    signing scope. None of it depends on the key."""
+    signing region. None of it depends on the key."""
 
     prefix: str
     query: str
     region: str
-    service: str
 
 
 class S3ObjectReader:
@@ -139,7 +138,7 @@ class S3ObjectReader:
             params={"versionId": version_id} if version_id else {},
         )
         signer = await self._client._request_signer.get_auth_instance(
-            signing_name=route.service,
+            signing_name="s3",
             region_name=route.region,
             signature_version="s3v4-query",
             expires=_URL_LIFETIME_SECONDS,
@@ -171,7 +170,7 @@ class S3ObjectReader:
             return None
         own = urlencode([(k, v) for k, v in fields if not k.startswith("X-Amz-")], quote_via=quote)
         prefix = f"{probe.scheme}://{probe.netloc}{probe.path[: -len(_PROBE_KEY)]}"
-        return _Route(prefix=prefix, query=f"?{own}" if own else "", region=scope[2], service=scope[3])
+        return _Route(prefix=prefix, query=f"?{own}" if own else "", region=scope[2])
 
     async def _get(self, url: URL, headers: dict[str, str], what: str, max_bytes: int) -> bytes:
         if self._http is None:
