@@ -11,7 +11,8 @@ Runs, one after another, each a `visionq worker` process draining N objects alre
       per image (its own ceiling: 8 / (DELAY + 8 * PER_IMAGE) ms), against that ceiling.
 Reported per run: images/s, worker CPU ms per image (and images/s per worker core), the emulator's
 and PostgreSQL's CPU ms per image, AWS requests per image, the wall time per image of each stage
-(from the worker's /metrics), and the cost of one job-state log line.
+(from the worker's /metrics), the steady worker CPU per image by thread (its main thread, each named pool,
+its child processes), and the cost of one job-state log line.
 Target (issue 11): worker CPU outside the model <= 5 ms per image, i.e. >= 200 images/s per core.
 """
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"requests {figures.aws_requests_per_image:.2f}/img",
                 flush=True,
             )
+            print(f"  steady worker CPU ms/img by thread: {figures.steady_cpu_ms_per_image_by_thread}", flush=True)
     finally:
         stack.stop()
     ceiling = 8 / ((args.delay_ms + 8 * args.per_image_ms) / 1000)

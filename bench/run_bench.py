@@ -17,6 +17,7 @@ The emulator (moto) and PostgreSQL run on the same machine, as they do under `vi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -67,6 +68,10 @@ class RunFigures:
     steady_images_per_second: float = 0.0
     steady_cpu_ms_per_image: float = 0.0
     steady_emulator_cpu_ms_per_image: float = 0.0
+    # The steady worker CPU per image by where it was spent: the worker's main thread (its event
+    # loop), each named pool's threads (store, infer, decode: visionq.thread_pools), other threads,
+    # and its child processes (decode processes, a model process).
+    steady_cpu_ms_per_image_by_thread: dict[str, float] = field(default_factory=dict)
 
 
 def make_images(n: int, seed: int = 0) -> list[bytes]:
@@ -104,6 +109,27 @@ def cpu_seconds(proc: psutil.Process) -> float:
             continue
         total += float(c.user + c.system)
     return total
+
+
+def cpu_seconds_by_thread(proc: psutil.Process) -> dict[str, float]:
+    """``cpu_seconds`` split by where it was spent: ``main`` (the process's first thread), each
+    thread name without its number (``store_3`` counts as ``store``), ``children``."""
+    split: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{proc.pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        group = "main" if int(task.name) == proc.pid else name.rstrip("0123456789").rstrip("_") or name
+        split[group] = split.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    t = proc.cpu_times()
+    split["children"] = float(getattr(t, "children_user", 0) + getattr(t, "children_system", 0))
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            split["children"] += float(sum(child.cpu_times()[:2]))
+    return split
 
 
 def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> dict[str, Any]:
@@ -251,12 +277,19 @@ def throughput_run(
     services_cpu0 = [cpu_seconds(p) for p in services]
     started, cpu0 = time.perf_counter(), cpu_seconds(worker.ps)
     n = len(images)
-    marks: dict[float, tuple[float, int, float, float]] = {}  # fraction -> (time, committed, worker, emulator CPU)
+    # fraction -> (time, committed, worker CPU, emulator CPU, worker CPU by thread)
+    marks: dict[float, tuple[float, int, float, float, dict[str, float]]] = {}
     deadline = time.monotonic() + 3600
     while (done := stack.committed()) < n:
         for fraction in (0.2, 0.9):
             if fraction not in marks and done >= fraction * n:
-                marks[fraction] = (time.perf_counter(), done, cpu_seconds(worker.ps), cpu_seconds(services[0]))
+                marks[fraction] = (
+                    time.perf_counter(),
+                    done,
+                    cpu_seconds(worker.ps),
+                    cpu_seconds(services[0]),
+                    cpu_seconds_by_thread(worker.ps),
+                )
         if time.monotonic() > deadline:
             raise TimeoutError("timed out waiting for all results in PostgreSQL")
         time.sleep(0.05)
@@ -269,14 +302,19 @@ def throughput_run(
         before_stop()
     stats = worker.stop()
     requests = stats.get("aws_requests", {})
-    steady: dict[str, float] = {}
+    steady: dict[str, Any] = {}
     if len(marks) == 2:
-        (t0, d0, w0, e0), (t1, d1, w1, e1) = marks[0.2], marks[0.9]
+        (t0, d0, w0, e0, s0), (t1, d1, w1, e1, s1) = marks[0.2], marks[0.9]
         if d1 > d0:
             steady = {
                 "steady_images_per_second": (d1 - d0) / (t1 - t0),
                 "steady_cpu_ms_per_image": (w1 - w0) * 1000 / (d1 - d0),
                 "steady_emulator_cpu_ms_per_image": (e1 - e0) * 1000 / (d1 - d0),
+                "steady_cpu_ms_per_image_by_thread": {
+                    group: round((seconds - s0.get(group, 0.0)) * 1000 / (d1 - d0), 2)
+                    for group, seconds in sorted(s1.items())
+                    if seconds > s0.get(group, 0.0)
+                },
             }
     return RunFigures(
         **steady,

@@ -5,10 +5,12 @@ Nothing here runs at import time; entry points call these once and pass the clie
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.httpsession import where as default_ca_bundle
 
 from visionq.config import AwsSettings
 
@@ -105,9 +107,14 @@ def count_requests(client: Any, counts: dict[str, int]) -> Any:
     return client
 
 
-def dynamodb_wire(
-    settings: AwsSettings, *, connections: int = 16, counts: dict[str, int] | None = None
-) -> DynamoDBWire:
+def ca_bundle() -> str:
+    """The certificates the SDK trusts: ``AWS_CA_BUNDLE`` where it is set, else botocore's own
+    bundle. The calls the worker sends itself (``stores/s3_reader.py``, ``stores/dynamodb_wire.py``)
+    trust the same, so a private CA (a proxy's, MinIO's) set for the SDK works for them too."""
+    return os.environ.get("AWS_CA_BUNDLE") or default_ca_bundle()
+
+
+def dynamodb_wire(settings: AwsSettings, *, counts: dict[str, int] | None = None) -> DynamoDBWire:
     """The worker's DynamoDB client (``stores/dynamodb_wire.py``): the endpoint and credentials
     are those a boto3 client made from ``settings`` would use (its endpoint resolution, its
     credential chain), resolved here once."""
@@ -124,6 +131,6 @@ def dynamodb_wire(
         credentials=session.get_credentials(),
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         read_timeout=DEFAULT_READ_TIMEOUT,
-        connections=connections,
+        ca_bundle=ca_bundle(),
         counts=counts,
     )

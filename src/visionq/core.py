@@ -46,6 +46,7 @@ from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import ObjectReader
 from visionq.stores.queue import Message
 from visionq.stores.result_store import ResultRecord, ResultStore
+from visionq.thread_pools import named_pool
 from visionq.work_items import Expiry, Outcome, Stage, WorkItem
 
 logger = logging.getLogger(__name__)
@@ -92,17 +93,13 @@ class Processor:
             if processes
             else None
         )
-        self._decode_pool = (
-            None if processes else ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-        )
+        self._decode_pool = None if processes else named_pool(settings.decode_workers, "decode")
         self._calls = BoundedCalls(settings.store_timeout_seconds)
         # Models in the worker's process share one infer thread; a model that takes several batches
         # at once (in a process of its own) gets a thread per batch it can hold.
-        shared = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        shared = named_pool(1, "infer")
         self._infer_pools = {
-            name: ThreadPoolExecutor(n, thread_name_prefix=f"infer-{name}")
-            if (n := batches_in_flight(model)) > 1
-            else shared
+            name: named_pool(n, f"infer-{name}") if (n := batches_in_flight(model)) > 1 else shared
             for name, model in models.models.items()
         }
         self._model_free_at: dict[str, float] = {}  # when each model's last batch ended

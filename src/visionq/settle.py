@@ -27,6 +27,7 @@ from visionq.jobs import Job, JobError, JobStatus, ttl_from_now
 from visionq.outputs import summarize
 from visionq.stores.job_store import JobStore
 from visionq.stores.result_store import ResultStore, StoredResult
+from visionq.thread_pools import named_pool
 from visionq.work_items import Outcome, WorkItem
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class BoundedCalls:
 
     def __init__(self, seconds: float, *, threads: int = 8) -> None:
         self.seconds = seconds
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="store")
+        self.pool = named_pool(threads, "store")
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # A call that hangs keeps its pool thread (and that thread's connection) until the server's

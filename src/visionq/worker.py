@@ -111,7 +111,7 @@ async def serve_worker(
         S3ObjectReader(s3, connections=64, counts=requests) as objects,
     ):
         # The job store's conditional writes, two per image, without boto3's per-call machinery.
-        dynamodb = dynamodb_wire(settings, connections=16, counts=requests)
+        dynamodb = dynamodb_wire(settings, counts=requests)
         # The S3 client only presigns: the reader and the DynamoDB wire count what they send.
         count_requests(sqs, requests)
         pipeline = Pipeline.from_settings(settings, models.device)

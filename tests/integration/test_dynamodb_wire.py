@@ -10,7 +10,10 @@ import hashlib
 import hmac
 import http.server
 import json
+import socket
+import ssl
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +24,7 @@ import pytest
 # Every rule of the jobs table, collected here again with the `store` fixture below: the store
 # over the wire instead of boto3 in-process.
 from tests.conftest import TABLE
+from tests.tls import self_signed_certificate, server_context
 from tests.unit.test_job_store import *  # noqa: F403
 from visionq.config import AwsSettings
 from visionq.errors import ConfigError, TransientError, TransitionRejected
@@ -60,9 +64,17 @@ def test_counts_each_request_it_sends(stack: Any) -> None:
 
 
 @contextlib.contextmanager
-def stand_in(answer: Callable[[int], tuple[int, dict[str, str], bytes]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """An HTTP server whose n-th POST (from 1) gets ``answer(n)`` (status, headers, body); yields
-    its endpoint and what it received (method, path, headers, body)."""
+def stand_in(
+    answer: Callable[[int], tuple[int, dict[str, str], bytes]],
+    *,
+    close_after_answer: bool = False,
+    delay: Callable[[int], float] = lambda n: 0.0,
+    tls: ssl.SSLContext | None = None,
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """An HTTP server whose n-th POST (from 1) gets ``answer(n)`` (status, headers, body) after
+    ``delay(n)`` seconds; yields its endpoint and what it received (method, path, headers, body).
+    ``close_after_answer``: the connection is closed after each answer, as a server's keep-alive
+    timeout would close it, with no ``Connection: close`` said. ``tls``: served over HTTPS."""
     received: list[dict[str, Any]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -71,29 +83,33 @@ def stand_in(answer: Callable[[int], tuple[int, dict[str, str], bytes]]) -> Iter
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append({"method": "POST", "path": self.path, "headers": dict(self.headers.items()), "body": body})
+            time.sleep(delay(len(received)))
             status, headers, out = answer(len(received))
             self.send_response(status)
             for name, value in {**headers, "Content-Length": str(len(out))}.items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(out)
+            self.close_connection = close_after_answer
 
         def log_message(self, *args: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", received
     finally:
         server.shutdown()
         server.server_close()
 
 
-def wire_at(endpoint: str) -> DynamoDBWire:
+def wire_at(endpoint: str, counts: dict[str, int] | None = None) -> DynamoDBWire:
     from visionq.aws import dynamodb_wire
 
-    return dynamodb_wire(settings_for(endpoint))
+    return dynamodb_wire(settings_for(endpoint), counts=counts)
 
 
 def ok(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
@@ -216,3 +232,97 @@ def test_no_credentials_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch
     wire = dynamodb_wire(AwsSettings.model_validate({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}))
     with pytest.raises(ConfigError, match="no AWS credentials"), aws_errors("claim"):
         wire.get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
+
+
+def test_a_connection_the_server_closed_costs_no_attempt() -> None:
+    """A kept connection closed by the server (its keep-alive timeout) is replaced: each call is
+    one request sent, whether the close is seen before the request goes or only as it goes."""
+    counts: dict[str, int] = {}
+    with stand_in(lambda n: ok({"Item": {"job_id": {"S": str(n)}}}), close_after_answer=True) as (endpoint, received):
+        wire = wire_at(endpoint, counts)
+        for n in range(1, 21):
+            assert wire.get_item(TableName="jobs", Key={"job_id": {"S": "j"}})["Item"] == {"job_id": {"S": str(n)}}
+            if n % 2:
+                time.sleep(0.05)  # the close arrives before the next call: seen while idle
+    assert len(received) == 20
+    assert counts == {"dynamodb.GetItem": 20}
+
+
+def test_each_thread_keeps_a_connection_of_its_own() -> None:
+    with stand_in(lambda n: ok({"Item": {"job_id": {"S": "j"}}})) as (endpoint, received):
+        wire = wire_at(endpoint)
+        errors: list[BaseException] = []
+
+        def calls() -> None:
+            try:
+                for _ in range(25):
+                    assert wire.get_item(TableName="jobs", Key={"job_id": {"S": "j"}})["Item"]
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=calls) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert len(received) == 200
+    assert all(sigv4_verifies(r, SECRET) for r in received)
+
+
+def test_an_answer_later_than_the_read_timeout_is_tried_again() -> None:
+    from visionq.aws import DEFAULT_CONNECT_TIMEOUT, dynamodb_wire
+
+    def wire(endpoint: str) -> DynamoDBWire:
+        made = dynamodb_wire(settings_for(endpoint))
+        return DynamoDBWire(
+            endpoint_url=endpoint,
+            region="us-east-1",
+            credentials=made._credentials,
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+            read_timeout=0.3,
+        )
+
+    with stand_in(lambda n: ok({"Item": {"job_id": {"S": str(n)}}}), delay=lambda n: 1.0 if n == 1 else 0.0) as (
+        endpoint,
+        received,
+    ):
+        assert wire(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})["Item"] == {"job_id": {"S": "2"}}
+    assert len(received) == 2
+    with (
+        stand_in(lambda n: ok({}), delay=lambda n: 1.0) as (endpoint, received),
+        pytest.raises(TransientError),
+        aws_errors("claim"),
+    ):
+        wire(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
+    assert len(received) == ATTEMPTS
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+def test_https_trusts_the_sdks_ca_bundle_setting(certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over TLS, a server whose certificate only ``AWS_CA_BUNDLE`` vouches for is trusted when the
+    setting names it, and refused (transient: the call cannot reach DynamoDB) when it does not."""
+    answer = ok({"Item": {"job_id": {"S": "j"}}})
+    with stand_in(lambda n: answer, tls=server_context(certificate)) as (endpoint, received):
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        with pytest.raises(TransientError, match="cannot reach AWS"), aws_errors("read job"):
+            wire_at(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
+        assert received == []
+        monkeypatch.setenv("AWS_CA_BUNDLE", certificate[0])
+        assert wire_at(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})["Item"]
+    [request] = received
+    assert sigv4_verifies(request, SECRET)
+
+
+def test_a_kept_connection_closed_by_its_peer_is_seen_before_reuse() -> None:
+    from visionq.stores.dynamodb_wire import _dropped
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert not _dropped(ours)
+        theirs.close()
+        assert _dropped(ours)

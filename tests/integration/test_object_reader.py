@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from tests.conftest import BUCKET, Stack
+from tests.tls import self_signed_certificate, server_context
 from visionq.errors import ImageRejected, ObjectChanged, ObjectMissing, TransientError
 from visionq.events import ObjectCreated
 from visionq.stores.s3_reader import READ_ATTEMPTS, SIGNATURE_VERSION, S3ObjectReader
@@ -82,9 +85,11 @@ SLOW_DOWN = b"<Error><Code>SlowDown</Code><Message>Please reduce your request ra
 
 
 @contextlib.asynccontextmanager
-async def stand_in_s3(answer: Callable[[int], Awaitable[web.Response]]) -> AsyncIterator[tuple[str, list[str]]]:
-    """An HTTP server on loopback whose n-th request (from 1) gets ``answer(n)``; yields its
-    endpoint and the paths it was asked for."""
+async def stand_in_s3(
+    answer: Callable[[int], Awaitable[web.Response]], tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP server on loopback (HTTPS with ``tls``) whose n-th request (from 1) gets
+    ``answer(n)``; yields its endpoint and the paths it was asked for."""
     seen: list[str] = []
 
     async def handle(request: web.Request) -> web.Response:
@@ -94,20 +99,22 @@ async def stand_in_s3(answer: Callable[[int], Awaitable[web.Response]]) -> Async
     runner = web.AppRunner(web.Application())
     runner.app.router.add_route("GET", "/{tail:.*}", handle)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", seen
     finally:
         await runner.cleanup()
 
 
-def read_from_stand_in(answer: Callable[[int], Awaitable[web.Response]]) -> tuple[bytes | Exception, list[str]]:
+def read_from_stand_in(
+    answer: Callable[[int], Awaitable[web.Response]], tls: ssl.SSLContext | None = None
+) -> tuple[bytes | Exception, list[str]]:
     obj = ObjectCreated(bucket=BUCKET, key="uploads/y.jpg", etag="abc")
 
     async def go() -> tuple[bytes | Exception, list[str]]:
-        async with stand_in_s3(answer) as (endpoint, seen), reader_at(endpoint) as reader:
+        async with stand_in_s3(answer, tls) as (endpoint, seen), reader_at(endpoint) as reader:
             try:
                 return await reader.read(obj, max_bytes=LIMIT), seen
             except Exception as exc:  # noqa: BLE001 - the test looks at which
@@ -197,3 +204,21 @@ def test_an_endpoint_that_does_not_answer_is_transient() -> None:
     obj = ObjectCreated(bucket=BUCKET, key="uploads/z.jpg", etag="abc")
     with pytest.raises(TransientError, match="cannot reach S3"):
         read(f"http://127.0.0.1:{free_port()}", obj)
+
+
+def test_https_reads_trust_the_sdks_ca_bundle_setting(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server whose certificate only ``AWS_CA_BUNDLE`` vouches for: refused (transient: S3 cannot
+    be reached) without the setting, read with it, as the SDK would."""
+    certificate = self_signed_certificate(tmp_path)
+
+    async def answer(n: int) -> web.Response:
+        return web.Response(body=b"the bytes", headers={"ETag": '"abc"'})
+
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    result, seen = read_from_stand_in(answer, server_context(certificate))
+    assert isinstance(result, TransientError)
+    assert seen == []
+    monkeypatch.setenv("AWS_CA_BUNDLE", certificate[0])
+    result, seen = read_from_stand_in(answer, server_context(certificate))
+    assert result == b"the bytes"
+    assert len(seen) == 1

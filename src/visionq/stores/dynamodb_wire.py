@@ -4,10 +4,11 @@ DynamoDB speaks JSON (AWS's JSON 1.0 protocol): the parameters of a low-level ca
 store builds them (attribute values already typed, ``{"S": "..."}``, ``{"N": "12"}``), are the
 request's body as they stand, and the answer's body is the dict boto3 would return. So the job
 store's two conditional writes per image need no model-driven serialising, parsing, endpoint
-rules, hooks or per-call user agent: the body is dumped, signed with botocore's own SigV4 signer
-and the session's (refreshing) credentials, and posted through a urllib3 pool. Through boto3 the
-job store's claim (an ``UpdateItem``) cost the worker 3.13 ms of CPU, this way 1.86 ms
-(bench/request_cpu.py, bench/RESULTS.md run 13).
+rules, hooks or per-call user agent: the body is dumped, signed (SigV4, ``sigv4.JsonPostSigner``,
+with the session's refreshing credentials) and posted on a keep-alive ``http.client`` connection
+of the calling thread's own. Through boto3 the job store's claim (an ``UpdateItem``) cost the
+worker 3.13 ms of CPU, through botocore's signer and a urllib3 pool 1.86 ms (bench/request_cpu.py,
+bench/RESULTS.md run 13), and this way less again (run 15).
 
 Errors come back as botocore's own ``ClientError`` (and its connection errors), so
 ``aws_errors`` translates them as it does the SDK's; throttling and server errors are tried three
@@ -18,26 +19,31 @@ are not supported: the job table has none, and ``json`` refuses ``bytes`` loudly
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
+import select
+import socket
+import ssl
+import threading
 import time
 import zlib
 from typing import Any
+from urllib.parse import urlsplit
 
-import urllib3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
-from botocore.httpsession import where as ca_bundle
 
 from visionq.aws import MAX_ATTEMPTS
 from visionq.errors import TransientError
 from visionq.stores.aws_errors import client_error, translate_client_error
+from visionq.stores.sigv4 import JsonPostSigner, host_header
 
 ATTEMPTS = MAX_ATTEMPTS  # as the SDK's standard retry mode
 _BACKOFF_BASE_SECONDS = 0.05
 _TARGET_PREFIX = "DynamoDB_20120810"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
+# What a kept connection closed by the server as the request went fails with: no answer at all.
+_CLOSED_UNDER_US = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class DynamoDBWire:
@@ -57,18 +63,17 @@ class DynamoDBWire:
         credentials: Any,
         connect_timeout: float,
         read_timeout: float,
-        connections: int = 10,
+        ca_bundle: str | None = None,  # the certificates TLS trusts (aws.ca_bundle); None: the system's
         counts: dict[str, int] | None = None,
     ) -> None:
         self._url = endpoint_url.rstrip("/") + "/"
-        self._region = region
         self._credentials = credentials
         self._counts = counts
-        self._http = urllib3.PoolManager(
-            maxsize=connections,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            retries=False,  # ours, below: a retry must be signed again
-            ca_certs=ca_bundle(),
+        self._signer = JsonPostSigner(
+            service="dynamodb", region=region, host=host_header(self._url), content_type=_CONTENT_TYPE
+        )
+        self._connections = _Connections(
+            self._url, connect_timeout=connect_timeout, read_timeout=read_timeout, ca_bundle=ca_bundle
         )
 
     def put_item(self, **params: Any) -> dict[str, Any]:
@@ -100,32 +105,108 @@ class DynamoDBWire:
     def _send(self, operation: str, body: bytes) -> dict[str, Any]:
         if self._credentials is None:
             raise NoCredentialsError()
-        request = AWSRequest(
-            method="POST",
-            url=self._url,
-            data=body,
-            headers={"Content-Type": _CONTENT_TYPE, "X-Amz-Target": f"{_TARGET_PREFIX}.{operation}"},
-        )
-        SigV4Auth(self._credentials.get_frozen_credentials(), "dynamodb", self._region).add_auth(request)
+        headers = self._signer.headers(self._credentials, f"{_TARGET_PREFIX}.{operation}", body)
         if self._counts is not None:
             key = f"dynamodb.{operation}"
             self._counts[key] = self._counts.get(key, 0) + 1
-        try:
-            response = self._http.request("POST", self._url, body=body, headers=dict(request.headers.items()))
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except urllib3.exceptions.HTTPError as exc:  # refused, reset, connect timeout, DNS
-            raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
-        data = response.data
-        expected_crc = response.headers.get("x-amz-crc32")
+        status, expected_crc, data = self._connections.post(headers, body)
         if expected_crc is not None and int(expected_crc) != zlib.crc32(data):
             raise client_error(500, "CRC32CheckFailed", "the answer's body does not match its CRC32", operation)
-        if response.status != 200:
+        if status != 200:
             code, message = _error_fields(data)
-            raise client_error(response.status, code, message, operation)
+            raise client_error(status, code, message, operation)
         answer: dict[str, Any] = json.loads(data) if data else {}
         answer["ResponseMetadata"] = {"HTTPStatusCode": 200}
         return answer
+
+
+class _Connections:
+    """A keep-alive connection per calling thread (the worker's store threads each have one, so
+    there is no pool to lock), made again when the server has closed it. ``http.client``, not
+    urllib3: a request costs the worker about half the CPU (bench/RESULTS.md run 15)."""
+
+    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, ca_bundle: str | None) -> None:
+        parts = urlsplit(url)
+        self._url = url
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._path = parts.path or "/"
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._tls = ssl.create_default_context(cafile=ca_bundle) if self._https else None
+        self._local = threading.local()
+
+    def post(self, headers: dict[str, str], body: bytes) -> tuple[int, str | None, bytes]:
+        """Status, ``x-amz-crc32`` and body of the answer; botocore's connection errors else.
+
+        A kept connection the server closed while it was idle (its keep-alive timeout) is seen
+        before the request goes (``_dropped``); one it closes just as the request goes fails with
+        no answer at all, and the request is sent once more at once on a new connection, as HTTP
+        clients do, without spending one of the call's attempts. Nothing else is sent again here.
+        """
+        connection, reused = self._connection()
+        try:
+            return self._exchange(connection, headers, body)
+        except EndpointConnectionError as exc:
+            if not (reused and isinstance(exc.kwargs.get("error"), _CLOSED_UNDER_US)):
+                raise
+        connection, _ = self._connection()
+        return self._exchange(connection, headers, body)
+
+    def _exchange(
+        self, connection: http.client.HTTPConnection, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str | None, bytes]:
+        try:
+            connection.request("POST", self._path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        except TimeoutError as exc:  # socket.timeout: no answer within the read timeout
+            self._drop()
+            raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed, TLS
+            self._drop()
+            raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
+        if response.will_close:
+            self._drop()
+        return response.status, response.getheader("x-amz-crc32"), data
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """The thread's connection, and whether it is a kept one (else new)."""
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is not None and connection.sock is not None and not _dropped(connection.sock):
+            return connection, True
+        if connection is not None:
+            connection.close()
+        if self._https:
+            connection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._connect_timeout, context=self._tls
+            )
+        else:
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
+        try:
+            connection.connect()
+        except OSError as exc:  # refused, DNS, TLS, or no connection within the connect timeout
+            raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
+        assert connection.sock is not None
+        connection.sock.settimeout(self._read_timeout)
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 sets it
+        self._local.connection = connection
+        return connection, False
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+        self._local.connection = None
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive connection was closed by the server: readable with nothing
+    asked means end of file (or bytes nobody asked for); either way it is not to be reused."""
+    poller = select.poll()  # not select(): no limit on the descriptor's number
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _error_fields(data: bytes) -> tuple[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import ssl
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -18,7 +19,7 @@ import aiohttp
 from botocore.awsrequest import AWSRequest
 from yarl import URL
 
-from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_ATTEMPTS
+from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_ATTEMPTS, ca_bundle
 from visionq.errors import ImageRejected, TransientError
 from visionq.events import ObjectCreated
 from visionq.stores.aws_errors import aws_errors, client_error, translate_client_error
@@ -61,7 +62,8 @@ class S3ObjectReader:
     whose probe does not come back as plain SigV4 for ``s3`` (a directory bucket's session auth)
     keeps the client's presigning for every read.
 
-    ``client`` must sign with SigV4 (``SIGNATURE_VERSION``). An async context manager: the HTTP
+    ``client`` must sign with SigV4 (``SIGNATURE_VERSION``). Over HTTPS the reads trust the
+    certificates the SDK trusts (``aws.ca_bundle``). An async context manager: the HTTP
     session lives between enter and exit. ``counts`` (as ``aws.count_requests`` fills it) gets one
     ``s3.GetObject`` per HTTP request sent, retries too.
     """
@@ -88,7 +90,9 @@ class S3ObjectReader:
 
     async def __aenter__(self) -> S3ObjectReader:
         self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._connector_limit),
+            connector=aiohttp.TCPConnector(
+                limit=self._connector_limit, ssl=ssl.create_default_context(cafile=ca_bundle())
+            ),
             timeout=self._timeout,
             auto_decompress=False,  # the object's bytes as stored
             skip_auto_headers=("Accept-Encoding",),
