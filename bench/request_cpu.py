@@ -5,10 +5,11 @@
 Starts the local AWS emulator (``python -m visionq.moto_server``), then, the paths of each
 interleaved request by request, timing this process's CPU only (the emulator's is its own):
 - the object read: aiobotocore's ``get_object`` vs ``S3ObjectReader`` (presigned, aiohttp; each URL
-  presigned by the client, or the bucket's route kept and each URL signed by the client's signer), the
-  exact version by ETag, of N JPEGs;
+  presigned by the client, or the bucket's route kept and each URL signed by ``sigv4.QueryPresigner``),
+  the exact version by ETag, of N JPEGs;
 - the job store's claim, a conditional ``UpdateItem`` returning the new item: boto3 vs
-  ``DynamoDBWire``, on N jobs (each claimed once per round: the condition holds on a RUNNING job).
+  ``DynamoDBWire`` (``sigv4.JsonPostSigner``, a keep-alive ``http.client`` connection), on N jobs
+  (each claimed once per round: the condition holds on a RUNNING job).
 Prints the command, the machine and the figures.
 """
 
@@ -116,7 +117,7 @@ async def measure(endpoint: str, images: list[bytes], rounds: int) -> dict[str, 
         paths = {
             "aiobotocore get_object": through_sdk,
             "S3ObjectReader, each URL presigned by the client": presigned_by_client,
-            "S3ObjectReader, the bucket's route kept, signed by the client's signer": presigned,
+            "S3ObjectReader, the bucket's route kept, signed by sigv4.QueryPresigner": presigned,
         }
         spent = dict.fromkeys(paths, 0.0)
         for read in paths.values():  # warm up: connections, endpoint resolution caches
