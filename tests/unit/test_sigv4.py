@@ -52,9 +52,7 @@ def test_the_headers_are_botocores(url: str, region: str, token: str | None, mon
 
 def test_the_key_follows_the_credentials() -> None:
     """Refreshed credentials (a role's, rotated) sign with the new secret, not a kept key."""
-    signer = JsonPostSigner(
-        service="dynamodb", region="us-east-1", host="127.0.0.1:4566", content_type=CONTENT_TYPE
-    )
+    signer = JsonPostSigner(service="dynamodb", region="us-east-1", host="127.0.0.1:4566", content_type=CONTENT_TYPE)
     date = "20261203T120000Z"
     first = signer.headers(Credentials("AKID", "secret-1"), "DynamoDB_20120810.GetItem", BODY, amz_date=date)
     second = signer.headers(Credentials("AKID", "secret-2"), "DynamoDB_20120810.GetItem", BODY, amz_date=date)

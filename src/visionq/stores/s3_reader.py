@@ -61,11 +61,11 @@ class S3ObjectReader:
     URL up to the key and the signing scope are kept (``_Route``), and each read's URL is the key
     appended, as the SDK's serialiser quotes it, signed as the client's SigV4 query signer signs
     (``sigv4.QueryPresigner``: 0.03-0.04 ms of the worker's CPU per read, the client's signer
-    0.17-0.19 ms; bench/RESULTS.md run 15) with the client's refreshing credentials. The URLs are byte for byte the client's
-    (tested with the clock fixed, for path and virtual-host addressing, version ids, session tokens
-    and awkward keys). A bucket
-    whose probe does not come back as plain SigV4 for ``s3`` (a directory bucket's session auth)
-    keeps the client's presigning for every read.
+    0.17-0.19 ms; bench/RESULTS.md run 15) with the client's refreshing credentials. The URLs are
+    byte for byte the client's (tested with the clock fixed, for path and virtual-host addressing,
+    version ids, session tokens and awkward keys). A bucket whose probe does not come back as
+    plain SigV4 for ``s3`` (a directory bucket's session auth) keeps the client's presigning for
+    every read.
 
     ``client`` must sign with SigV4 (``SIGNATURE_VERSION``). Over HTTPS the reads trust the
     certificates the SDK trusts (``aws.ca_bundle``). An async context manager: the HTTP
