@@ -16,6 +16,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -299,11 +300,13 @@ def test_an_answer_later_than_the_read_timeout_is_tried_again() -> None:
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
-def test_https_trusts_the_sdks_ca_bundle_setting(certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_https_trusts_the_sdks_ca_bundle_setting(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Over TLS, a server whose certificate only ``AWS_CA_BUNDLE`` vouches for is trusted when the
     setting names it, and refused (transient: the call cannot reach DynamoDB) when it does not."""
     answer = ok({"Item": {"job_id": {"S": "j"}}})
@@ -312,7 +315,7 @@ def test_https_trusts_the_sdks_ca_bundle_setting(certificate: tuple[str, str], m
         with pytest.raises(TransientError, match="cannot reach AWS"), aws_errors("read job"):
             wire_at(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
         assert received == []
-        monkeypatch.setenv("AWS_CA_BUNDLE", certificate[0])
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(certificate[0]))
         assert wire_at(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})["Item"]
     [request] = received
     assert sigv4_verifies(request, SECRET)

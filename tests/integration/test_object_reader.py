@@ -218,7 +218,7 @@ def test_https_reads_trust_the_sdks_ca_bundle_setting(tmp_path: Any, monkeypatch
     result, seen = read_from_stand_in(answer, server_context(certificate))
     assert isinstance(result, TransientError)
     assert seen == []
-    monkeypatch.setenv("AWS_CA_BUNDLE", certificate[0])
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(certificate[0]))
     result, seen = read_from_stand_in(answer, server_context(certificate))
     assert result == b"the bytes"
     assert len(seen) == 1
