@@ -39,7 +39,7 @@ def botocore_headers(url: str, credentials: Credentials, region: str, target: st
         ("http://[::1]:8000/", "us-east-1"),
     ],
 )
-@pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEJr//////////wEaDH+token/with=signs"])
+@pytest.mark.parametrize("token", [None, "", "FwoGZXIvYXdzEJr//////////wEaDH+token/with=signs"])
 def test_the_headers_are_botocores(url: str, region: str, token: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
     signer = JsonPostSigner(service="dynamodb", region=region, host=host_header(url), content_type=CONTENT_TYPE)

@@ -57,6 +57,7 @@ class JsonPostSigner:
         day = amz_date[:8]
         scope = f"{day}/{self._region}/{self._service}/aws4_request"
         token = frozen.token
+        # As botocore's SigV4Auth: an empty token is left out here (its query signer keeps one).
         signed = "content-type;host;x-amz-date;" + ("x-amz-security-token;" if token else "") + "x-amz-target"
         canonical = (
             f"POST\n/\n\ncontent-type:{self._content_type}\nhost:{self._host}\nx-amz-date:{amz_date}\n"
