@@ -12,7 +12,8 @@ Runs, one after another, each a `visionq worker` process draining N objects alre
 Reported per run: images/s, worker CPU ms per image (and images/s per worker core), the emulator's
 and PostgreSQL's CPU ms per image, AWS requests per image, the wall time per image of each stage
 (from the worker's /metrics), the steady worker CPU per image by thread (its main thread, each named pool,
-its child processes), and the cost of one job-state log line.
+its child processes) and that of each store call in the store threads (claim, mark_succeeded,
+record_results: /metrics), and the cost of one job-state log line.
 Target (issue 11): worker CPU outside the model <= 5 ms per image, i.e. >= 200 images/s per core.
 """
 
@@ -60,6 +61,18 @@ def stage_means_ms(metrics_text: str) -> dict[str, float]:
                 stage = line.split('stage="', 1)[1].split('"', 1)[0]
                 into[stage] = float(line.rsplit(" ", 1)[1])
     return {s: round(sums[s] / counts[s] * 1000, 3) for s in sums if counts.get(s)}
+
+
+def store_cpu_ms_per_image(metrics_text: str, images: int) -> dict[str, float]:
+    """CPU ms per image of each store call in the worker's store threads (visionq_store_cpu_seconds),
+    over the whole run."""
+    prefix = "visionq_store_cpu_seconds_total{"
+    spent = {
+        line.split('call="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith(prefix)
+    }
+    return {call: round(seconds * 1000 / images, 3) for call, seconds in sorted(spent.items())}
 
 
 def log_line_cost_us(lines: int = 20000) -> float:
@@ -144,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             run.pop("worker_stats", None)
             run["images_per_second_per_worker_core"] = round(1000 / figures.steady_cpu_ms_per_image, 1)
             run["stage_wall_ms_per_image"] = stage_means_ms(scraped[0]) if scraped else {}
+            run["store_call_cpu_ms_per_image"] = store_cpu_ms_per_image(scraped[0], len(images)) if scraped else {}
             report[name] = run
             print(
                 f"  steady: {figures.steady_images_per_second:.1f} img/s, worker CPU "
@@ -155,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             print(f"  steady worker CPU ms/img by thread: {figures.steady_cpu_ms_per_image_by_thread}", flush=True)
+            print(f"  store calls' CPU ms/img (whole run): {run['store_call_cpu_ms_per_image']}", flush=True)
     finally:
         stack.stop()
     ceiling = 8 / ((args.delay_ms + 8 * args.per_image_ms) / 1000)

@@ -12,6 +12,7 @@ Where the worker's numbers come from (the core is not told about metrics beyond 
                                          item's own ``WorkItem.timings``)
     batch_wait, batch size ............. batching.MicroBatcher.next_batch
     write, settle ...................... ``timed`` around the result write (core) and mark_succeeded
+    store calls' CPU ................... settle.BoundedCalls.store (the calling thread's CPU time)
     images processed, failures ......... settle.log_state (SUCCEEDED / FAILED)
     model load time .................... models/registry.load_models
     queue depth, oldest message age .... ``QueueSampler``, every few seconds in the poller
@@ -163,8 +164,16 @@ class WorkerMetrics:
             ["model"],
             registry=r,
         )
+        self.store_cpu_seconds = Counter(
+            "visionq_store_cpu_seconds",
+            "CPU seconds the worker's store threads spent in each store call (claim, mark_succeeded, "
+            "record_results, ...): their Python and the requests they send, not the wait for answers.",
+            ["call"],
+            registry=r,
+        )
         # Children of labelled metrics, made once: labels() takes a lock and builds a tuple each call.
         self._stages: dict[str, Any] = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
+        self._store_cpu: dict[str, Any] = {}
         self._images: dict[tuple[str, str], Any] = {}
         self._failures: dict[tuple[str, str], Any] = {}
 
@@ -223,6 +232,13 @@ class WorkerMetrics:
             sent_at = getattr(message, "sent_at", None)
             if sent_at is not None and message.receive_count <= 1:
                 queue_wait.observe(max(0.0, now - sent_at))
+
+    def store_cpu(self, call: str, seconds: float) -> None:
+        """A store call (``settle.BoundedCalls.store``) spent ``seconds`` of its thread's CPU."""
+        child = self._store_cpu.get(call)
+        if child is None:
+            child = self._store_cpu[call] = self.store_cpu_seconds.labels(call)
+        child.inc(seconds)
 
     def settled(self, outcome: str, count: int = 1) -> None:
         self.messages_settled.labels(outcome).inc(count)

@@ -436,3 +436,35 @@ def test_the_rate_counts_only_endpoints_that_answered_both_scrapes() -> None:
     first = stats.Snapshot(taken_at=0.0, processed={"a": 100.0})
     second = stats.Snapshot(taken_at=2.0, processed={"a": 110.0, "b": 5000.0})
     assert stats.images_per_second(second, first) == 5.0
+
+
+def test_store_calls_count_their_threads_cpu_by_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each store call costs the worker's CPU, apart from waiting: a call that spins for a
+    while counts about that long, one that sleeps as long counts next to nothing."""
+    import asyncio
+
+    from visionq.settle import BoundedCalls
+
+    m = WorkerMetrics()
+    monkeypatch.setattr(metrics, "WORKER", m)
+
+    def claim() -> str:
+        until = time.thread_time() + 0.05
+        while time.thread_time() < until:
+            pass
+        return "claimed"
+
+    def record_results() -> str:
+        time.sleep(0.05)
+        return "written"
+
+    async def calls() -> list[str]:
+        bounded = BoundedCalls(5.0, threads=2)
+        try:
+            return [await bounded.store(claim), await bounded.store(record_results)]
+        finally:
+            bounded.close()
+
+    assert asyncio.run(calls()) == ["claimed", "written"]
+    assert 0.05 <= sample(m, "visionq_store_cpu_seconds_total", call="claim") < 0.5
+    assert sample(m, "visionq_store_cpu_seconds_total", call="record_results") < 0.02
