@@ -3,6 +3,8 @@ table (rows a user can query with SQL), and reads back as the same typed output.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.conftest import Stack
@@ -111,5 +113,41 @@ def test_the_same_object_through_two_models_keeps_both_results(stack: Stack) -> 
             ("caption", "captions"),
             ("detect", "detections"),
         ]
+    finally:
+        store.close()
+
+
+def test_a_batch_is_written_at_once_and_each_record_gets_its_own_answer(stack: Stack) -> None:
+    """One batch of every kind, with an identity already written and one twice in the batch: each
+    record's answer, in order, is its own row or the row that stands; each row's items are its own."""
+    store = PostgresResultStore(stack.database_url)
+    try:
+        records = [
+            ResultRecord(
+                job_id=f"job-{kind}",
+                bucket="b",
+                key=f"k/{kind}.png",
+                etag="e1",
+                model_name=kind,
+                model="v@1",
+                output=output,
+            )
+            for kind, (output, _, _) in OUTPUTS.items()
+        ]
+        earlier = records[1]  # captions: written by an earlier delivery, with other timings
+        [first] = store.record_results([dataclasses.replace(earlier, timings={"inference_ms": 7.0})])
+        assert first.created
+        twice = dataclasses.replace(records[0], timings={"inference_ms": 99.0})  # detections again
+        stored = store.record_results([*records, twice])
+        assert [s.created for s in stored] == [True, False, *[True] * (len(records) - 2), False]
+        assert stored[1].inference_ms == 7.0  # the earlier row stands
+        assert stored[-1].output == stored[0].output and stored[-1].inference_ms is None  # the batch's first stands
+        for (output, query, expected), answer in zip(OUTPUTS.values(), stored, strict=False):
+            assert output_from_dict(answer.output) == output
+            assert stack.sql(query) == [expected]
+        assert stack.sql("SELECT count(*) FROM results") == [(len(records),)]
+        assert stack.sql("SELECT count(*) FROM detections") == [(OUTPUTS["detections"][0].count,)]
+        rows = stack.sql("SELECT r.job_id, d.job_id FROM detections d JOIN results r ON r.id = d.result_id")
+        assert rows and all(result_job == item_job == "job-detections" for result_job, item_job in rows)
     finally:
         store.close()

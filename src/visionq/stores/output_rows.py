@@ -59,11 +59,16 @@ def _rows(output: ModelOutput) -> tuple[str, str, Sequence[tuple[Any, ...]]]:
     raise TypeError(f"no table for output kind {type(output).__name__}")
 
 
-def insert_output_rows(cur: psycopg.Cursor[Any], result_id: int, job_id: str, output: ModelOutput) -> None:
-    table, columns, rows = _rows(output)
-    if not rows:
-        return
-    width = len(rows[0])
-    placeholders = ", ".join(["%s"] * (3 + width))
-    sql = f"INSERT INTO {table} (result_id, idx, job_id, {columns}) VALUES ({placeholders})"
-    cur.executemany(sql.encode(), [(result_id, i, job_id, *row) for i, row in enumerate(rows)])
+def insert_output_rows(cur: psycopg.Cursor[Any], results: Sequence[tuple[int, str, ModelOutput]]) -> None:
+    """The rows of each ``(result id, job id, output)``: one ``executemany`` per table the outputs
+    fill (a batch of detections is one statement, not one per image)."""
+    by_table: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for result_id, job_id, output in results:
+        table, columns, rows = _rows(output)
+        by_table.setdefault((table, columns), []).extend((result_id, i, job_id, *row) for i, row in enumerate(rows))
+    for (table, columns), rows in by_table.items():
+        if not rows:
+            continue
+        placeholders = ", ".join(["%s"] * len(rows[0]))
+        sql = f"INSERT INTO {table} (result_id, idx, job_id, {columns}) VALUES ({placeholders})"
+        cur.executemany(sql.encode(), rows)

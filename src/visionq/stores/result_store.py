@@ -53,19 +53,45 @@ class ResultStore(Protocol):
 
 
 # First writer wins, as in the job record: a redelivered or duplicated event finds the row there and
-# keeps it, so what the job record summarises is always exactly what this table holds.
-_INSERT_RESULT = """
-INSERT INTO results (job_id, bucket, key, etag, model_name, model, kind, width, height, item_count,
-                     inference_ms, total_ms, timings, output, object_created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))
+# keeps it, so what the job record summarises is always exactly what this table holds. A batch's
+# records go in one statement (one round trip, not one per image); the rows it returns name the
+# identities it inserted, and any other record reads the row that stands.
+_RESULT_COLUMNS = (
+    "job_id, bucket, key, etag, model_name, model, kind, width, height, item_count, "
+    "inference_ms, total_ms, timings, output, object_created_at"
+)
+_RESULT_VALUES = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"
+_INSERT_RESULTS = """
+INSERT INTO results ({columns})
+VALUES {values}
 ON CONFLICT ON CONSTRAINT results_identity DO NOTHING
-RETURNING id
+RETURNING id, bucket, key, etag, model_name, model
 """
 
 _EXISTING_RESULT = """
 SELECT output, inference_ms FROM results
 WHERE bucket = %s AND key = %s AND etag = %s AND model_name = %s AND model = %s
 """
+
+
+def _identity(record: ResultRecord) -> tuple[str, str, str, str, str]:
+    return (record.bucket, record.key, record.etag, record.model_name, record.model)
+
+
+def _values(record: ResultRecord) -> tuple[Any, ...]:
+    return (
+        record.job_id,
+        *_identity(record),
+        record.output.kind,
+        record.output.width,
+        record.output.height,
+        record.output.count,
+        record.timings.get("inference_ms"),
+        record.timings.get("total_ms"),
+        Jsonb(record.timings),
+        Jsonb(record.output.as_dict()),
+        record.object_created_at,
+    )
 
 
 class PostgresResultStore:
@@ -84,43 +110,30 @@ class PostgresResultStore:
         self._lock = threading.Lock()
 
     def record_results(self, records: Sequence[ResultRecord]) -> list[StoredResult]:
-        """Commit ``records`` in one transaction; a record whose identity has a row keeps that row."""
-        stored: list[StoredResult] = []
+        """Commit ``records`` in one transaction; a record whose identity has a row keeps that row
+        (one written earlier, or by an earlier record of the same batch)."""
         if not records:
-            return stored
+            return []
         with self._transaction() as cur:
+            cur.execute(
+                _INSERT_RESULTS.format(columns=_RESULT_COLUMNS, values=", ".join([_RESULT_VALUES] * len(records))),
+                [value for record in records for value in _values(record)],
+            )
+            inserted = {tuple(row[1:]): row[0] for row in cur.fetchall()}
+            stored: list[StoredResult] = []
+            created: list[tuple[int, ResultRecord]] = []
             for record in records:
-                output = record.output.as_dict()
-                cur.execute(
-                    _INSERT_RESULT,
-                    (
-                        record.job_id,
-                        record.bucket,
-                        record.key,
-                        record.etag,
-                        record.model_name,
-                        record.model,
-                        record.output.kind,
-                        record.output.width,
-                        record.output.height,
-                        record.output.count,
-                        record.timings.get("inference_ms"),
-                        record.timings.get("total_ms"),
-                        Jsonb(record.timings),
-                        Jsonb(output),
-                        record.object_created_at,
-                    ),
-                )
-                row = cur.fetchone()
-                if row is not None:
-                    insert_output_rows(cur, row[0], record.job_id, record.output)
-                    stored.append(StoredResult(output, record.timings.get("inference_ms"), created=True))
+                result_id = inserted.pop(_identity(record), None)  # popped: a second record of it reads it
+                if result_id is not None:
+                    created.append((result_id, record))
+                    output, inference_ms = record.output.as_dict(), record.timings.get("inference_ms")
+                    stored.append(StoredResult(output, inference_ms, created=True))
                     continue
-                identity = (record.bucket, record.key, record.etag, record.model_name, record.model)
-                cur.execute(_EXISTING_RESULT, identity)
+                cur.execute(_EXISTING_RESULT, _identity(record))
                 existing = cur.fetchone()
-                assert existing is not None  # the conflict that skipped our insert is this row
+                assert existing is not None  # the conflict that skipped our row is this row
                 stored.append(StoredResult(existing[0], existing[1], created=False))
+            insert_output_rows(cur, [(result_id, record.job_id, record.output) for result_id, record in created])
         return stored
 
     def discard(self, job_id: str) -> int:
