@@ -72,20 +72,25 @@ OUTPUTS: dict[str, tuple[ModelOutput, str, tuple[object, ...]]] = {
 }
 
 
+def record_of(kind: str) -> ResultRecord:
+    """A result of ``OUTPUTS[kind]``'s output, its model named after the kind."""
+    return ResultRecord(
+        job_id=f"job-{kind}",
+        bucket="b",
+        key=f"k/{kind}.png",
+        etag="e1",
+        model_name=kind,
+        model="v@1",
+        output=OUTPUTS[kind][0],
+    )
+
+
 @pytest.mark.parametrize("kind", list(OUTPUTS))
 def test_each_kind_is_written_to_its_table_and_reads_back(stack: Stack, kind: str) -> None:
     output, query, expected = OUTPUTS[kind]
     store = PostgresResultStore(stack.database_url)
     try:
-        record = ResultRecord(
-            job_id=f"job-{kind}",
-            bucket="b",
-            key=f"k/{kind}.png",
-            etag="e1",
-            model_name=kind,
-            model="v@1",
-            output=output,
-        )
+        record = record_of(kind)
         [stored] = store.record_results([record])
         assert stored.created
         assert stack.sql(query) == [expected]
@@ -122,18 +127,7 @@ def test_a_batch_is_written_at_once_and_each_record_gets_its_own_answer(stack: S
     record's answer, in order, is its own row or the row that stands; each row's items are its own."""
     store = PostgresResultStore(stack.database_url)
     try:
-        records = [
-            ResultRecord(
-                job_id=f"job-{kind}",
-                bucket="b",
-                key=f"k/{kind}.png",
-                etag="e1",
-                model_name=kind,
-                model="v@1",
-                output=output,
-            )
-            for kind, (output, _, _) in OUTPUTS.items()
-        ]
+        records = [record_of(kind) for kind in OUTPUTS]
         earlier = records[1]  # captions: written by an earlier delivery, with other timings
         [first] = store.record_results([dataclasses.replace(earlier, timings={"inference_ms": 7.0})])
         assert first.created
