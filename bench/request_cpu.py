@@ -4,11 +4,12 @@
 
 Starts the local AWS emulator (``python -m visionq.moto_server``), then, the paths of each
 interleaved request by request, timing this process's CPU only (the emulator's is its own):
-- the object read: aiobotocore's ``get_object`` vs ``S3ObjectReader`` (presigned, aiohttp; each URL
-  presigned by the client, or the bucket's route kept and each URL signed by ``sigv4.QueryPresigner``),
-  the exact version by ETag, of N JPEGs;
+- the object read: aiobotocore's ``get_object`` vs ``S3ObjectReader`` (presigned, sent on its own
+  keep-alive connections, ``stores/http1.py``; each URL presigned by the client, or the bucket's
+  route kept and each URL signed by ``sigv4.QueryPresigner``), the exact version by ETag, of N
+  JPEGs;
 - the job store's claim, a conditional ``UpdateItem`` returning the new item: boto3 vs
-  ``DynamoDBWire`` (``sigv4.JsonPostSigner``, a keep-alive ``http.client`` connection), on N jobs
+  ``DynamoDBWire`` (``sigv4.JsonPostSigner``, a keep-alive ``http1`` connection), on N jobs
   (each claimed once per round: the condition holds on a RUNNING job).
 Prints the command, the machine and the figures.
 """

@@ -114,9 +114,10 @@ def serve_keeping_connections(host: str, port: int) -> None:
         log_level="warning",
         access_log=os.environ.get("VISIONQ_EMULATOR_LOG_REQUESTS") == "1",
         timeout_graceful_shutdown=1,  # long polls in flight do not hold up a stop
-        # Idle connections stay open a minute, as AWS endpoints keep them. aiohttp drops its idle
-        # ones first (15 s); urllib3 (boto3) checks a pooled connection before reusing it, and
-        # botocore retries the rare request that meets a connection closing under it.
+        # Idle connections stay open a minute, as AWS endpoints keep them. aiohttp (aiobotocore)
+        # drops its idle ones first (15 s); urllib3 (boto3) and the worker's own connections
+        # (stores/http1.py) check a kept connection before reusing it, and the rare request that
+        # meets a connection closing under it is sent again (by botocore, or by the worker's own).
         timeout_keep_alive=60,
     )
 

@@ -1,5 +1,6 @@
-"""The worker's object reads (S3ObjectReader): presigned by the SDK, sent by aiohttp, against the
-real S3 emulator over HTTP; S3's failure answers from a stand-in server on loopback."""
+"""The worker's object reads (S3ObjectReader): presigned as the SDK presigns, sent on the reader's
+own keep-alive connections, against the real S3 emulator over HTTP; S3's failure answers, and
+servers that close connections or frame bodies otherwise, from stand-in servers on loopback."""
 
 from __future__ import annotations
 
@@ -222,3 +223,140 @@ def test_https_reads_trust_the_sdks_ca_bundle_setting(tmp_path: Any, monkeypatch
     result, seen = read_from_stand_in(answer, server_context(certificate))
     assert result == b"the bytes"
     assert len(seen) == 1
+
+
+def test_reads_go_on_one_kept_connection(stack: Stack) -> None:
+    objects = [put(stack, f"uploads/kept-{i}.jpg", bytes([i]) * 1000) for i in range(5)]
+    opened: list[int] = []
+
+    async def go() -> list[bytes]:
+        async with reader_at(stack.endpoint) as reader:
+            open_connection = reader._connections._connection
+
+            async def counting(origin: Any) -> Any:
+                connection, kept = await open_connection(origin)
+                opened.append(0 if kept else 1)
+                return connection, kept
+
+            reader._connections._connection = counting  # type: ignore[method-assign]
+            return [await reader.read(obj, max_bytes=LIMIT) for obj in objects]
+
+    assert asyncio.run(go()) == [bytes([i]) * 1000 for i in range(5)]
+    assert opened == [1, 0, 0, 0, 0]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer: Callable[[int], bytes | None]) -> AsyncIterator[tuple[str, list[int], list[int]]]:
+    """A loopback server whose i-th request on a connection (from 1) gets ``answer(i)``'s bytes as
+    they are (the connection closed after it if it says so), or, for None, the connection closed
+    with no answer at all, or, for b"", no answer and the connection kept open until the client
+    closes it; yields its endpoint, the number of requests each connection got, and the
+    connections (by number) the client has closed or been refused further answers on."""
+    requests: list[int] = []
+    ended: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(0)
+        mine = len(requests) - 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                requests[mine] += 1
+                raw = answer(requests[mine])
+                if raw is None:
+                    break
+                if not raw:  # no answer, the connection left open until the client closes it
+                    await reader.read()
+                    break
+                writer.write(raw)
+                await writer.drain()
+                if b"Connection: close" in raw:  # a body that runs to the connection's end
+                    break
+        ended.append(mine)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", requests, ended
+
+
+def read_from_raw(
+    answer: Callable[[int], bytes | None], reads: int = 1
+) -> tuple[list[bytes | Exception], dict[str, int], list[int]]:
+    counts: dict[str, int] = {}
+
+    async def go() -> tuple[list[bytes | Exception], list[int]]:
+        results: list[bytes | Exception] = []
+        async with raw_server(answer) as (endpoint, requests, _), reader_at(endpoint, counts) as reader:
+            for i in range(reads):
+                try:
+                    results.append(await reader.read(ObjectCreated(bucket=BUCKET, key=f"k{i}", etag="e"), max_bytes=10))
+                except Exception as exc:  # noqa: BLE001 - the test looks at which
+                    results.append(exc)
+        return results, requests
+
+    results, requests = asyncio.run(go())
+    return results, counts, requests
+
+
+def test_a_kept_connection_closed_as_the_request_goes_costs_no_attempt() -> None:
+    """The server answers each connection's first request and drops the second unanswered (its
+    keep-alive timeout striking as the request arrives): the read goes again at once on a new
+    connection, and the read's attempts (one GetObject counted each) are not spent on it."""
+
+    def answer(nth: int) -> bytes | None:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npixels" if nth == 1 else None
+
+    results, counts, requests = read_from_raw(answer, reads=3)
+    assert results == [b"pixels"] * 3
+    assert counts == {"s3.GetObject": 3}
+    assert requests == [2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\npix\r\n3\r\nels\r\n0\r\n\r\n", b"pixels"),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npixels", b"pixels"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\npixels\r\n5\r\nmore!\r\n0\r\n\r\n", None),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npixels and more", None),
+    ],
+)
+def test_a_body_without_a_length_is_read_up_to_the_limit(raw: bytes, expected: bytes | None) -> None:
+    results, _, _ = read_from_raw(lambda nth: raw)
+    if expected is None:
+        assert isinstance(results[0], ImageRejected) and results[0].code == "object_too_large", results
+    else:
+        assert results == [expected]
+
+
+def test_an_answer_that_is_not_http_is_transient() -> None:
+    results, counts, _ = read_from_raw(lambda nth: b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    assert isinstance(results[0], TransientError) and "cannot reach S3 (BadAnswer)" in str(results[0])
+    assert counts == {"s3.GetObject": READ_ATTEMPTS}
+
+
+def test_a_read_given_up_on_closes_its_connection() -> None:
+    """A read cancelled while it waits for its answer (the job's deadline) leaves its connection in
+    an unknown state: it is closed, and the next read goes on a new one."""
+    asked: list[int] = []
+
+    def answer(nth: int) -> bytes | None:
+        asked.append(nth)
+        return b"" if len(asked) == 1 else b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npixels"
+
+    async def go() -> bytes:
+        async with raw_server(answer) as (endpoint, requests, ended), reader_at(endpoint) as reader:
+            obj = ObjectCreated(bucket=BUCKET, key="k", etag="e")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.read(obj, max_bytes=10), 0.2)
+            for _ in range(200):  # the client's close reaches the server
+                if ended:
+                    break
+                await asyncio.sleep(0.01)
+            assert ended == [0]
+            data = await reader.read(obj, max_bytes=10)
+            assert requests == [1, 1]  # the second read on a new connection
+            return data
+
+    assert asyncio.run(go()) == b"pixels"

@@ -5,10 +5,10 @@ store builds them (attribute values already typed, ``{"S": "..."}``, ``{"N": "12
 request's body as they stand, and the answer's body is the dict boto3 would return. So the job
 store's two conditional writes per image need no model-driven serialising, parsing, endpoint
 rules, hooks or per-call user agent: the body is dumped, signed (SigV4, ``sigv4.JsonPostSigner``,
-with the session's refreshing credentials) and posted on a keep-alive ``http.client`` connection
-of the calling thread's own. Through boto3 the job store's claim (an ``UpdateItem``) cost the
-worker 3.13 ms of CPU, through botocore's signer and a urllib3 pool 1.86 ms (bench/request_cpu.py,
-bench/RESULTS.md run 13), and this way less again (run 15).
+with the session's refreshing credentials) and posted on a keep-alive connection of the calling
+thread's own (``http1``). Through boto3 the job store's claim (an ``UpdateItem``) cost the worker
+3.13 ms of CPU, through botocore's signer and a urllib3 pool 1.86 ms (bench/request_cpu.py,
+bench/RESULTS.md run 13), and this way less again (runs 15 and 16).
 
 Errors come back as botocore's own ``ClientError`` (and its connection errors), so
 ``aws_errors`` translates them as it does the SDK's; throttling and server errors are tried three
@@ -35,6 +35,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 
 from visionq.aws import MAX_ATTEMPTS
 from visionq.errors import TransientError
+from visionq.stores import http1
 from visionq.stores.aws_errors import client_error, translate_client_error
 from visionq.stores.sigv4 import JsonPostSigner, host_header
 
@@ -122,19 +123,20 @@ class DynamoDBWire:
 
 class _Connections:
     """A keep-alive connection per calling thread (the worker's store threads each have one, so
-    there is no pool to lock), made again when the server has closed it. ``http.client``, not
-    urllib3: a request costs the worker about half the CPU (bench/RESULTS.md run 15)."""
+    there is no pool to lock), made again when the server has closed it. The exchange is
+    ``http1``'s, not ``http.client``'s (nor urllib3's before it): each costs the worker less CPU
+    (bench/RESULTS.md runs 15 and 16)."""
 
     def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, ca_bundle: str | None) -> None:
         parts = urlsplit(url)
         self._url = url
-        self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
-        self._port = parts.port
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._host_header = host_header(url)
         self._path = parts.path or "/"
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._tls = ssl.create_default_context(cafile=ca_bundle) if self._https else None
+        self._tls = ssl.create_default_context(cafile=ca_bundle) if parts.scheme == "https" else None
         self._local = threading.local()
 
     def post(self, headers: dict[str, str], body: bytes) -> tuple[int, str | None, bytes]:
@@ -145,52 +147,45 @@ class _Connections:
         no answer at all, and the request is sent once more at once on a new connection, as HTTP
         clients do, without spending one of the call's attempts. Nothing else is sent again here.
         """
+        request = http1.request_bytes("POST", self._path, self._host_header, headers, body)
         connection, reused = self._connection()
         try:
-            return self._exchange(connection, headers, body)
+            return self._exchange(connection, request)
         except EndpointConnectionError as exc:
             if not (reused and isinstance(exc.kwargs.get("error"), _CLOSED_UNDER_US)):
                 raise
         connection, _ = self._connection()
-        return self._exchange(connection, headers, body)
+        return self._exchange(connection, request)
 
-    def _exchange(
-        self, connection: http.client.HTTPConnection, headers: dict[str, str], body: bytes
-    ) -> tuple[int, str | None, bytes]:
+    def _exchange(self, connection: http1.Connection, request: bytes) -> tuple[int, str | None, bytes]:
         try:
-            connection.request("POST", self._path, body=body, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
+            answer = connection.exchange(request)
         except TimeoutError as exc:  # socket.timeout: no answer within the read timeout
             self._drop()
             raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
-        except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed, TLS
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed, TLS, not HTTP
             self._drop()
             raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
-        if response.will_close:
+        if not answer.keep_alive:
             self._drop()
-        return response.status, response.getheader("x-amz-crc32"), data
+        return answer.status, answer.headers.get("x-amz-crc32"), answer.body
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self) -> tuple[http1.Connection, bool]:
         """The thread's connection, and whether it is a kept one (else new)."""
-        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        if connection is not None and connection.sock is not None and not _dropped(connection.sock):
+        connection: http1.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None and not _dropped(connection.sock):
             return connection, True
         if connection is not None:
             connection.close()
-        if self._https:
-            connection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._connect_timeout, context=self._tls
-            )
-        else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
         try:
-            connection.connect()
+            sock = socket.create_connection((self._host, self._port), timeout=self._connect_timeout)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
         except OSError as exc:  # refused, DNS, TLS, or no connection within the connect timeout
             raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
-        assert connection.sock is not None
-        connection.sock.settimeout(self._read_timeout)
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 sets it
+        sock.settimeout(self._read_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 sets it
+        connection = http1.Connection(sock)
         self._local.connection = connection
         return connection, False
 

@@ -1,13 +1,15 @@
-"""The worker's reads of uploaded objects from S3 (or MinIO): presigned with the SDK's signer, sent
-by aiohttp.
+"""The worker's reads of uploaded objects from S3 (or MinIO): presigned as the SDK presigns, sent
+on the worker's own keep-alive connections (``http1``).
 
-Worker-only (aiohttp): the API's package does not carry it.
+Worker-only: the API's package does not carry it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
+import http.client
 import random
 import re
 import ssl
@@ -16,22 +18,20 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-import aiohttp
 import botocore.auth
 from botocore.exceptions import NoCredentialsError
-from yarl import URL
 
 from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_ATTEMPTS, ca_bundle
 from visionq.errors import ImageRejected, TransientError
 from visionq.events import ObjectCreated
+from visionq.stores import http1
 from visionq.stores.aws_errors import aws_errors, client_error, translate_client_error
-from visionq.stores.sigv4 import QueryPresigner
+from visionq.stores.sigv4 import QueryPresigner, host_header
 
 # As the SDK's standard retry mode: a throttled or failed read is tried MAX_ATTEMPTS times in all,
 # with jittered exponential backoff, before the message is given back.
 READ_ATTEMPTS = MAX_ATTEMPTS
 _BACKOFF_BASE_SECONDS = 0.1
-_ERROR_BODY_BYTES = 64 * 1024  # an S3 error document is a few hundred bytes
 _URL_LIFETIME_SECONDS = 300  # a read's URL is used at once, and for its retries
 SIGNATURE_VERSION = "s3v4"  # the client's presigned URLs: SigV4 query auth
 _PROBE_KEY = "visionq-route-probe"  # a key presigned once per bucket, to learn the bucket's route
@@ -51,10 +51,11 @@ class _Route:
 class S3ObjectReader:
     """Asynchronous reads for the worker: the request is presigned with the (aiobotocore) S3
     client's signer, so endpoint, addressing, region and credentials are the SDK's from
-    configuration, and sent by aiohttp. Through the SDK a 175 KB read cost the worker 3.11 ms of
-    CPU, presigned and sent directly 1.73 ms (the SDK's modelled response parsing, hooks and
-    per-request user agent; bench/request_cpu.py, bench/RESULTS.md run 13); this is the worker's
-    one request per image with a body.
+    configuration, and sent on keep-alive connections of the reader's own (``http1``; aiohttp
+    before it, run 16). Through the SDK a 175 KB read cost the worker 3.11 ms of CPU, presigned and
+    sent directly 1.73 ms (the SDK's modelled response parsing, hooks and per-request user agent;
+    bench/request_cpu.py, bench/RESULTS.md run 13); this is the worker's one request per image
+    with a body.
 
     Presigning through the client resolves the endpoint rules and runs the client's hooks on every
     call; none of that depends on the key. So the client presigns one probe key per bucket, the
@@ -68,9 +69,9 @@ class S3ObjectReader:
     every read.
 
     ``client`` must sign with SigV4 (``SIGNATURE_VERSION``). Over HTTPS the reads trust the
-    certificates the SDK trusts (``aws.ca_bundle``). An async context manager: the HTTP
-    session lives between enter and exit. ``counts`` (as ``aws.count_requests`` fills it) gets one
-    ``s3.GetObject`` per HTTP request sent, retries too.
+    certificates the SDK trusts (``aws.ca_bundle``). An async context manager: its connections
+    live between enter and exit, at most ``connections`` at once. ``counts`` (as
+    ``aws.count_requests`` fills it) gets one ``s3.GetObject`` per HTTP request sent, retries too.
     """
 
     def __init__(
@@ -88,28 +89,17 @@ class S3ObjectReader:
             raise ValueError(f"the S3 client must sign with {SIGNATURE_VERSION!r} (Config(signature_version=...))")
         self._client = client
         self._routes: dict[str, _Route | None] = {}  # by bucket; None: presigned by the client each time
-        self._connector_limit = connections
-        self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
+        self._connections = _Connections(connections, connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._counts = counts
-        self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> S3ObjectReader:
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self._connector_limit, ssl=ssl.create_default_context(cafile=ca_bundle())
-            ),
-            timeout=self._timeout,
-            auto_decompress=False,  # the object's bytes as stored
-            skip_auto_headers=("Accept-Encoding",),
-        )
+        self._connections.open(ssl.create_default_context(cafile=ca_bundle()))
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        self._connections.close()
 
     async def read(self, obj: ObjectCreated, *, max_bytes: int) -> bytes:
         """The bytes of exactly the version the event named; refuses, before reading the body, an
@@ -120,12 +110,14 @@ class S3ObjectReader:
         headers = {} if obj.version_id else {"If-Match": f'"{obj.etag}"'}
         with aws_errors(what):  # presigning reads credentials: none, or none valid, is a ConfigError
             presigned = await self.presign(obj.bucket, obj.key, obj.version_id)
-        # Sent as signed, byte for byte: aiohttp would otherwise re-quote the path and query (a key
-        # with %, + or a space), and the signature covers them as they are.
-        url = URL(presigned, encoded=True)
+        # Sent as signed, byte for byte (a key with %, + or a space): the signature covers the path
+        # and query as they are.
+        parts = urlsplit(presigned)
+        request = http1.request_bytes("GET", f"{parts.path}?{parts.query}", host_header(presigned), headers, b"")
+        origin = (parts.scheme == "https", parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
         for attempt in range(1, READ_ATTEMPTS + 1):
             try:
-                return await self._get(url, headers, what, max_bytes)
+                return await self._get(origin, request, what, max_bytes)
             except TransientError:
                 if attempt == READ_ATTEMPTS:
                     raise
@@ -178,28 +170,92 @@ class S3ObjectReader:
         signer = QueryPresigner(service="s3", region=scope[2], expires=_URL_LIFETIME_SECONDS)
         return _Route(prefix=prefix, params=own, signer=signer)
 
-    async def _get(self, url: URL, headers: dict[str, str], what: str, max_bytes: int) -> bytes:
-        if self._http is None:
-            raise RuntimeError("S3ObjectReader is used outside its `async with`")
+    async def _get(self, origin: _Origin, request: bytes, what: str, max_bytes: int) -> bytes:
         if self._counts is not None:
             self._counts["s3.GetObject"] = self._counts.get("s3.GetObject", 0) + 1
         try:
-            async with self._http.get(url, headers=headers) as response:
-                if response.status != 200:
-                    raise _s3_error(response.status, await response.content.read(_ERROR_BODY_BYTES), what)
-                size = response.content_length or 0
-                if size > max_bytes:
-                    raise ImageRejected(
-                        f"the object is {size} bytes, over the limit of {max_bytes}", code="object_too_large"
-                    )
-                data = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise TransientError(f"{what}: cannot reach S3 ({type(exc).__name__})") from exc
-        if len(data) > max_bytes:  # no Content-Length (a chunked answer): checked on what came
+            answer = await self._connections.exchange(origin, request, max_body=max_bytes)
+        except http1.BodyTooLarge as exc:  # on its Content-Length, before the body is read
             raise ImageRejected(
-                f"the object is {len(data)} bytes, over the limit of {max_bytes}", code="object_too_large"
-            )
-        return data
+                f"the object is {exc.size} bytes, over the limit of {max_bytes}", code="object_too_large"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeouts, not HTTP
+            raise TransientError(f"{what}: cannot reach S3 ({type(exc).__name__})") from exc
+        if answer.status != 200:
+            raise _s3_error(answer.status, answer.body, what)
+        return answer.body
+
+
+_Origin = tuple[bool, str, int]  # (TLS, host, port)
+
+
+class _Connections:
+    """Keep-alive connections by origin, at most ``limit`` open at once. A connection goes back to
+    be reused only after a whole answer that allows it; one whose exchange failed or was
+    cancelled (a deadline) is closed, as its state is unknown."""
+
+    def __init__(self, limit: int, *, connect_timeout: float, read_timeout: float) -> None:
+        self._limit = limit
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._idle: collections.defaultdict[_Origin, list[http1.AsyncConnection]] = collections.defaultdict(list)
+        self._slots: asyncio.Semaphore | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    def open(self, tls: ssl.SSLContext) -> None:
+        self._tls = tls
+        self._slots = asyncio.Semaphore(self._limit)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+        self._slots = None
+
+    async def exchange(self, origin: _Origin, request: bytes, *, max_body: int) -> http1.Answer:
+        """The answer to ``request``. A kept connection the server closed as the request went (no
+        answer at all) is replaced and the request sent once more at once, as the DynamoDB
+        writes do (``dynamodb_wire``): a GET may be, and it spends none of the read's attempts."""
+        if self._slots is None:
+            raise RuntimeError("S3ObjectReader is used outside its `async with`")
+        async with self._slots:
+            connection, kept = await self._connection(origin)
+            try:
+                try:
+                    answer = await connection.exchange(request, max_body=max_body)
+                except http.client.RemoteDisconnected:
+                    if not kept:
+                        raise
+                    connection.close()
+                    connection, _ = await self._connection(origin)
+                    answer = await connection.exchange(request, max_body=max_body)
+            except BaseException:
+                connection.close()
+                raise
+            if answer.keep_alive:
+                self._idle[origin].append(connection)
+            else:
+                connection.close()
+            return answer
+
+    async def _connection(self, origin: _Origin) -> tuple[http1.AsyncConnection, bool]:
+        """An idle connection to ``origin`` the server has not closed, else a new one; and which."""
+        idle = self._idle[origin]
+        while idle:
+            connection = idle.pop()
+            if connection.fresh():
+                return connection, True
+            connection.close()
+        tls, host, port = origin
+        connection = await http1.AsyncConnection.open(
+            host,
+            port,
+            tls=self._tls if tls else None,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+        )
+        return connection, False
 
 
 def _amz_date() -> str:
@@ -210,7 +266,8 @@ def _amz_date() -> str:
 
 
 def _s3_error(status: int, body: bytes, what: str) -> Exception:
-    """S3's error answer as the project's error, through the one translation of SDK errors."""
+    """S3's error answer as the project's error, through the one translation of SDK errors (its body
+    at most ``http1.MAX_ERROR_BODY_BYTES``)."""
     # Two fields of a short document: read by pattern, not by an XML parser (no entity expansion to
     # fear from whatever answers at the endpoint; a proxy's HTML page leaves the status to decide).
     code, message = (_ERROR_FIELDS[name].search(body) for name in ("Code", "Message"))
