@@ -73,7 +73,8 @@ def stand_in(
     tls: ssl.SSLContext | None = None,
 ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """An HTTP server whose n-th POST (from 1) gets ``answer(n)`` (status, headers, body) after
-    ``delay(n)`` seconds; yields its endpoint and what it received (method, path, headers, body).
+    ``delay(n)`` seconds; yields its endpoint and what it received (method, path, headers, body,
+    and the client's port, one per connection).
     ``close_after_answer``: the connection is closed after each answer, as a server's keep-alive
     timeout would close it, with no ``Connection: close`` said. ``tls``: served over HTTPS."""
     received: list[dict[str, Any]] = []
@@ -83,7 +84,15 @@ def stand_in(
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append({"method": "POST", "path": self.path, "headers": dict(self.headers.items()), "body": body})
+            received.append(
+                {
+                    "method": "POST",
+                    "path": self.path,
+                    "headers": dict(self.headers.items()),
+                    "body": body,
+                    "client_port": self.client_address[1],  # one per connection
+                }
+            )
             time.sleep(delay(len(received)))
             status, headers, out = answer(len(received))
             self.send_response(status)
@@ -329,3 +338,19 @@ def test_a_kept_connection_closed_by_its_peer_is_seen_before_reuse() -> None:
         assert not _dropped(ours)
         theirs.close()
         assert _dropped(ours)
+
+
+def test_a_connection_idle_too_long_is_not_used_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from visionq.stores import dynamodb_wire
+
+    def ports(idle_seconds: float) -> list[int]:
+        monkeypatch.setattr(dynamodb_wire, "_IDLE_SECONDS", idle_seconds)
+        with stand_in(lambda n: ok({})) as (endpoint, received):
+            wire = wire_at(endpoint)
+            for _ in range(3):
+                wire.get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
+                time.sleep(0.05)
+        return [r["client_port"] for r in received]
+
+    assert len(set(ports(15.0))) == 1
+    assert len(set(ports(0.01))) == 3

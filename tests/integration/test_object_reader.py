@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -225,7 +227,13 @@ def test_https_reads_trust_the_sdks_ca_bundle_setting(tmp_path: Any, monkeypatch
     assert len(seen) == 1
 
 
-def test_reads_go_on_one_kept_connection(stack: Stack) -> None:
+@pytest.mark.parametrize(("idle_seconds", "expected"), [(15.0, [1, 0, 0, 0, 0]), (0.0, [1, 1, 1, 1, 1])])
+def test_reads_go_on_one_kept_connection_until_it_is_idle_too_long(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, idle_seconds: float, expected: list[int]
+) -> None:
+    from visionq.stores import s3_reader
+
+    monkeypatch.setattr(s3_reader, "_IDLE_SECONDS", idle_seconds)
     objects = [put(stack, f"uploads/kept-{i}.jpg", bytes([i]) * 1000) for i in range(5)]
     opened: list[int] = []
 
@@ -242,14 +250,18 @@ def test_reads_go_on_one_kept_connection(stack: Stack) -> None:
             return [await reader.read(obj, max_bytes=LIMIT) for obj in objects]
 
     assert asyncio.run(go()) == [bytes([i]) * 1000 for i in range(5)]
-    assert opened == [1, 0, 0, 0, 0]
+    assert opened == expected  # 1: a new connection, 0: the kept one
+
+
+RESET = b"reset"
+LATER = b"<later>"
 
 
 @contextlib.asynccontextmanager
 async def raw_server(answer: Callable[[int], bytes | None]) -> AsyncIterator[tuple[str, list[int], list[int]]]:
     """A loopback server whose i-th request on a connection (from 1) gets ``answer(i)``'s bytes as
     they are (the connection closed after it if it says so), or, for None, the connection closed
-    with no answer at all, or, for b"", no answer and the connection kept open until the client
+    with no answer at all (for RESET, reset), or, for b"", no answer and the connection kept open until the client
     closes it; yields its endpoint, the number of requests each connection got, and the
     connections (by number) the client has closed or been refused further answers on."""
     requests: list[int] = []
@@ -265,11 +277,19 @@ async def raw_server(answer: Callable[[int], bytes | None]) -> AsyncIterator[tup
                 raw = answer(requests[mine])
                 if raw is None:
                     break
+                if raw is RESET:  # closed with a reset (RST), as a load balancer's idle timeout may
+                    writer.get_extra_info("socket").setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    break
                 if not raw:  # no answer, the connection left open until the client closes it
                     await reader.read()
                     break
-                writer.write(raw)
-                await writer.drain()
+                for i, piece in enumerate(raw.split(LATER)):  # LATER: the rest goes a moment after
+                    if i:
+                        await asyncio.sleep(0.05)
+                    writer.write(piece)
+                    await writer.drain()
                 if b"Connection: close" in raw:  # a body that runs to the connection's end
                     break
         ended.append(mine)
@@ -281,7 +301,7 @@ async def raw_server(answer: Callable[[int], bytes | None]) -> AsyncIterator[tup
 
 
 def read_from_raw(
-    answer: Callable[[int], bytes | None], reads: int = 1
+    answer: Callable[[int], bytes | None], reads: int = 1, pause: float = 0.0
 ) -> tuple[list[bytes | Exception], dict[str, int], list[int]]:
     counts: dict[str, int] = {}
 
@@ -289,6 +309,7 @@ def read_from_raw(
         results: list[bytes | Exception] = []
         async with raw_server(answer) as (endpoint, requests, _), reader_at(endpoint, counts) as reader:
             for i in range(reads):
+                await asyncio.sleep(pause if i else 0)
                 try:
                     results.append(await reader.read(ObjectCreated(bucket=BUCKET, key=f"k{i}", etag="e"), max_bytes=10))
                 except Exception as exc:  # noqa: BLE001 - the test looks at which
@@ -299,13 +320,14 @@ def read_from_raw(
     return results, counts, requests
 
 
-def test_a_kept_connection_closed_as_the_request_goes_costs_no_attempt() -> None:
-    """The server answers each connection's first request and drops the second unanswered (its
-    keep-alive timeout striking as the request arrives): the read goes again at once on a new
-    connection, and the read's attempts (one GetObject counted each) are not spent on it."""
+@pytest.mark.parametrize("drop", [None, RESET])
+def test_a_kept_connection_closed_as_the_request_goes_costs_no_attempt(drop: bytes | None) -> None:
+    """The server answers each connection's first request and drops the second unanswered, closed
+    or reset (its keep-alive timeout striking as the request arrives): the read goes again at once
+    on a new connection, and the read's attempts (one GetObject counted each) are not spent on it."""
 
     def answer(nth: int) -> bytes | None:
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npixels" if nth == 1 else None
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npixels" if nth == 1 else drop
 
     results, counts, requests = read_from_raw(answer, reads=3)
     assert results == [b"pixels"] * 3
@@ -360,3 +382,17 @@ def test_a_read_given_up_on_closes_its_connection() -> None:
             return data
 
     assert asyncio.run(go()) == b"pixels"
+
+
+def test_bytes_nobody_asked_for_keep_a_connection_from_being_used_again() -> None:
+    """A server that sends more after an answer (an unasked 408 as it times the connection out):
+    the next read goes on a new connection, never taking those bytes for its answer."""
+    pixels = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npixels"
+    late = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+
+    for extra in (late, LATER + late):  # with the answer, or after it, while the connection is idle
+        results, _, requests = read_from_raw(
+            lambda nth, extra=extra: pixels + extra if nth == 1 else pixels, reads=2, pause=0.2
+        )
+        assert results == [b"pixels", b"pixels"]
+        assert requests == [1, 1]

@@ -43,8 +43,7 @@ ATTEMPTS = MAX_ATTEMPTS  # as the SDK's standard retry mode
 _BACKOFF_BASE_SECONDS = 0.05
 _TARGET_PREFIX = "DynamoDB_20120810"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
-# What a kept connection closed by the server as the request went fails with: no answer at all.
-_CLOSED_UNDER_US = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_IDLE_SECONDS = 15.0  # a kept connection idle longer is not used again (as the object reads')
 
 
 class DynamoDBWire:
@@ -152,7 +151,7 @@ class _Connections:
         try:
             return self._exchange(connection, request)
         except EndpointConnectionError as exc:
-            if not (reused and isinstance(exc.kwargs.get("error"), _CLOSED_UNDER_US)):
+            if not (reused and isinstance(exc.kwargs.get("error"), http1.CLOSED_UNDER_US)):
                 raise
         connection, _ = self._connection()
         return self._exchange(connection, request)
@@ -166,14 +165,21 @@ class _Connections:
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed, TLS, not HTTP
             self._drop()
             raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
+        except BaseException:  # anything else leaves the connection in a state nobody knows
+            self._drop()
+            raise
         if not answer.keep_alive:
             self._drop()
+        self._local.since = time.monotonic()
         return answer.status, answer.headers.get("x-amz-crc32"), answer.body
 
     def _connection(self) -> tuple[http1.Connection, bool]:
-        """The thread's connection, and whether it is a kept one (else new)."""
+        """The thread's connection, and whether it is a kept one (else new). A kept one idle for
+        longer than ``_IDLE_SECONDS`` is not used again: a NAT or a load balancer may have dropped
+        it without a word, and a request on it would wait its read timeout out."""
         connection: http1.Connection | None = getattr(self._local, "connection", None)
-        if connection is not None and not _dropped(connection.sock):
+        idle = time.monotonic() - getattr(self._local, "since", 0.0)
+        if connection is not None and idle < _IDLE_SECONDS and not _dropped(connection.sock):
             return connection, True
         if connection is not None:
             connection.close()

@@ -4,9 +4,9 @@ reads).
 
 The worker's requests are few shapes to few hosts: the two DynamoDB writes per image, small POSTs,
 and the read of each image, a GET. Through the general clients they cost far more CPU than their
-bytes need: ``http.client`` about 0.3 ms a write in its own Python (header objects, an email parser
-for the answer's headers, a buffered reader), aiohttp about 0.3 ms a read more than this (tracing,
-cookies, its connector's bookkeeping; bench/RESULTS.md runs 15 and 16). Here a request is one
+bytes need: ``http.client`` about 0.25 ms a write more than this in its own Python (header
+objects, an email parser for the answer's headers, a buffered reader), aiohttp about 0.12 ms a read
+more (tracing, cookies, its connector's bookkeeping; bench/RESULTS.md runs 15 and 16). Here a request is one
 write of bytes the caller formatted, and the answer is read in large chunks and framed by one
 piece of code for both connections (``_answer``): the status line, the headers, and the body by
 ``Content-Length``, chunked transfer coding, or the connection's end (RFC 9112 section 6).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http.client
+import re
 import socket
 import ssl
 from collections.abc import Generator
@@ -30,6 +31,11 @@ _RECV_BYTES = 1 << 16
 _ASYNC_READ_BYTES = 1 << 20
 _MAX_HEAD_BYTES = 1 << 16  # an answer's status line and headers together: more is not an HTTP server's
 MAX_ERROR_BODY_BYTES = 1 << 16  # an AWS error document is a few hundred bytes
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only (str.isdigit takes any script's digits)
+_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# What a kept connection the peer closed as the request went fails with: no answer at all. The
+# request may be sent again at once on a new connection (as HTTP clients do for idempotent ones).
+CLOSED_UNDER_US = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 # What the framing asks its connection for next: the head (up to the empty line), one line, a
 # number of bytes, or everything to the connection's end (up to a limit).
@@ -70,37 +76,50 @@ class Answer:
 
 def _answer(max_body: int | None) -> Generator[_Need, bytes, Answer]:
     """One answer's framing: yields what it needs next and is sent those bytes. ``max_body``
-    bounds a 2xx answer's body, ``MAX_ERROR_BODY_BYTES`` any other's."""
+    bounds a 2xx answer's body (``BodyTooLarge`` past it); any other answer's body is cut at
+    ``MAX_ERROR_BODY_BYTES`` (its status is what counts; the connection is then not kept)."""
     status, headers, http10 = _parse_head((yield _HEAD, 1))
     while 100 <= status < 200 and status != 101:
         # An interim answer (100 Continue, 103 Early Hints): the real one follows.
         status, headers, http10 = _parse_head((yield _HEAD, 0))
-    limit = max_body if 200 <= status < 300 else MAX_ERROR_BODY_BYTES
+    ok = 200 <= status < 300
+    limit = max_body if ok else MAX_ERROR_BODY_BYTES
     delimited = True
     if status in (101, 204, 304):
         body, delimited = b"", status != 101
     elif "chunked" in headers.get("transfer-encoding", "").lower():
         parts: list[bytes] = []
-        size = _chunk_size((yield _LINE, None))
-        total = size
-        while size:
-            _within(total, limit, status)
+        total = 0
+        while size := _chunk_size((yield _LINE, None)):
+            if limit is not None and total + size > limit:
+                if ok:
+                    raise BodyTooLarge(total + size)
+                parts.append((yield _EXACTLY, limit - total))
+                delimited = False
+                break
             parts.append((yield _EXACTLY, size))
+            total += size
             if (yield _EXACTLY, 2) != b"\r\n":
                 raise BadAnswer("a chunk does not end with CRLF")
-            size = _chunk_size((yield _LINE, None))
-            total += size
-        while (yield _LINE, None):  # trailers, up to the empty line
-            pass
+        else:
+            while (yield _LINE, None):  # trailers, up to the empty line
+                pass
         body = b"".join(parts)
     elif (length := headers.get("content-length")) is not None:
-        if not length.isdigit():
+        if not _DIGITS.fullmatch(length):
             raise BadAnswer(f"not a Content-Length: {length[:40]!r}")
-        _within(int(length), limit, status)
-        body = yield _EXACTLY, int(length)
+        size = int(length)
+        if limit is not None and size > limit:
+            if ok:
+                raise BodyTooLarge(size)
+            size, delimited = limit, False
+        body = yield _EXACTLY, size
     else:
         body = yield _REST, limit
-        _within(len(body), limit, status)
+        if limit is not None and len(body) > limit:
+            if ok:
+                raise BodyTooLarge(len(body))
+            body = body[:limit]
         delimited = False
     tokens = {t.strip() for t in headers.get("connection", "").lower().split(",")}
     keep_alive = delimited and ("keep-alive" in tokens if http10 else "close" not in tokens)
@@ -112,29 +131,29 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
     lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code = rest[:3]
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
         raise BadAnswer(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon:
+        # No space in a name, no line folded onto the one before (RFC 9112 5.1, 5.2).
+        if not colon or not name or name != name.strip() or " " in name or "\t" in name:
             raise BadAnswer(f"not a header line: {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
+        key, value = name.lower(), value.strip()
+        if key in headers:
+            if key == "content-length" and headers[key] != value:
+                raise BadAnswer("two Content-Length headers that differ")
+            if key in ("connection", "transfer-encoding"):  # lists: repeats add to them
+                value = f"{headers[key]}, {value}"
+        headers[key] = value
     return int(code), headers, version == "HTTP/1.0"
 
 
 def _chunk_size(line: bytes) -> int:
-    try:
-        return int(line.split(b";", 1)[0].strip(), 16)
-    except ValueError:
-        raise BadAnswer(f"not a chunk size: {line[:40]!r}") from None
-
-
-def _within(size: int, limit: int | None, status: int) -> None:
-    if limit is not None and size > limit:
-        if 200 <= status < 300:
-            raise BodyTooLarge(size)
-        raise BadAnswer(f"a {status} answer's body goes on past {limit} bytes")
+    size = line.split(b";", 1)[0].strip()
+    if not _HEX_DIGITS.fullmatch(size):
+        raise BadAnswer(f"not a chunk size: {line[:40]!r}")
+    return int(size, 16)
 
 
 class _Received:
@@ -219,8 +238,9 @@ class Connection:
 
 
 class AsyncConnection:
-    """A connection on the running event loop; each wait for the peer's bytes is bounded by
-    ``read_timeout`` (as a socket timeout bounds each ``recv``)."""
+    """A connection on the running event loop (asyncio streams). Each wait for the peer's next
+    bytes is bounded by ``read_timeout`` (as a socket timeout bounds each ``recv``, and as
+    aiohttp's ``sock_read`` did): a slow body that keeps coming is not cut short."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_timeout: float) -> None:
         self._reader = reader
@@ -239,8 +259,14 @@ class AsyncConnection:
         return cls(reader, writer, read_timeout)
 
     def fresh(self) -> bool:
-        """Whether the peer has not closed the idle connection (its keep-alive timeout)."""
-        return not self._writer.is_closing() and not self._reader.at_eof() and not self._received.data
+        """Whether the idle connection can carry a request: the peer has not closed it (its
+        keep-alive timeout) and has sent nothing since the last answer (an unasked 408, say)."""
+        return not self._writer.is_closing() and not self._reader.at_eof() and not self._unread()
+
+    def _unread(self) -> int:
+        """Bytes received and not yet taken: ours, and those still in the stream reader's buffer
+        (it has no public count of them; ``_buffer`` is its bytearray in every CPython since 3.4)."""
+        return len(self._received.data) + len(getattr(self._reader, "_buffer", b""))
 
     async def exchange(self, request: bytes, *, max_body: int | None = None) -> Answer:
         """As ``Connection.exchange``; ``TimeoutError`` when the peer is silent too long."""
@@ -250,24 +276,17 @@ class AsyncConnection:
         try:
             while True:
                 while (taken := self._received.take(need)) is None:
-                    await self._read_more(need)
+                    await self._read_more()
                 need = framing.send(taken)
         except StopIteration as done:
-            return self._received.settled(done.value)
+            answer: Answer = done.value
+        if answer.keep_alive and self._unread():  # bytes nobody asked for came after it
+            return dataclasses.replace(answer, keep_alive=False)
+        return answer
 
-    async def _read_more(self, need: _Need) -> None:
-        kind, size = need
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                if kind == _EXACTLY and size is not None:
-                    # The rest of a body of known length: in one wait, not a wake-up per segment.
-                    short = min(size - len(self._received.data), _ASYNC_READ_BYTES)
-                    self._received.feed(await self._reader.readexactly(short))
-                else:
-                    self._received.feed(await self._reader.read(_ASYNC_READ_BYTES))
-        except asyncio.IncompleteReadError as exc:  # the peer closed first
-            self._received.feed(exc.partial)
-            self._received.feed(b"")
+    async def _read_more(self) -> None:
+        async with asyncio.timeout(self._read_timeout):
+            self._received.feed(await self._reader.read(_ASYNC_READ_BYTES))
 
     def close(self) -> None:
         self._writer.close()

@@ -13,6 +13,7 @@ import http.client
 import random
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -35,6 +36,7 @@ _BACKOFF_BASE_SECONDS = 0.1
 _URL_LIFETIME_SECONDS = 300  # a read's URL is used at once, and for its retries
 SIGNATURE_VERSION = "s3v4"  # the client's presigned URLs: SigV4 query auth
 _PROBE_KEY = "visionq-route-probe"  # a key presigned once per bucket, to learn the bucket's route
+_IDLE_SECONDS = 15.0  # an idle connection older than this is not used again
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,9 @@ class S3ObjectReader:
 
     ``client`` must sign with SigV4 (``SIGNATURE_VERSION``). Over HTTPS the reads trust the
     certificates the SDK trusts (``aws.ca_bundle``). An async context manager: its connections
-    live between enter and exit, at most ``connections`` at once. ``counts`` (as
-    ``aws.count_requests`` fills it) gets one ``s3.GetObject`` per HTTP request sent, retries too.
+    live between enter and exit, at most ``connections`` in use at once. ``counts`` (as
+    ``aws.count_requests`` fills it) gets one ``s3.GetObject`` per attempt, retries too (a request
+    sent again at once because a kept connection closed under it is not counted again).
     """
 
     def __init__(
@@ -190,15 +193,20 @@ _Origin = tuple[bool, str, int]  # (TLS, host, port)
 
 
 class _Connections:
-    """Keep-alive connections by origin, at most ``limit`` open at once. A connection goes back to
-    be reused only after a whole answer that allows it; one whose exchange failed or was
-    cancelled (a deadline) is closed, as its state is unknown."""
+    """Keep-alive connections by origin, at most ``limit`` exchanges at once. A connection goes
+    back to be reused only after a whole answer that allows it, and is not reused after
+    ``_IDLE_SECONDS`` idle (aiohttp's default, which the reads used before): a server or a load
+    balancer may have dropped it without a word, and a request on it would wait its read timeout
+    out. One whose exchange failed or was cancelled (a deadline) is closed, as its state is unknown."""
 
     def __init__(self, limit: int, *, connect_timeout: float, read_timeout: float) -> None:
         self._limit = limit
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._idle: collections.defaultdict[_Origin, list[http1.AsyncConnection]] = collections.defaultdict(list)
+        # By origin, each idle connection with the time it went idle (the latest last).
+        self._idle: collections.defaultdict[_Origin, list[tuple[http1.AsyncConnection, float]]] = (
+            collections.defaultdict(list)
+        )
         self._slots: asyncio.Semaphore | None = None
         self._tls: ssl.SSLContext | None = None
 
@@ -208,23 +216,25 @@ class _Connections:
 
     def close(self) -> None:
         for idle in self._idle.values():
-            for connection in idle:
+            for connection, _ in idle:
                 connection.close()
         self._idle.clear()
         self._slots = None
 
     async def exchange(self, origin: _Origin, request: bytes, *, max_body: int) -> http1.Answer:
-        """The answer to ``request``. A kept connection the server closed as the request went (no
-        answer at all) is replaced and the request sent once more at once, as the DynamoDB
-        writes do (``dynamodb_wire``): a GET may be, and it spends none of the read's attempts."""
-        if self._slots is None:
+        """The answer to ``request``. A kept connection the server closed or reset as the request
+        went (no answer at all) is replaced and the request sent once more at once, as the
+        DynamoDB writes do (``dynamodb_wire``): a GET may be, and it spends none of the read's
+        attempts."""
+        slots = self._slots
+        if slots is None:
             raise RuntimeError("S3ObjectReader is used outside its `async with`")
-        async with self._slots:
+        async with slots:
             connection, kept = await self._connection(origin)
             try:
                 try:
                     answer = await connection.exchange(request, max_body=max_body)
-                except http.client.RemoteDisconnected:
+                except http1.CLOSED_UNDER_US:
                     if not kept:
                         raise
                     connection.close()
@@ -233,20 +243,24 @@ class _Connections:
             except BaseException:
                 connection.close()
                 raise
-            if answer.keep_alive:
-                self._idle[origin].append(connection)
+            if answer.keep_alive and self._slots is slots:  # not closed meanwhile
+                self._idle[origin].append((connection, time.monotonic()))
             else:
                 connection.close()
             return answer
 
     async def _connection(self, origin: _Origin) -> tuple[http1.AsyncConnection, bool]:
-        """An idle connection to ``origin`` the server has not closed, else a new one; and which."""
+        """The latest idle connection to ``origin`` fit to be used again, else a new one; and which."""
         idle = self._idle[origin]
         while idle:
-            connection = idle.pop()
-            if connection.fresh():
+            connection, since = idle.pop()
+            if time.monotonic() - since < _IDLE_SECONDS and connection.fresh():
                 return connection, True
             connection.close()
+            # The others went idle earlier still: closed now rather than left open.
+            for older, _ in idle:
+                older.close()
+            idle.clear()
         tls, host, port = origin
         connection = await http1.AsyncConnection.open(
             host,
