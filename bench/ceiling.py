@@ -50,28 +50,27 @@ def registry(directory: Path, delay_ms: float, per_image_ms: float) -> Path:
     return path
 
 
+def by_label(metrics_text: str, series: str, label: str) -> dict[str, float]:
+    """The value of each line of ``series`` in the Prometheus text, by its ``label``'s value."""
+    prefix, marker = series + "{", f'{label}="'
+    return {
+        line.split(marker, 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
 def stage_means_ms(metrics_text: str) -> dict[str, float]:
     """Mean wall time per image of each stage, from visionq_stage_seconds' sum and count."""
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for line in metrics_text.splitlines():
-        for suffix, into in (("_sum", sums), ("_count", counts)):
-            prefix = f"visionq_stage_seconds{suffix}{{"
-            if line.startswith(prefix):
-                stage = line.split('stage="', 1)[1].split('"', 1)[0]
-                into[stage] = float(line.rsplit(" ", 1)[1])
+    sums = by_label(metrics_text, "visionq_stage_seconds_sum", "stage")
+    counts = by_label(metrics_text, "visionq_stage_seconds_count", "stage")
     return {s: round(sums[s] / counts[s] * 1000, 3) for s in sums if counts.get(s)}
 
 
 def store_cpu_ms_per_image(metrics_text: str, images: int) -> dict[str, float]:
     """CPU ms per image of each store call in the worker's store threads (visionq_store_cpu_seconds),
     over the whole run."""
-    prefix = "visionq_store_cpu_seconds_total{"
-    spent = {
-        line.split('call="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in metrics_text.splitlines()
-        if line.startswith(prefix)
-    }
+    spent = by_label(metrics_text, "visionq_store_cpu_seconds_total", "call")
     return {call: round(seconds * 1000 / images, 3) for call, seconds in sorted(spent.items())}
 
 

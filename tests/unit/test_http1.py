@@ -26,7 +26,9 @@ def pair() -> Iterator[tuple[http1.Connection, socket.socket]]:
     peer.close()
 
 
-def answer_with(pair: tuple[http1.Connection, socket.socket], *pieces: bytes, close: bool = False) -> http1.Answer:
+def answer_with(
+    pair: tuple[http1.Connection, socket.socket], *pieces: bytes, close: bool = False, max_body: int | None = None
+) -> http1.Answer:
     """The connection's answer to REQUEST when the peer sends ``pieces`` one by one (then closes)."""
     connection, peer = pair
 
@@ -43,7 +45,7 @@ def answer_with(pair: tuple[http1.Connection, socket.socket], *pieces: bytes, cl
     server = threading.Thread(target=serve)
     server.start()
     try:
-        return connection.exchange(REQUEST)
+        return connection.exchange(REQUEST, max_body=max_body)
     finally:
         server.join()
 
@@ -185,12 +187,11 @@ def test_a_body_without_length_over_the_limit_is_refused_as_it_comes(raw: bytes)
 
 
 def answer_with_limit(raw: bytes, limit: int) -> http1.Answer:
+    """``answer_with`` on a connection of its own, the peer closing after ``raw``."""
     ours, peer = socket.socketpair()
     with ours, peer:
         ours.settimeout(5)
-        peer.sendall(raw)
-        peer.shutdown(socket.SHUT_WR)
-        return http1.Connection(ours).exchange(b"GET / HTTP/1.1\r\n\r\n", max_body=limit)
+        return answer_with((http1.Connection(ours), peer), raw, close=True, max_body=limit)
 
 
 def test_the_limit_bounds_a_successful_body_and_an_error_body_has_its_own() -> None:

@@ -127,15 +127,12 @@ class _Connections:
     (bench/RESULTS.md runs 15 and 16)."""
 
     def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, ca_bundle: str | None) -> None:
-        parts = urlsplit(url)
         self._url = url
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._host_header = host_header(url)
-        self._path = parts.path or "/"
+        self._origin = http1.Origin.of(url)
+        self._path = urlsplit(url).path or "/"
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._tls = ssl.create_default_context(cafile=ca_bundle) if parts.scheme == "https" else None
+        self._tls = ssl.create_default_context(cafile=ca_bundle) if self._origin.tls else None
         self._local = threading.local()
 
     def post(self, headers: dict[str, str], body: bytes) -> tuple[int, str | None, bytes]:
@@ -146,7 +143,7 @@ class _Connections:
         no answer at all, and the request is sent once more at once on a new connection, as HTTP
         clients do, without spending one of the call's attempts. Nothing else is sent again here.
         """
-        request = http1.request_bytes("POST", self._path, self._host_header, headers, body)
+        request = http1.request_bytes("POST", self._path, self._origin.host_header, headers, body)
         connection, reused = self._connection()
         try:
             return self._exchange(connection, request)
@@ -184,9 +181,9 @@ class _Connections:
         if connection is not None:
             connection.close()
         try:
-            sock = socket.create_connection((self._host, self._port), timeout=self._connect_timeout)
+            sock = socket.create_connection((self._origin.host, self._origin.port), timeout=self._connect_timeout)
             if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
+                sock = self._tls.wrap_socket(sock, server_hostname=self._origin.host)
         except OSError as exc:  # refused, DNS, TLS, or no connection within the connect timeout
             raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
         sock.settimeout(self._read_timeout)

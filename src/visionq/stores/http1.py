@@ -26,6 +26,9 @@ import socket
 import ssl
 from collections.abc import Generator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from visionq.stores.sigv4 import host_header
 
 _RECV_BYTES = 1 << 16
 _ASYNC_READ_BYTES = 1 << 20
@@ -54,6 +57,23 @@ class BodyTooLarge(http.client.HTTPException):
     def __init__(self, size: int) -> None:
         super().__init__(f"the body is {size} bytes or more")
         self.size = size
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a URL's requests go: TLS or not, the host to connect to, its port, and the ``Host``
+    header to send (the port only when it is not the scheme's own, as the SDK signs it)."""
+
+    tls: bool
+    host: str
+    port: int
+    host_header: str
+
+    @classmethod
+    def of(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        tls = parts.scheme == "https"
+        return cls(tls, parts.hostname or "", parts.port or (443 if tls else 80), host_header(url))
 
 
 def request_bytes(method: str, target: str, host: str, headers: dict[str, str], body: bytes) -> bytes:

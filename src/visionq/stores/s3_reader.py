@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import functools
 import http.client
 import random
 import re
@@ -27,7 +28,7 @@ from visionq.errors import ImageRejected, TransientError
 from visionq.events import ObjectCreated
 from visionq.stores import http1
 from visionq.stores.aws_errors import aws_errors, client_error, translate_client_error
-from visionq.stores.sigv4 import QueryPresigner, host_header
+from visionq.stores.sigv4 import QueryPresigner
 
 # As the SDK's standard retry mode: a throttled or failed read is tried MAX_ATTEMPTS times in all,
 # with jittered exponential backoff, before the message is given back.
@@ -116,8 +117,8 @@ class S3ObjectReader:
         # Sent as signed, byte for byte (a key with %, + or a space): the signature covers the path
         # and query as they are.
         parts = urlsplit(presigned)
-        request = http1.request_bytes("GET", f"{parts.path}?{parts.query}", host_header(presigned), headers, b"")
-        origin = (parts.scheme == "https", parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        origin = _origin(f"{parts.scheme}://{parts.netloc}")
+        request = http1.request_bytes("GET", f"{parts.path}?{parts.query}", origin.host_header, headers, b"")
         for attempt in range(1, READ_ATTEMPTS + 1):
             try:
                 return await self._get(origin, request, what, max_bytes)
@@ -173,7 +174,7 @@ class S3ObjectReader:
         signer = QueryPresigner(service="s3", region=scope[2], expires=_URL_LIFETIME_SECONDS)
         return _Route(prefix=prefix, params=own, signer=signer)
 
-    async def _get(self, origin: _Origin, request: bytes, what: str, max_bytes: int) -> bytes:
+    async def _get(self, origin: http1.Origin, request: bytes, what: str, max_bytes: int) -> bytes:
         if self._counts is not None:
             self._counts["s3.GetObject"] = self._counts.get("s3.GetObject", 0) + 1
         try:
@@ -189,7 +190,10 @@ class S3ObjectReader:
         return answer.body
 
 
-_Origin = tuple[bool, str, int]  # (TLS, host, port)
+@functools.lru_cache(maxsize=64)
+def _origin(scheme_and_netloc: str) -> http1.Origin:
+    """A bucket's endpoint, worked out once, not for every read."""
+    return http1.Origin.of(scheme_and_netloc)
 
 
 class _Connections:
@@ -204,7 +208,7 @@ class _Connections:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         # By origin, each idle connection with the time it went idle (the latest last).
-        self._idle: collections.defaultdict[_Origin, list[tuple[http1.AsyncConnection, float]]] = (
+        self._idle: collections.defaultdict[http1.Origin, list[tuple[http1.AsyncConnection, float]]] = (
             collections.defaultdict(list)
         )
         self._slots: asyncio.Semaphore | None = None
@@ -221,7 +225,7 @@ class _Connections:
         self._idle.clear()
         self._slots = None
 
-    async def exchange(self, origin: _Origin, request: bytes, *, max_body: int) -> http1.Answer:
+    async def exchange(self, origin: http1.Origin, request: bytes, *, max_body: int) -> http1.Answer:
         """The answer to ``request``. A kept connection the server closed or reset as the request
         went (no answer at all) is replaced and the request sent once more at once, as the
         DynamoDB writes do (``dynamodb_wire``): a GET may be, and it spends none of the read's
@@ -249,7 +253,7 @@ class _Connections:
                 connection.close()
             return answer
 
-    async def _connection(self, origin: _Origin) -> tuple[http1.AsyncConnection, bool]:
+    async def _connection(self, origin: http1.Origin) -> tuple[http1.AsyncConnection, bool]:
         """The latest idle connection to ``origin`` fit to be used again, else a new one; and which."""
         idle = self._idle[origin]
         while idle:
@@ -261,11 +265,10 @@ class _Connections:
             for older, _ in idle:
                 older.close()
             idle.clear()
-        tls, host, port = origin
         connection = await http1.AsyncConnection.open(
-            host,
-            port,
-            tls=self._tls if tls else None,
+            origin.host,
+            origin.port,
+            tls=self._tls if origin.tls else None,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,
         )
