@@ -113,7 +113,9 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 def cpu_seconds_by_thread(proc: psutil.Process) -> dict[str, float]:
     """``cpu_seconds`` split by where it was spent: ``main`` (the process's first thread), each
-    thread name without its number (``store_3`` counts as ``store``), ``children``."""
+    thread name without its number (``store_3`` counts as ``store``), ``model_process`` (a model in
+    a process of its own, VISIONQ_MODEL_PROCESS: started by ``spawn``), ``children`` (the rest: the
+    decode processes and their fork server)."""
     split: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{proc.pid}/task").iterdir():
@@ -128,7 +130,8 @@ def cpu_seconds_by_thread(proc: psutil.Process) -> dict[str, float]:
     split["children"] = float(getattr(t, "children_user", 0) + getattr(t, "children_system", 0))
     for child in proc.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
-            split["children"] += float(sum(child.cpu_times()[:2]))
+            group = "model_process" if "spawn_main" in " ".join(child.cmdline()) else "children"
+            split[group] = split.get(group, 0.0) + float(sum(child.cpu_times()[:2]))
     return split
 
 

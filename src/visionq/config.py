@@ -11,7 +11,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -202,6 +202,12 @@ class WorkerSettings(AwsSettings):
     @property
     def model_process_wanted(self) -> bool:
         return self.model_process and not os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+
+    # JPEG pixels decoded by the model's process on its device (models/device_decode.py): the
+    # worker only checks their header. auto: for a model in its own process on a GPU (nvjpeg);
+    # on: for a model in its own process wherever it runs (on a CPU this moves the decode into the
+    # model's process, for tests and measurement); off: the worker decodes every image.
+    device_decode: Literal["auto", "on", "off"] = Field(default="auto", validation_alias="VISIONQ_DEVICE_DECODE")
 
     # CPUs for the model's process alone, such as "1" (cpus.py); the worker and its decode processes
     # (and, locally, the emulator and PostgreSQL) run on the others. Needs model_process.

@@ -28,17 +28,18 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from visionq import metrics
 from visionq.batching import MicroBatcher
 from visionq.config import WorkerSettings
 from visionq.decode_pool import DecodePool
-from visionq.errors import ObjectChanged, PermanentError, TransientError
+from visionq.errors import ConfigError, ImageRejected, ObjectChanged, PermanentError, TransientError
 from visionq.events import MalformedEvent, ObjectCreated, parse_s3_event
 from visionq.faults import Failpoints
-from visionq.images import DecodedImage, ImageLimits, decode_image
+from visionq.images import DecodedImage, EncodedJpeg, ImageLimits, decode_image, inspect_jpeg
 from visionq.jobs import Job, JobError, JobStatus, batch_id_in_key, job_id_for_object, job_id_in_key, ttl_from_now
-from visionq.models import Model, batches_in_flight
+from visionq.models import Model, batches_in_flight, decodes_on_device
 from visionq.models.registry import LoadedModels
 from visionq.outputs import ModelOutput
 from visionq.settle import BoundedCalls, ProcessingStats, Settler, log_state, ms_since, run_in
@@ -95,6 +96,15 @@ class Processor:
         )
         self._decode_pool = None if processes else named_pool(settings.decode_workers, "decode")
         self._calls = BoundedCalls(settings.store_timeout_seconds)
+        if settings.device_decode == "on" and not settings.model_process_wanted:
+            raise ConfigError(
+                "VISIONQ_DEVICE_DECODE=on needs VISIONQ_MODEL_PROCESS=1: only a model in its own process"
+                " decodes on its device"
+            )
+        # The models whose process decodes JPEGs on its device: the worker only checks their header.
+        self._decoding_models = {
+            name for name, model in models.models.items() if decodes_on_device(model, settings.device_decode)
+        }
         # Models in the worker's process share one infer thread; a model that takes several batches
         # at once (in a process of its own) gets a thread per batch it can hold.
         shared = named_pool(1, "infer")
@@ -224,7 +234,7 @@ class Processor:
             data = await self._calls.bounded(self.objects.read(obj, max_bytes=self.limits.max_bytes), "read the object")
             item.timings["fetch_ms"] = ms_since(started)
             started = time.perf_counter()
-            item.image = await self._decode(data, model.input_size)
+            item.image = await self._decode(data, model.input_size, on_device=item.model_name in self._decoding_models)
             item.timings["decode_ms"] = ms_since(started)
             return None
         except ObjectChanged as exc:
@@ -239,7 +249,14 @@ class Processor:
         except Exception as exc:  # noqa: BLE001 - any other fault: retry, then a terminal state
             return await self._settler.retry_or_fail(item, exc)
 
-    async def _decode(self, data: bytes, max_side: int | None) -> DecodedImage:
+    async def _decode(self, data: bytes, max_side: int | None, *, on_device: bool) -> DecodedImage | EncodedJpeg:
+        if on_device:
+            # The header alone, here (tens of microseconds): the model's device decodes the pixels.
+            jpeg = inspect_jpeg(data, self.limits, max_side=max_side)
+            if jpeg is not None:
+                metrics.WORKER.decoded("model_process")
+                return jpeg
+        metrics.WORKER.decoded("worker")
         if self._decode_processes is not None:
             return await self._decode_processes.decode(data, self.limits, max_side=max_side)
         assert self._decode_pool is not None
@@ -288,6 +305,10 @@ class Processor:
                 if item.enter(Stage.SETTLING):
                     item.finish(await self._settler.retry_or_fail(item, output))
                 continue
+            if isinstance(output, ImageRejected):  # a JPEG its model's device could not decode
+                if item.enter(Stage.SETTLING):
+                    item.finish(await self._settler.fail(item, JobError(code=output.code, message=output.message)))
+                continue
             if isinstance(output, Exception) or image is None:
                 if item.enter(Stage.SETTLING):
                     error = JobError(code="model_error", message=f"the model failed on this image ({output!r})")
@@ -304,7 +325,12 @@ class Processor:
         self, batch: list[WorkItem], model: Model, pool: ThreadPoolExecutor
     ) -> list[ModelOutput | Exception]:
         """One forward pass; if it raises, one pass per image, so one bad image fails alone."""
-        images = [item.image.rgb for item in batch if item.image is not None]
+        # Pixels, or JPEGs for a model that decodes them on its device (decodes_on_device).
+        images: list[Any] = [
+            item.image.rgb if isinstance(item.image, DecodedImage) else item.image
+            for item in batch
+            if item.image is not None
+        ]
         try:
             outputs = await run_in(pool, model.predict, images)
             if len(outputs) == len(batch):
@@ -317,7 +343,10 @@ class Processor:
             return [exc] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
-                logger.exception("the model failed on an image", extra=batch[0].log_extra())
+                if isinstance(exc, ImageRejected):
+                    logger.warning("image rejected by its decoder: %s", exc.message, extra=batch[0].log_extra())
+                else:
+                    logger.exception("the model failed on an image", extra=batch[0].log_extra())
                 return [exc]
             logger.warning("a batch of %d failed (%r); running its images one by one", len(batch), exc)
         # One by one; an image whose job expired meanwhile (its pixels dropped) is not run again.

@@ -21,8 +21,10 @@ stays the one that counts.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2  # the worker's (opencv-python, an Ultralytics dependency): the reduction below
@@ -101,12 +103,69 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG that passed every check ``decode_image`` makes before a pixel is decoded (size, pixel
+    count, format, mode), left for the model's device to decode (``models/device_decode.py``)."""
+
+    data: bytes
+    stored_size: tuple[int, int]  # (width, height) as stored, before orientation
+    target: tuple[int, int] | None  # reduce to this (stored orientation); None: keep the stored size
+    upright: Image.Transpose | None  # the transposition that makes it upright, after the reduction
+    original_width: int  # the upright image's size, as DecodedImage's
+    original_height: int
+    format: str = "JPEG"
+
+
 def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = None) -> DecodedImage:
     """Decode ``data`` to upright RGB; raise ImageRejected with a code.
 
     With ``max_side``, the result's longer side is at most ``max_side`` (aspect ratio kept, never
     upscaled); ``original_width``/``original_height`` stay the upright full-size image's.
     """
+    fmt = _checked_format(data, limits, max_side)
+    with _rejecting(fmt, limits):
+        image = _opened(data, limits, fmt)
+        width, height = image.size
+        # The target in the stored orientation: orientation only transposes, so the longer side,
+        # and with it the reduction factor, is the same before and after it.
+        target = _fit(width, height, max_side)
+        array = _jpeg_pixels(data, image.mode, width, height, target) if fmt == "JPEG" else None
+        if array is None:
+            array = _pillow_pixels(image, target)
+        # A JPEG's EXIF is read with its header; a PNG's eXIf chunk may follow its pixel data, so
+        # this comes after the decode.
+        upright = _upright(image)
+        if target is not None and (array.shape[1], array.shape[0]) != target:
+            array = _reduce(array, target)
+        # Transpose last, on the reduced image: cheaper, and it commutes with the resize.
+        array = upright_pixels(array, upright)
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+    if upright in _SWAPS_AXES:
+        width, height = height, width
+    return DecodedImage(rgb=np.ascontiguousarray(array), format=fmt, original_width=width, original_height=height)
+
+
+def inspect_jpeg(data: bytes, limits: ImageLimits, *, max_side: int | None = None) -> EncodedJpeg | None:
+    """``decode_image``'s checks on a JPEG's header alone (the same ImageRejected codes), for its
+    pixels to be decoded on the model's device; None for what only the CPU decodes here: another
+    format, or a JPEG in CMYK / YCCK."""
+    fmt = _checked_format(data, limits, max_side)
+    if fmt != "JPEG":
+        return None
+    with _rejecting(fmt, limits):
+        image = _opened(data, limits, fmt)
+        if image.mode not in ("RGB", "L"):
+            return None
+        upright = _upright(image)
+    width, height = image.size
+    upright_size = (height, width) if upright in _SWAPS_AXES else (width, height)
+    return EncodedJpeg(data, (width, height), _fit(width, height, max_side), upright, *upright_size)
+
+
+def _checked_format(data: bytes, limits: ImageLimits, max_side: int | None) -> str:
+    """The format recognised from the bytes, after the checks that need no parser."""
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be at least 1, not {max_side}")
     if not data:
@@ -122,34 +181,17 @@ def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = Non
             "the object is not an image in a supported format (" + ", ".join(ALLOWED_FORMATS) + ")",
             code="unsupported_format",
         )
+    return fmt
+
+
+@contextlib.contextmanager
+def _rejecting(fmt: str, limits: ImageLimits) -> Iterator[None]:
+    """What the parsers raise, as ImageRejected with a code."""
     try:
         with warnings.catch_warnings():
-            # Our own pixel check below replaces Pillow's bomb warning.
+            # Our own pixel check (_opened) replaces Pillow's bomb warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = image.size
-            # On the header's size, before a single pixel is decoded (draft mode does not change it).
-            if width * height > limits.max_pixels:
-                raise ImageRejected(
-                    f"the image is {width}x{height} pixels, over the limit of {limits.max_pixels}",
-                    code="image_too_large",
-                )
-            # The target in the stored orientation: orientation only transposes, so the longer side,
-            # and with it the reduction factor, is the same before and after it.
-            target = _fit(width, height, max_side)
-            array = _jpeg_pixels(data, image.mode, width, height, target) if fmt == "JPEG" else None
-            if array is None:
-                array = _pillow_pixels(image, target)
-            # A JPEG's EXIF is read with its header; a PNG's eXIf chunk may follow its pixel data, so
-            # this comes after the decode.
-            upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
-            if target is not None and (array.shape[1], array.shape[0]) != target:
-                array = _reduce(array, target)
-            # Transpose last, on the reduced image: cheaper, and it commutes with the resize.
-            if upright is not None:
-                array = _transpose(array, upright)
-            if array.ndim == 2:
-                array = np.repeat(array[:, :, None], 3, axis=2)
+            yield
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own check, at open, for the very largest
@@ -160,9 +202,23 @@ def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = Non
         raise ImageRejected(
             f"the {fmt} image could not be decoded ({type(exc).__name__})", code="undecodable_image"
         ) from exc
-    if upright in _SWAPS_AXES:
-        width, height = height, width
-    return DecodedImage(rgb=np.ascontiguousarray(array), format=fmt, original_width=width, original_height=height)
+
+
+def _opened(data: bytes, limits: ImageLimits, fmt: str) -> Image.Image:
+    """The image's header read by Pillow (only ``fmt``'s parser), its pixel count checked."""
+    image = Image.open(io.BytesIO(data), formats=[fmt])
+    width, height = image.size
+    # On the header's size, before a single pixel is decoded (draft mode does not change it).
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            f"the image is {width}x{height} pixels, over the limit of {limits.max_pixels}",
+            code="image_too_large",
+        )
+    return image
+
+
+def _upright(image: Image.Image) -> Image.Transpose | None:
+    return _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
 
 
 def _jpeg_pixels(data: bytes, mode: str, width: int, height: int, target: tuple[int, int] | None) -> np.ndarray | None:
@@ -210,8 +266,10 @@ def _reduce(array: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     return reduced
 
 
-def _transpose(array: np.ndarray, method: Image.Transpose) -> np.ndarray:
-    """Pillow's transposition ``method`` on an array (rows are y, columns x)."""
+def upright_pixels(array: np.ndarray, method: Image.Transpose | None) -> np.ndarray:
+    """Pillow's transposition ``method`` on an array (rows are y, columns x); None: as it is."""
+    if method is None:
+        return array
     flips = {
         Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
         Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],

@@ -92,6 +92,7 @@ STAGE_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, math.inf)
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
+DECODED_WHERE = ("worker", "model_process")
 _TIMINGS = (("fetch_ms", "fetch"), ("decode_ms", "decode"), ("inference_ms", "infer"))
 
 
@@ -171,7 +172,16 @@ class WorkerMetrics:
             ["call"],
             registry=r,
         )
+        self.images_decoded = Counter(
+            "visionq_images_decoded",
+            "Images handed to be decoded, by where: worker (its decode processes or threads, on the CPU) or "
+            "model_process (JPEGs whose header alone the worker checked, decoded on the model's device: "
+            "VISIONQ_DEVICE_DECODE).",
+            ["where"],
+            registry=r,
+        )
         # Children of labelled metrics, made once: labels() takes a lock and builds a tuple each call.
+        self._decoded: dict[str, Any] = {where: self.images_decoded.labels(where) for where in DECODED_WHERE}
         self._stages: dict[str, Any] = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
         self._store_cpu: dict[str, Any] = {}
         self._images: dict[tuple[str, str], Any] = {}
@@ -186,6 +196,10 @@ class WorkerMetrics:
             child = self._stages[stage] = self.stage_seconds.labels(stage)
         for _ in range(count):
             child.observe(seconds)
+
+    def decoded(self, where: str) -> None:
+        """One image handed to be decoded ``where`` (DECODED_WHERE)."""
+        self._decoded[where].inc()
 
     def job_state(self, item: WorkItem, status: JobStatus, error_code: str | None = None) -> None:
         """A job entered ``status`` (``settle.log_state``): RUNNING ends the claim; SUCCEEDED and

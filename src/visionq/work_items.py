@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any
 
 from visionq.events import ObjectCreated
-from visionq.images import DecodedImage
+from visionq.images import DecodedImage, EncodedJpeg
 
 
 class Outcome(Enum):
@@ -49,7 +49,7 @@ class WorkItem:
     attempt: int  # deliveries of its message so far (SQS's ApproximateReceiveCount)
     model_name: str = ""  # the registry's name of the model the job gets, known once claimed
     stage: Stage = Stage.PREPARING
-    image: DecodedImage | None = None
+    image: DecodedImage | EncodedJpeg | None = None  # EncodedJpeg: for the model's device to decode
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     done: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())

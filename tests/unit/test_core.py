@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pytest
+from PIL import Image
 
 from tests.unit.fakes import (
     FakeModel,
@@ -22,10 +24,13 @@ from tests.unit.fakes import (
     settings,
 )
 from visionq.core import Processor
-from visionq.errors import TransientError
+from visionq.errors import ConfigError, ImageRejected, TransientError
 from visionq.events import ObjectCreated
+from visionq.images import EncodedJpeg
 from visionq.jobs import Job, JobError, JobStatus, direct_upload_job_id, utc_now_iso
+from visionq.models.device_decode import decode_frames
 from visionq.models.registry import LoadedModels
+from visionq.outputs import ModelOutput
 from visionq.work_items import Expiry, Outcome
 
 T = TypeVar("T")
@@ -377,3 +382,73 @@ def test_a_malformed_message_is_dropped_not_retried(body: str) -> None:
     h = Harness()
     assert h.run(lambda: h.process(Message("m", "r", body, 1))) is Outcome.DONE
     assert h.jobs.jobs == {}
+
+
+# --- JPEGs for the model's device (VISIONQ_DEVICE_DECODE) -------------------------------------
+
+
+class DecodingModel(FakeModel):
+    """A model in a process of its own that decodes JPEGs on its device (as ModelProcess does,
+    through models/device_decode.py); refuses a JPEG whose bytes hold ``corrupt``."""
+
+    def __init__(self, device: str, corrupt: bytes = b"VISIONQ-CUT", *, decodes: bool = True) -> None:
+        super().__init__(input_size=64)
+        self.decodes_jpegs = decodes  # False: its device failed the check at start (device_decode.works_on)
+        self.device = device  # type: ignore[misc]
+        self.corrupt = corrupt
+        self.handed: list[str] = []  # what each image came as
+
+    def predict(self, images: Sequence[Any]) -> list[ModelOutput]:
+        self.handed += [type(image).__name__ for image in images]
+        if any(isinstance(i, EncodedJpeg) and self.corrupt in i.data for i in images):
+            raise ImageRejected("the JPEG image could not be decoded (OSError)", code="undecodable_image")
+        return super().predict(decode_frames(images, "cpu"))
+
+
+def jpeg(value: int, comment: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (128, 96), (value, value, value)).save(buf, "JPEG", quality=95, comment=comment)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("device", "setting", "decodes", "handed"),
+    [
+        ("cuda:0", "auto", True, "EncodedJpeg"),
+        ("cpu", "auto", True, "ndarray"),
+        ("cpu", "on", True, "EncodedJpeg"),
+        ("cuda:0", "off", True, "ndarray"),
+        ("cuda:0", "auto", False, "ndarray"),
+        ("cpu", "on", False, "ndarray"),
+    ],
+)
+def test_a_jpeg_goes_to_the_models_device_only_where_it_decodes_there(
+    device: str, setting: str, decodes: bool, handed: str
+) -> None:
+    model = DecodingModel(device, decodes=decodes)
+    h = Harness(model=model, device_decode=setting, model_process=True)
+    obj = h.objects.put("uploads/cam/a.jpg", jpeg(120))
+    assert h.run(lambda: h.process(message(obj))) is Outcome.DONE
+    assert model.handed == [handed]
+    job = h.jobs.jobs[h.job_of(obj)]
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.result is not None and job.result["image"] == {"width": 128, "height": 96}  # the original's size
+
+
+def test_a_jpeg_its_device_cannot_decode_fails_alone_with_the_decoders_code() -> None:
+    model = DecodingModel("cuda:0")
+    h = Harness(model=model, max_batch=3, max_wait=2.0, model_process=True)
+    good = [h.objects.put(f"uploads/cam/{i}.jpg", jpeg(100 + i)) for i in range(2)]
+    bad = h.objects.put("uploads/cam/bad.jpg", jpeg(50, comment=b"VISIONQ-CUT"))
+
+    async def body() -> list[Outcome]:
+        return list(await asyncio.gather(*(h.process(message(o, message_id=o.key)) for o in (*good, bad))))
+
+    assert h.run(body) == [Outcome.DONE] * 3
+    assert h.status(bad) == (JobStatus.FAILED, "undecodable_image")
+    assert all(h.status(o)[0] is JobStatus.SUCCEEDED for o in good)
+
+
+def test_device_decode_on_needs_the_model_in_its_own_process() -> None:
+    with pytest.raises(ConfigError, match="VISIONQ_MODEL_PROCESS=1"):
+        Harness(device_decode="on")

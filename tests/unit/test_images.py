@@ -378,8 +378,8 @@ def test_reduced_jpeg_decode_never_holds_the_full_bitmap(tmp_path: Path) -> None
 @pytest.mark.parametrize("channels", [1, 3])
 def test_array_transposes_are_pillows(orientation: int, channels: int) -> None:
     """The reduced image is turned upright as an array: the same pixels as Pillow's transpose."""
-    from visionq.images import _UPRIGHT, _transpose
+    from visionq.images import _UPRIGHT, upright_pixels
 
     array = (np.arange(5 * 7 * channels) % 251).astype(np.uint8).reshape((5, 7, channels)[: 2 + (channels > 1)])
     method = _UPRIGHT[orientation]
-    assert np.array_equal(_transpose(array, method), np.asarray(Image.fromarray(array).transpose(method)))
+    assert np.array_equal(upright_pixels(array, method), np.asarray(Image.fromarray(array).transpose(method)))

@@ -43,6 +43,15 @@ def batches_in_flight(model: Model) -> int:
     return max(1, int(getattr(model, "batches_in_flight", 1)))
 
 
+def decodes_on_device(model: Model, setting: str) -> bool:
+    """Whether the worker hands ``model`` JPEGs to decode on its device rather than pixels
+    (``VISIONQ_DEVICE_DECODE``: "auto", "on", "off"; models/device_decode.py). Only a model in a
+    process of its own takes them: a decoder that crashes there kills that process, not the worker."""
+    if setting == "off" or not getattr(model, "decodes_jpegs", False):
+        return False
+    return setting == "on" or model.device.startswith("cuda")
+
+
 def pick_device(requested: str | None = None) -> str:
     """CUDA when available, else CPU; an explicit request wins."""
     if requested:

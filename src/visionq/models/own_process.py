@@ -18,7 +18,9 @@ Two reasons to run the model outside the worker's process:
 The worker keeps a proxy that is a ``Model``. ``predict`` copies the batch's pixels into a shared
 memory segment the worker made (room for a batch at the model's input size: one memcpy per image,
 no pickling), sends their offsets and shapes down a pipe, and reads the outputs back (small
-dataclasses, pickled). The model process loads the model with the loader every worker uses
+dataclasses, pickled). JPEGs the worker only checked (``VISIONQ_DEVICE_DECODE``) go down the pipe
+as their bytes, and the process decodes them on the model's device before the forward pass
+(``device_decode.py``); one that cannot be decoded comes back as ImageRejected with its code. The model process loads the model with the loader every worker uses
 (``registry._load_family``), once, and answers one batch at a time, in the order they came.
 
 Two batches may be in flight (``batches_in_flight``; the core runs that many ``predict`` calls at
@@ -45,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from visionq.child_process import end_process
-from visionq.errors import ModelUnavailable, TransientError
+from visionq.errors import ImageRejected, ModelUnavailable, TransientError
+from visionq.images import EncodedJpeg
 from visionq.models import Model
 from visionq.models.spec import ModelSpec
 from visionq.outputs import ModelOutput
@@ -54,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_SECONDS = 900.0  # a first load may convert weights (an ONNX export takes minutes on a CPU)
 
-Frame = tuple[int, tuple[int, ...]] | np.ndarray  # (offset, shape) in the segment, or the pixels themselves
+# (offset, shape) in the segment, the pixels themselves, or a JPEG to decode on the model's device
+Frame = tuple[int, tuple[int, ...]] | np.ndarray | EncodedJpeg
 
 
 class ModelProcessDied(RuntimeError):
@@ -88,6 +92,7 @@ def _serve(
 ) -> None:
     """The model process: load, say what was loaded, then answer batches until the pipe closes."""
     from visionq.child_process import child_of
+    from visionq.models.device_decode import decode_frames, works_on
     from visionq.models.registry import _load_family
 
     if cpus:  # before any thread starts, so the model's threads all run there (cpus.py)
@@ -106,7 +111,13 @@ def _serve(
         import torch
 
         torch.set_num_threads(torch_threads)  # after loading, as the worker does (Ultralytics resets it)
-    info = {"version": model.version, "untrained": model.untrained, "device": model.device}
+    info = {
+        "version": model.version,
+        "untrained": model.untrained,
+        "device": model.device,
+        # Checked where it matters (a GPU); the CPU's decoder is the one the tests run.
+        "decodes_jpegs": works_on(model.device) if model.device.startswith("cuda") else True,
+    }
     conn.send(("ready", {**info, "input_size": model.input_size}))
     segments: dict[str, shared_memory.SharedMemory] = {}
     while True:
@@ -118,12 +129,14 @@ def _serve(
             if segment is not None and segment not in segments:
                 segments[segment] = shared_memory.SharedMemory(name=segment)
             images = [
-                frame
-                if isinstance(frame, np.ndarray)
-                else np.ndarray(frame[1], np.uint8, buffer=segments[segment].buf, offset=frame[0])
+                np.ndarray(frame[1], np.uint8, buffer=segments[segment].buf, offset=frame[0])
+                if isinstance(frame, tuple)
+                else frame
                 for frame in frames
             ]
-            conn.send(("ok", list(model.predict(images))))
+            conn.send(("ok", list(model.predict(decode_frames(images, model.device)))))
+        except ImageRejected as exc:  # a JPEG that cannot be decoded: that image's fault, with its code
+            conn.send(("rejected", (exc.code, exc.message)))
         except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
             conn.send(("error", repr(exc)))
 
@@ -199,6 +212,8 @@ class ModelProcess:
             end_process(proc)
             raise
         self._proc, self._conn, self._info = proc, ours, payload
+        if payload["device"].startswith("cuda") and not payload["decodes_jpegs"] and self.starts == 1:
+            logger.warning("model %s: its device cannot decode JPEGs here; the worker decodes them", self.spec.name)
         self._sent = self._received = 0
 
     @property
@@ -214,11 +229,17 @@ class ModelProcess:
         return str(self._info["device"])
 
     @property
+    def decodes_jpegs(self) -> bool:
+        """Whether it takes EncodedJpeg frames: its device decoded a test JPEG as the CPU path does
+        when the process started (device_decode.works_on)."""
+        return bool(self._info["decodes_jpegs"])
+
+    @property
     def input_size(self) -> int | None:
         size = self._info["input_size"]
         return int(size) if size else None
 
-    def predict(self, images: Sequence[np.ndarray]) -> Sequence[ModelOutput]:
+    def predict(self, images: Sequence[np.ndarray | EncodedJpeg]) -> Sequence[ModelOutput]:
         try:
             return self._predict_once(images)
         except ModelProcessDied as died:
@@ -230,7 +251,7 @@ class ModelProcess:
         logger.warning("the process of model %s died; running the batch again on a new one", self.spec.name)
         return self._predict_once(images)
 
-    def _predict_once(self, images: Sequence[np.ndarray]) -> Sequence[ModelOutput]:
+    def _predict_once(self, images: Sequence[np.ndarray | EncodedJpeg]) -> Sequence[ModelOutput]:
         with self._lock:
             conn, generation, ticket = self._enqueue()
             region = self._regions.pop() if self._regions else None
@@ -253,6 +274,9 @@ class ModelProcess:
         finally:
             with self._lock:
                 self._free(region)  # the process is done reading it: answered, or gone
+        if kind == "rejected":
+            code, message = payload
+            raise ImageRejected(message, code=code)
         if kind != "ok":
             raise ModelFailed(str(payload))
         outputs: list[ModelOutput] = payload
@@ -315,10 +339,13 @@ class ModelProcess:
         if region is not None:
             self._regions.append(region)
 
-    def _frames(self, images: Sequence[np.ndarray], region: int | None) -> list[Frame]:
+    def _frames(self, images: Sequence[np.ndarray | EncodedJpeg], region: int | None) -> list[Frame]:
         frames: list[Frame] = []
         offset = 0
         for image in images:
+            if isinstance(image, EncodedJpeg):  # its bytes go down the pipe (one copy, as pixels would)
+                frames.append(image)
+                continue
             fits = offset + image.nbytes <= self._room
             if self._segment is not None and region is not None and image.dtype == np.uint8 and fits:
                 at = region * self._room + offset
