@@ -5,15 +5,20 @@ the next batch gets a fresh process."""
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from visionq.errors import ModelUnavailable, TransientError
+from visionq.errors import ImageRejected, ModelUnavailable, TransientError
+from visionq.images import ImageLimits, inspect_jpeg
+from visionq.models import own_process
 from visionq.models.own_process import ModelProcess, ModelProcessDied, ModelRestartFailed
 from visionq.models.registry import _load_family
 from visionq.models.spec import ModelSpec
@@ -159,3 +164,63 @@ def test_the_model_process_runs_on_its_own_cpus() -> None:
         assert len(model.predict([image(1)])) == 1
     finally:
         model.close()
+
+
+# --- JPEGs decoded in the model's process (VISIONQ_DEVICE_DECODE) -------------------------------
+
+
+def test_jpegs_go_to_the_process_and_come_back_as_the_models_answers(model: ModelProcess) -> None:
+    from tests.unit.test_device_decode import photo
+
+    jpeg = inspect_jpeg(photo(800, 600), ImageLimits(), max_side=64)
+    assert jpeg is not None and model.decodes_jpegs
+    outputs = model.predict([jpeg, image(200)])
+    assert [(o.width, o.height) for o in outputs] == [(64, 48), (64, 48)]  # decoded and reduced there
+
+
+def test_a_jpeg_the_process_cannot_decode_is_rejected_with_its_code(model: ModelProcess) -> None:
+    from tests.unit.test_device_decode import photo
+
+    whole = photo(800, 600)
+    cut = inspect_jpeg(whole[: len(whole) // 2], ImageLimits(), max_side=64)
+    assert cut is not None
+    with pytest.raises(ImageRejected) as info:
+        model.predict([cut])
+    assert info.value.code == "undecodable_image"
+    assert len(model.predict([image(200)])) == 1 and model.starts == 1  # the process lives on
+
+
+class Pipe:
+    """A model process's end of the pipe: hands out ``batches``, then EOF; counts the reads."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches = batches
+        self.reads = 0
+
+    def recv(self) -> Any:
+        self.reads += 1
+        if not self.batches:
+            raise EOFError
+        return self.batches.pop(0)
+
+
+def test_the_next_batch_is_decoded_while_the_model_runs_one() -> None:
+    from tests.unit.test_device_decode import photo
+
+    jpegs = [inspect_jpeg(photo(800, 600, seed), ImageLimits(), max_side=64) for seed in range(2)]
+    pipe = Pipe([(None, [jpegs[0]]), (None, [jpegs[1]])])
+    prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
+    thread = threading.Thread(target=own_process._prepare, args=(pipe, "cpu", prepared), daemon=True)
+    thread.start()
+    kind, first = prepared.get(timeout=30)  # the model takes the first batch and runs it...
+    assert kind == "images" and first[0].shape == (48, 64, 3)
+    deadline = time.monotonic() + 30
+    while pipe.reads < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # ...meanwhile the second was read and decoded (the third read found the pipe closed), before
+    # the model asked for it.
+    assert pipe.reads == 3 and prepared.full()
+    kind, second = prepared.get(timeout=5)
+    assert kind == "images" and second[0].shape == (48, 64, 3)
+    assert prepared.get(timeout=5) is None
+    thread.join(5)

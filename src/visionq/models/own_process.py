@@ -20,16 +20,20 @@ memory segment the worker made (room for a batch at the model's input size: one 
 no pickling), sends their offsets and shapes down a pipe, and reads the outputs back (small
 dataclasses, pickled). JPEGs the worker only checked (``VISIONQ_DEVICE_DECODE``) go down the pipe
 as their bytes, and the process decodes them on the model's device before the forward pass
-(``device_decode.py``); one that cannot be decoded comes back as ImageRejected with its code. The model process loads the model with the loader every worker uses
-(``registry._load_family``), once, and answers one batch at a time, in the order they came.
+(``device_decode.py``); one that cannot be decoded comes back as ImageRejected with its code. The
+model process loads the model with the loader every worker uses (``registry._load_family``),
+once, and answers one batch at a time, in the order they came.
 
 Two batches may be in flight (``batches_in_flight``; the core runs that many ``predict`` calls at
 once, each in a thread): the next batch already waits in the pipe, in a region of the segment of
 its own, while the model runs one, so the model goes from one forward pass straight to the next
 instead of idling while the worker takes the answer and hands over the next batch (10–18 %
 of the model's time with batches of one on this CPU, bench/RESULTS.md run 12). Answers are read
-in turn, by the caller whose batch each one answers. When the process dies, only the batch it was
-running can have killed it: a batch queued behind it runs again on a fresh process.
+in turn, by the caller whose batch each one answers. In the process, a second thread takes the
+next batch off the pipe and decodes its JPEGs while the model runs the one before. When the
+process dies, the batch it was running is taken for the culprit (run again alone if the process
+was fresh) and a batch queued behind it runs again on a fresh process; a decoder that crashed on
+the queued batch crashes again there, where it is the culprit, so its image still fails alone.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing import shared_memory
@@ -92,7 +97,7 @@ def _serve(
 ) -> None:
     """The model process: load, say what was loaded, then answer batches until the pipe closes."""
     from visionq.child_process import child_of
-    from visionq.models.device_decode import decode_frames, works_on
+    from visionq.models.device_decode import works_on
     from visionq.models.registry import _load_family
 
     if cpus:  # before any thread starts, so the model's threads all run there (cpus.py)
@@ -119,11 +124,36 @@ def _serve(
         "decodes_jpegs": works_on(model.device) if model.device.startswith("cuda") else True,
     }
     conn.send(("ready", {**info, "input_size": model.input_size}))
+    prepared: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1)
+    threading.Thread(target=_prepare, args=(conn, model.device, prepared), name="prepare", daemon=True).start()
+    while (batch := prepared.get()) is not None:
+        kind, payload = batch
+        if kind != "images":  # its images could not be made: the answer is ready
+            conn.send(batch)
+            continue
+        try:
+            conn.send(("ok", list(model.predict(payload))))
+        except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
+            conn.send(("error", repr(exc)))
+
+
+def _prepare(conn: Connection, device: str, prepared: queue.Queue[tuple[str, Any] | None]) -> None:
+    """The model process's second thread: takes each batch off the pipe and makes its images (views
+    of the shared memory; JPEGs decoded on the device, device_decode.py) while the model runs the
+    batch before, so a forward pass never waits for the next batch's decode. None when the pipe
+    closes."""
+    from visionq.models.device_decode import decode_frames
+
+    if device.startswith("cuda"):  # a stream of its own: decoding never queues behind a forward pass
+        import torch
+
+        torch.cuda.set_stream(torch.cuda.Stream(device))  # type: ignore[no-untyped-call]
     segments: dict[str, shared_memory.SharedMemory] = {}
     while True:
         try:
             segment, frames = conn.recv()
         except EOFError:  # the worker closed the pipe (or died): nothing more to do
+            prepared.put(None)
             return
         try:
             if segment is not None and segment not in segments:
@@ -134,11 +164,11 @@ def _serve(
                 else frame
                 for frame in frames
             ]
-            conn.send(("ok", list(model.predict(decode_frames(images, model.device)))))
+            prepared.put(("images", decode_frames(images, device)))
         except ImageRejected as exc:  # a JPEG that cannot be decoded: that image's fault, with its code
-            conn.send(("rejected", (exc.code, exc.message)))
+            prepared.put(("rejected", (exc.code, exc.message)))
         except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
-            conn.send(("error", repr(exc)))
+            prepared.put(("error", repr(exc)))
 
 
 class ModelProcess:
