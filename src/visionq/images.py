@@ -150,9 +150,11 @@ def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = Non
 def inspect_jpeg(data: bytes, limits: ImageLimits, *, max_side: int | None = None) -> EncodedJpeg | None:
     """``decode_image``'s checks on a JPEG's header alone (the same ImageRejected codes), for its
     pixels to be decoded on the model's device; None for what only the CPU decodes here: another
-    format, or a JPEG in CMYK / YCCK."""
+    format, a JPEG in CMYK / YCCK, or one that does not end with its end-of-image marker (cut
+    short, or with data after it): nvjpeg's hardware decoder may report success on a truncated
+    stream, where libjpeg's verdict is ``undecodable_image``."""
     fmt = _checked_format(data, limits, max_side)
-    if fmt != "JPEG":
+    if fmt != "JPEG" or not data[-1024:].rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None
     with _rejecting(fmt, limits):
         image = _opened(data, limits, fmt)

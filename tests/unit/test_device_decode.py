@@ -5,6 +5,7 @@ that cannot decode an image."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any
 
@@ -62,6 +63,12 @@ def test_a_rotated_jpeg_reports_its_upright_size() -> None:
 def test_what_only_the_cpu_decodes_is_left_to_it() -> None:
     assert inspect_jpeg(encode(Image.new("RGB", (40, 30)), "PNG"), LIMITS) is None
     assert inspect_jpeg(encode(Image.new("CMYK", (40, 30)), "JPEG"), LIMITS) is None
+    # Not ending with its end-of-image marker: cut short (nvjpeg's hardware decoder may call that a
+    # success), or with data after it.
+    whole = photo(400, 300)
+    assert inspect_jpeg(whole[: len(whole) * 3 // 4], LIMITS) is None
+    assert inspect_jpeg(whole + b"trailing data", LIMITS) is None
+    assert inspect_jpeg(whole + b"\x00" * 100, LIMITS) is not None  # padding after it is fine
 
 
 @pytest.mark.parametrize(
@@ -71,7 +78,7 @@ def test_what_only_the_cpu_decodes_is_left_to_it() -> None:
         (b"not an image", "unsupported_format"),
         (b"\xff\xd8\xff" + b"\x00" * 10_000_000, "object_too_large"),
         (encode(Image.new("RGB", (6000, 6000)), "JPEG"), "image_too_large"),
-        (b"\xff\xd8\xff\xe0" + b"\x13" * 64, "undecodable_image"),
+        (b"\xff\xd8\xff\xe0" + b"\x13" * 64 + b"\xff\xd9", "undecodable_image"),
     ],
 )
 def test_the_header_check_rejects_as_the_cpu_decode_does(data: bytes, code: str) -> None:
@@ -126,7 +133,8 @@ def test_arrays_pass_through_in_their_place() -> None:
 
 def test_a_corrupt_jpeg_in_a_batch_is_refused_as_the_cpu_refuses_it() -> None:
     good = photo(800, 600)
-    truncated = inspected(good[: len(good) // 2])  # its header is whole
+    # Cut short after the header was checked: what a device that reads only the header would get.
+    truncated = dataclasses.replace(inspected(good), data=good[: len(good) // 2])
     with pytest.raises(ImageRejected) as info:
         decode_frames([inspected(good), truncated], "cpu")
     assert info.value.code == "undecodable_image"

@@ -4,6 +4,8 @@ the next batch gets a fresh process."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import queue
 import threading
@@ -11,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -182,8 +185,10 @@ def test_a_jpeg_the_process_cannot_decode_is_rejected_with_its_code(model: Model
     from tests.unit.test_device_decode import photo
 
     whole = photo(800, 600)
-    cut = inspect_jpeg(whole[: len(whole) // 2], ImageLimits(), max_side=64)
-    assert cut is not None
+    checked = inspect_jpeg(whole, ImageLimits(), max_side=64)
+    assert checked is not None
+    # Its data cut short after the header was checked (the worker sends only JPEGs that end whole).
+    cut = dataclasses.replace(checked, data=whole[: len(whole) // 2])
     with pytest.raises(ImageRejected) as info:
         model.predict([cut])
     assert info.value.code == "undecodable_image"
@@ -210,7 +215,8 @@ def test_the_next_batch_is_decoded_while_the_model_runs_one() -> None:
     jpegs = [inspect_jpeg(photo(800, 600, seed), ImageLimits(), max_side=64) for seed in range(2)]
     pipe = Pipe([(None, [jpegs[0]]), (None, [jpegs[1]])])
     prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
-    thread = threading.Thread(target=own_process._prepare, args=(pipe, "cpu", prepared), daemon=True)
+    args = (pipe, "cpu", prepared, SimpleNamespace(value=0), threading.Semaphore(0))
+    thread = threading.Thread(target=own_process._prepare, args=args, daemon=True)
     thread.start()
     kind, first = prepared.get(timeout=30)  # the model takes the first batch and runs it...
     assert kind == "images" and first[0].shape == (48, 64, 3)
@@ -224,3 +230,74 @@ def test_the_next_batch_is_decoded_while_the_model_runs_one() -> None:
     assert kind == "images" and second[0].shape == (48, 64, 3)
     assert prepared.get(timeout=5) is None
     thread.join(5)
+
+
+class BrokenPipe(Pipe):
+    def recv(self) -> Any:
+        raise ConnectionResetError("the worker went away with an answer unread")
+
+
+def test_the_model_loop_ends_when_the_pipe_breaks_under_the_reading_thread() -> None:
+    prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
+    own_process._prepare(BrokenPipe([]), "cpu", prepared, SimpleNamespace(value=0), threading.Semaphore(0))  # type: ignore[arg-type]
+    assert prepared.get(timeout=1) is None  # the model's loop is told to end, not left waiting
+
+
+def test_a_device_fault_while_decoding_ends_the_process_for_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_device_decode import photo
+
+    class AcceleratorError(RuntimeError):
+        """As torch names it: a CUDA error that leaves the process's device unusable."""
+
+    def faulty(*args: Any, **kwargs: Any) -> Any:
+        raise AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    def exit_now() -> None:
+        raise SystemExit(70)
+
+    monkeypatch.setattr("visionq.models.device_decode.decode_frames", faulty)
+    monkeypatch.setattr(own_process, "_exit_now", exit_now)
+    jpeg = inspect_jpeg(photo(800, 600), ImageLimits(), max_side=64)
+    decoding = SimpleNamespace(value=0)
+    with pytest.raises(SystemExit):
+        own_process._decoded([jpeg], "cpu", 1, decoding)
+    monkeypatch.setattr(
+        "visionq.models.device_decode.decode_frames", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other"))
+    )
+    assert own_process._decoded([jpeg], "cpu", 3, decoding)[0] == "error"  # any other failure: an answer
+    assert decoding.value == 0
+
+
+CRASHES_DECODER = b"VISIONQ-CRASH-DECODER"
+
+
+def test_a_jpeg_that_crashes_the_decoder_fails_alone_even_queued_behind_an_innocent_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process decodes a queued batch while the model runs the one before: a crash then may be
+    either's. Neither is condemned on that; on the new process (which decodes nothing ahead for its
+    first batches) the JPEG crashes it again alone and fails with decoder_crashed, and the innocent
+    batch gets its answer."""
+    from PIL import Image
+
+    from tests.unit.test_device_decode import photo
+
+    monkeypatch.setenv("VISIONQ_CRASH_DECODER_ON", CRASHES_DECODER.decode())
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo(400, 300))).save(buffer, "JPEG", comment=CRASHES_DECODER)
+    poison = inspect_jpeg(buffer.getvalue(), ImageLimits(), max_side=64)
+    assert poison is not None
+    model = ModelProcess(labelled(delay_ms=1500, input_size=64), "delay", None, batch_room=2)
+    try:
+        with ThreadPoolExecutor(2) as threads:
+            innocent = threads.submit(model.predict, [image(77)])
+            time.sleep(0.5)  # the innocent batch is running when the poisoned one arrives behind it
+            poisoned = threads.submit(model.predict, [poison])
+            assert labels(innocent.result(timeout=120)) == ["v77"]
+            with pytest.raises(ImageRejected) as info:
+                poisoned.result(timeout=120)
+        assert info.value.code == "decoder_crashed"
+        assert model.starts >= 2
+        assert labels(model.predict([image(78)])) == ["v78"]  # and the model goes on
+    finally:
+        model.close()

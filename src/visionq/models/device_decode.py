@@ -10,12 +10,15 @@ given, and gives the model the same upright RGB arrays as ever. Every model fami
 unchanged.
 
 What a device decode refuses is decided as on the CPU: a batch that fails is decoded again image
-by image, and an image the device refuses alone is decoded by ``decode_image`` (simplejpeg, then
-Pillow), whose verdict counts, so an image the CPU path rejects fails with the same code
-(``undecodable_image``) and one that only the device refuses still runs. Only in the model's own
-process (``models/own_process.py``): a decoder that crashes on an image kills that process, not
-the worker, and the batch's images are run again one at a time, so the one that crashes fails
-alone.
+by image, and an image the device refuses alone (or whose reduction fails there, out of memory for
+a very large image) is decoded by ``decode_image`` (simplejpeg, then Pillow), whose verdict
+counts, so an image the CPU path rejects fails with the same code (``undecodable_image``) and one
+that only the device refuses still runs. A JPEG that does not end with its end-of-image marker
+never reaches the device (``images.inspect_jpeg``): nvjpeg's hardware decoder may call a truncated
+stream a success. Only in the model's own process (``models/own_process.py``): a decoder that
+crashes on an image kills that process, not the worker, and the image fails alone
+(``decoder_crashed``); a CUDA error that leaves the device unusable ends the process, so the
+worker starts a new one instead of failing every batch after it.
 
 The reduction is bilinear, with antialiasing beyond 2x (OpenCV's area averaging on the CPU path);
 the CPU path first lets libjpeg reduce by 1/2, 1/4 or 1/8, so pixels differ slightly between the
@@ -65,7 +68,7 @@ def works_on(device: str) -> bool:
         images = decode_jpeg([_as_tensor(data)] * 2, mode=ImageReadMode.RGB, device=device)
         if any(tuple(image.shape) != (3, 96, 128) for image in images):
             return False
-        got = _finish(images[0], jpeg)
+        got = _reduced(images[0], jpeg)  # no fallback to the CPU either
     except Exception:  # noqa: BLE001 - any failure: the worker decodes instead
         return False
     return got.shape == expected.shape and float(np.abs(got.astype(np.int16) - expected).mean()) < 2.0
@@ -78,7 +81,10 @@ def _decode_batch(jpegs: list[EncodedJpeg], device: str) -> list[np.ndarray]:
     try:
         # One call for the batch: on CUDA, nvjpeg's batched decode.
         images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    except Exception:  # noqa: BLE001 - some image in it; find which, one at a time
+    except Exception as exc:
+        if is_device_fault(exc):
+            raise
+        # Some image in it; find which, one at a time.
         return [_decode_alone(data, jpeg, device) for data, jpeg in zip(encoded, jpegs, strict=True)]
     return [_finish(image, jpeg) for image, jpeg in zip(images, jpegs, strict=True)]
 
@@ -88,18 +94,36 @@ def _decode_alone(encoded: Any, jpeg: EncodedJpeg, device: str) -> np.ndarray:
 
     try:
         image = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    except Exception:  # noqa: BLE001 - the device refuses it: the CPU decoder's verdict counts
-        return _on_the_cpu(jpeg)
+    except Exception as exc:
+        if is_device_fault(exc):
+            raise
+        return _on_the_cpu(jpeg)  # the device refuses it: the CPU decoder's verdict counts
     return _finish(image, jpeg)
 
 
 def _finish(image: Any, jpeg: EncodedJpeg) -> np.ndarray:
-    """A decoded C x H x W tensor reduced to the target on its device, then upright on the host."""
+    """A decoded C x H x W tensor reduced to the target on its device, then upright on the host;
+    the CPU path's pixels when that fails (the device out of memory for a large image's resize)."""
+    if (image.shape[2], image.shape[1]) != jpeg.stored_size or image.shape[0] != 3:
+        return _on_the_cpu(jpeg)  # not what the header said: let the CPU decoder decide
+    try:
+        return _reduced(image, jpeg)
+    except Exception as exc:
+        if is_device_fault(exc):  # the device is broken, not short of memory: nothing more to do on it
+            raise
+        return _on_the_cpu(jpeg)
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """A CUDA error that leaves the process's context unusable (an illegal address...): only a new
+    process gets a working device again. Out-of-memory is not one."""
+    return type(exc).__name__ == "AcceleratorError" or "CUDA error" in str(exc)
+
+
+def _reduced(image: Any, jpeg: EncodedJpeg) -> np.ndarray:
     import torch
     from torch.nn import functional
 
-    if (image.shape[2], image.shape[1]) != jpeg.stored_size or image.shape[0] != 3:
-        return _on_the_cpu(jpeg)  # not what the header said: let the CPU decoder decide
     if jpeg.target is not None:
         width, height = jpeg.target
         reduced = functional.interpolate(

@@ -30,10 +30,13 @@ its own, while the model runs one, so the model goes from one forward pass strai
 instead of idling while the worker takes the answer and hands over the next batch (10–18 %
 of the model's time with batches of one on this CPU, bench/RESULTS.md run 12). Answers are read
 in turn, by the caller whose batch each one answers. In the process, a second thread takes the
-next batch off the pipe and decodes its JPEGs while the model runs the one before. When the
-process dies, the batch it was running is taken for the culprit (run again alone if the process
-was fresh) and a batch queued behind it runs again on a fresh process; a decoder that crashed on
-the queued batch crashes again there, where it is the culprit, so its image still fails alone.
+next batch off the pipe and decodes its JPEGs while the model runs the one before, marking in a
+shared integer which batch it is decoding. When the process dies, the culprit is: the batch whose
+JPEGs it was decoding with nothing ahead of it; else, if it was decoding a batch queued behind the
+one the model ran, neither (both run again); else the batch it was running, when the process had
+answered nothing before. A batch whose death is not proven its fault runs again, up to three
+times, on a new process, which decodes nothing ahead for its first batches, so a crash there is
+the decode's or the model's for certain.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ from visionq.outputs import ModelOutput
 
 logger = logging.getLogger(__name__)
 
+RUNS_UNTIL_BLAMED = 3  # a batch is run this many times when each death is not proven its fault
+CAREFUL_BATCHES = 8  # a process started after a death decodes no JPEG ahead for this many batches
 LOAD_TIMEOUT_SECONDS = 900.0  # a first load may convert weights (an ONNX export takes minutes on a CPU)
 
 # (offset, shape) in the segment, the pixels themselves, or a JPEG to decode on the model's device
@@ -67,12 +72,14 @@ Frame = tuple[int, tuple[int, ...]] | np.ndarray | EncodedJpeg
 
 
 class ModelProcessDied(RuntimeError):
-    """The model's process ended (or stopped answering) while it held a batch. ``fresh``: the
-    process had answered nothing before, so the batch is what killed it."""
+    """The model's process ended (or stopped answering) while it held a batch. ``fresh``: the batch
+    is what killed it (the process had answered nothing before, or it died decoding this batch's
+    JPEGs: ``decoding``)."""
 
-    def __init__(self, message: str, *, fresh: bool = True) -> None:
+    def __init__(self, message: str, *, fresh: bool = True, decoding: bool = False) -> None:
         super().__init__(message)
         self.fresh = fresh
+        self.decoding = decoding
 
 
 class ModelRestartFailed(TransientError):
@@ -94,8 +101,14 @@ def _serve(
     torch_threads: int | None,
     cpus: frozenset[int] | None,
     parent: int,
+    decoding: Any,
+    careful_batches: int,
 ) -> None:
-    """The model process: load, say what was loaded, then answer batches until the pipe closes."""
+    """The model process: load, say what was loaded, then answer batches until the pipe closes.
+    ``decoding``: a shared integer, the number (from 1) of the batch whose JPEGs the process is
+    decoding, 0 when none: after a crash the worker reads which batch caused it. ``careful_batches``: for
+    its first batches, a JPEG is decoded only once the batch before has been answered, so that a
+    crash is known to be the decode's or the model's (a process started after a death)."""
     from visionq.child_process import child_of
     from visionq.models.device_decode import works_on
     from visionq.models.registry import _load_family
@@ -125,37 +138,62 @@ def _serve(
     }
     conn.send(("ready", {**info, "input_size": model.input_size}))
     prepared: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1)
-    threading.Thread(target=_prepare, args=(conn, model.device, prepared), name="prepare", daemon=True).start()
+    answered = threading.Semaphore(0)  # released as each batch is answered
+    args = (conn, model.device, prepared, decoding, answered, careful_batches)
+    threading.Thread(target=_prepare, args=args, name="prepare", daemon=True).start()
     while (batch := prepared.get()) is not None:
         kind, payload = batch
-        if kind != "images":  # its images could not be made: the answer is ready
-            conn.send(batch)
-            continue
-        try:
-            conn.send(("ok", list(model.predict(payload))))
-        except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
-            conn.send(("error", repr(exc)))
+        if kind == "images":
+            try:
+                batch = ("ok", list(model.predict(payload)))
+            except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
+                _exit_if_device_fault(exc)
+                batch = ("error", repr(exc))
+        conn.send(batch)
+        answered.release()
 
 
-def _prepare(conn: Connection, device: str, prepared: queue.Queue[tuple[str, Any] | None]) -> None:
+def _exit_if_device_fault(exc: BaseException) -> None:
+    """A CUDA error leaves this process's device unusable for good: end the process, so the worker
+    starts a new one (and takes the batch for the culprit), instead of failing every batch after."""
+    from visionq.models.device_decode import is_device_fault
+
+    if is_device_fault(exc):
+        logger.error("the model's device failed (%s); ending its process", exc)
+        _exit_now()
+
+
+def _exit_now() -> None:
+    os._exit(70)
+
+
+def _prepare(
+    conn: Connection,
+    device: str,
+    prepared: queue.Queue[tuple[str, Any] | None],
+    decoding: Any,
+    answered: threading.Semaphore,
+    careful_batches: int = 0,
+) -> None:
     """The model process's second thread: takes each batch off the pipe and makes its images (views
     of the shared memory; JPEGs decoded on the device, device_decode.py) while the model runs the
-    batch before, so a forward pass never waits for the next batch's decode. None when the pipe
-    closes."""
-    from visionq.models.device_decode import decode_frames
+    batch before, so a forward pass never waits for the next batch's decode. Ends with None, however
+    it ends, so the model's loop never waits for a thread that is gone."""
+    try:
+        if device.startswith("cuda"):  # a stream of its own: decoding never queues behind a forward pass
+            import torch
 
-    if device.startswith("cuda"):  # a stream of its own: decoding never queues behind a forward pass
-        import torch
-
-        torch.cuda.set_stream(torch.cuda.Stream(device))  # type: ignore[no-untyped-call]
-    segments: dict[str, shared_memory.SharedMemory] = {}
-    while True:
-        try:
-            segment, frames = conn.recv()
-        except EOFError:  # the worker closed the pipe (or died): nothing more to do
-            prepared.put(None)
-            return
-        try:
+            torch.cuda.set_stream(torch.cuda.Stream(device))  # type: ignore[no-untyped-call]
+        segments: dict[str, shared_memory.SharedMemory] = {}
+        number = 0  # of the batch, from 1, as the worker counts them (its ticket + 1)
+        while True:
+            try:
+                segment, frames = conn.recv()
+            except (EOFError, OSError):  # the worker closed the pipe (or died): nothing more to do
+                return
+            number += 1
+            if 1 < number <= careful_batches:
+                answered.acquire()  # the batch before is answered: nothing else runs while this one decodes
             if segment is not None and segment not in segments:
                 segments[segment] = shared_memory.SharedMemory(name=segment)
             images = [
@@ -164,11 +202,38 @@ def _prepare(conn: Connection, device: str, prepared: queue.Queue[tuple[str, Any
                 else frame
                 for frame in frames
             ]
-            prepared.put(("images", decode_frames(images, device)))
-        except ImageRejected as exc:  # a JPEG that cannot be decoded: that image's fault, with its code
-            prepared.put(("rejected", (exc.code, exc.message)))
-        except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
-            prepared.put(("error", repr(exc)))
+            prepared.put(_decoded(images, device, number, decoding))
+    finally:
+        prepared.put(None)
+
+
+def _decoded(images: list[Any], device: str, number: int, decoding: Any) -> tuple[str, Any]:
+    """The batch's images with its JPEGs decoded, or the answer that says why they cannot be.
+    While its JPEGs are decoded, ``decoding`` holds the batch's number: a decoder that crashes the
+    process is then known to have crashed on this batch, not on the one the model was running."""
+    from visionq.models.device_decode import decode_frames
+
+    jpegs = [image.data for image in images if isinstance(image, EncodedJpeg)]
+    if jpegs:
+        decoding.value = number
+    try:
+        _crash_on_marker(jpegs)
+        return "images", decode_frames(images, device)
+    except ImageRejected as exc:  # a JPEG that cannot be decoded: that image's fault, with its code
+        return "rejected", (exc.code, exc.message)
+    except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
+        _exit_if_device_fault(exc)
+        return "error", repr(exc)
+    finally:
+        decoding.value = 0
+
+
+def _crash_on_marker(jpegs: list[bytes]) -> None:
+    """Fault injection (faults.py, VISIONQ_CRASH_DECODER_ON): a JPEG holding the marker kills the
+    process as a native crash in the device's decoder would."""
+    marker = os.environ.get("VISIONQ_CRASH_DECODER_ON", "").encode()
+    if marker and any(marker in data for data in jpegs):
+        os.abort()
 
 
 class ModelProcess:
@@ -205,6 +270,10 @@ class ModelProcess:
         self._lock = threading.Lock()
         self._turn = threading.Condition(self._lock)  # an answer was read, or the process was lost
         self._generation = 0  # processes lost so far: a batch sent to a lost one is never answered
+        # The number (from 1) of the batch whose JPEGs the process is decoding, 0 when none (_serve);
+        # read when a process is lost: (its generation, that batch's ticket) when it died decoding.
+        self._decoding = self._context.RawValue("q", 0)
+        self._died_decoding: tuple[int, int | None] | None = None
         self._sent = self._received = 0  # batches sent to / answers read from the current process
         self.starts = 0  # processes started: 1, plus one after each death (for the log and the tests)
         self._closed = False
@@ -219,8 +288,13 @@ class ModelProcess:
 
     def _start(self) -> None:
         ours, theirs = self._context.Pipe()
+        self._decoding.value = 0
         proc = self._context.Process(
-            target=_serve, args=(theirs, *self._args, os.getpid()), name=f"visionq-model-{self.spec.name}"
+            target=_serve,
+            # After a death, its first batches one at a time: the crash, if it comes again, is known
+            # to be the decode's or the model's (see _lose_process).
+            args=(theirs, *self._args, os.getpid(), self._decoding, CAREFUL_BATCHES if self.starts else 0),
+            name=f"visionq-model-{self.spec.name}",
         )
         proc.start()
         theirs.close()
@@ -270,16 +344,20 @@ class ModelProcess:
         return int(size) if size else None
 
     def predict(self, images: Sequence[np.ndarray | EncodedJpeg]) -> Sequence[ModelOutput]:
-        try:
-            return self._predict_once(images)
-        except ModelProcessDied as died:
-            if died.fresh:
-                raise
-        # The process died while this batch was queued, or running on a process that had served
-        # batches before: not proof against it (memory grown over time, the OOM killer, the batch
-        # ahead of it). Once more, on a process started for it.
-        logger.warning("the process of model %s died; running the batch again on a new one", self.spec.name)
-        return self._predict_once(images)
+        for attempt in range(1, RUNS_UNTIL_BLAMED + 1):
+            try:
+                return self._predict_once(images)
+            except ModelProcessDied as died:
+                if died.fresh and died.decoding and len(images) == 1:  # that image's fault, as decode_pool says
+                    raise ImageRejected("the JPEG decoder crashed on this image", code="decoder_crashed") from None
+                if died.fresh or attempt == RUNS_UNTIL_BLAMED:
+                    raise
+            # The process died while this batch was queued, or running on a process that had served
+            # batches before, or beside a JPEG being decoded: not proof against it (memory grown over
+            # time, the OOM killer, the batch ahead of it or behind it). Again, on a process started
+            # for it.
+            logger.warning("the process of model %s died; running the batch again on a new one", self.spec.name)
+        raise AssertionError("unreachable")
 
     def _predict_once(self, images: Sequence[np.ndarray | EncodedJpeg]) -> Sequence[ModelOutput]:
         with self._lock:
@@ -299,7 +377,8 @@ class ModelProcess:
                 # Answers come in the order the batches went: wait for this one's turn to read.
                 self._turn.wait_for(lambda: self._received == ticket or self._generation != generation)
                 if self._generation != generation:  # lost while this batch waited behind another
-                    raise ModelProcessDied(self._died("died", len(images)), fresh=False)
+                    culprit = self._died_decoding == (generation, ticket)  # ...unless decoding it killed it
+                    raise ModelProcessDied(self._died("died", len(images)), fresh=culprit, decoding=culprit)
             kind, payload = self._answer(conn, generation, ticket, len(images))
         finally:
             with self._lock:
@@ -321,10 +400,15 @@ class ModelProcess:
             return answer
         except (EOFError, OSError, TimeoutError) as exc:
             with self._lock:
-                fresh = ticket == 0  # it had answered nothing before: this batch killed it
                 code = self._lose_process(generation)
+                # It died decoding a batch's JPEGs: that batch killed it, whichever it is. Otherwise the
+                # batch it was running did, for certain only when it had answered nothing before.
+                blamed = self._died_decoding
+                decoding = blamed == (generation, ticket)
+                fresh = decoding if blamed is not None and blamed[0] == generation else ticket == 0
             what = f"gave no answer within {self._answer_timeout:.0f} s" if isinstance(exc, TimeoutError) else None
-            raise ModelProcessDied(self._died(what or f"died (exit code {code})", count), fresh=fresh) from None
+            message = self._died(what or f"died (exit code {code})", count)
+            raise ModelProcessDied(message, fresh=fresh, decoding=decoding) from None
         finally:
             with self._lock:
                 if self._generation == generation:  # read (or failed to unpickle): the stream moves on
@@ -360,6 +444,12 @@ class ModelProcess:
             return None
         self._conn.close()
         code = end_process(self._proc, wait=5)
+        number = int(self._decoding.value)  # read once the process is gone: its last word
+        # Decoding the JPEGs of the next batch to be answered, nothing ahead of it: that batch is the
+        # culprit. Decoding one queued behind a batch the model was running: either may be; neither
+        # is condemned, both run again on a new process, which takes its first batches one at a time.
+        ticket = number - 1
+        self._died_decoding = None if not number else (generation, ticket if ticket == self._received else None)
         self._proc, self._conn = None, None
         self._generation += 1
         self._turn.notify_all()
