@@ -1,13 +1,12 @@
-"""The worker's CPU per SQS call: aiobotocore (what the poller uses) against the same request
-built by hand and sent on an ``http1.AsyncConnection``, signed by ``sigv4.JsonPostSigner`` (SQS's
-JSON 1.0 protocol). Measured before deciding whether the poller's SQS calls should move off the SDK.
+"""The worker's CPU per SQS call: the poller's queue (``SqsQueue``) over aiobotocore, against the
+same queue over the worker's own client (``SqsWire``: SQS's JSON 1.0 protocol on an
+``http1.AsyncConnection`` pool, signed by ``sigv4.JsonPostSigner``, with the SDK's retries).
 
     .venv/bin/python bench/sqs_cpu.py                     # 3 rounds of 50 receive + delete pairs
 
 Starts the local AWS emulator (``python -m visionq.moto_server``) on loopback, fills a queue, then
 per round drains it in pairs of calls (``ReceiveMessage`` of 10, ``DeleteMessageBatch`` of what came)
-by each path in turn, timing this process's CPU only. The hand-built path has none of the SDK's
-retries, error parsing or response validation: it is the floor such a client could approach.
+by each path in turn, timing this process's CPU only.
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ import boto3  # noqa: E402
 from aiobotocore.session import get_session  # noqa: E402
 
 from visionq.local_stack import free_port, wait_until  # noqa: E402
-from visionq.stores import http1  # noqa: E402
-from visionq.stores.sigv4 import JsonPostSigner  # noqa: E402
+from visionq.stores.queue import SqsQueue  # noqa: E402
+from visionq.stores.sqs_wire import SqsWire  # noqa: E402
 
 BODY = json.dumps(
     {"Records": [{"s3": {"bucket": {"name": "b"}, "object": {"key": "uploads/x/" + "k" * 40, "eTag": "e" * 32}}}]}
@@ -43,56 +42,27 @@ def fill(sqs: Any, queue: str, n: int) -> None:
         sqs.send_message_batch(QueueUrl=queue, Entries=[{"Id": str(j), "MessageBody": BODY} for j in range(10)])
 
 
-async def through_aiobotocore(url: str, queue: str, rounds: int) -> tuple[float, int]:
-    async with get_session().create_client("sqs", endpoint_url=url, region_name="us-east-1") as client:
-        started, received = time.process_time(), 0
-        for _ in range(rounds):
-            answer = await client.receive_message(
-                QueueUrl=queue, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
-            )
-            messages = answer.get("Messages", [])
-            received += len(messages)
-            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-            await client.delete_message_batch(QueueUrl=queue, Entries=entries)
-        return (time.process_time() - started) / (2 * rounds) * 1000, received
-
-
-async def through_http1(url: str, queue: str, rounds: int) -> tuple[float, int]:
-    credentials = boto3.Session().get_credentials()
-    origin = http1.Origin.of(url)
-    signer = JsonPostSigner(
-        service="sqs", region="us-east-1", host=origin.host_header, content_type="application/x-amz-json-1.0"
-    )
-    connection = await http1.AsyncConnection.open(
-        origin.host, origin.port, tls=None, connect_timeout=5, read_timeout=30
-    )
-
-    async def call(target: str, params: dict[str, Any]) -> dict[str, Any]:
-        body = json.dumps(params).encode()
-        headers = signer.headers(credentials, "AmazonSQS." + target, body)
-        answer = await connection.exchange(http1.request_bytes("POST", "/", origin.host_header, headers, body))
-        if answer.status != 200:
-            raise RuntimeError(f"{target}: {answer.status} {answer.body[:300]!r}")
-        result: dict[str, Any] = json.loads(answer.body)
-        return result
-
+async def drain(queue: SqsQueue, rounds: int) -> tuple[float, int]:
+    """This process's CPU per call over ``rounds`` pairs of a receive of 10 and their delete."""
     started, received = time.process_time(), 0
     for _ in range(rounds):
-        answer = await call(
-            "ReceiveMessage",
-            {
-                "QueueUrl": queue,
-                "MaxNumberOfMessages": 10,
-                "MessageSystemAttributeNames": ["All"],
-                "WaitTimeSeconds": 0,
-            },
-        )
-        messages = answer.get("Messages", [])
+        messages = await queue.receive(max_messages=10, wait_seconds=0, visibility_timeout=30)
         received += len(messages)
-        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-        await call("DeleteMessageBatch", {"QueueUrl": queue, "Entries": entries})
-    connection.close()
+        await queue.delete(messages)
     return (time.process_time() - started) / (2 * rounds) * 1000, received
+
+
+async def through_aiobotocore(url: str, queue: str, rounds: int) -> tuple[float, int]:
+    async with get_session().create_client("sqs", endpoint_url=url, region_name="us-east-1") as client:
+        return await drain(SqsQueue(client, queue), rounds)
+
+
+async def through_wire(url: str, queue: str, rounds: int) -> tuple[float, int]:
+    async with (
+        get_session().create_client("sqs", endpoint_url=url, region_name="us-east-1") as client,
+        SqsWire.of(client, read_timeout=30) as wire,
+    ):
+        return await drain(SqsQueue(wire, queue), rounds)
 
 
 def main() -> int:
@@ -124,10 +94,10 @@ def main() -> int:
             fill(sqs, queue, 10 * args.pairs)
             sdk, sdk_messages = asyncio.run(through_aiobotocore(url, queue, args.pairs))
             fill(sqs, queue, 10 * args.pairs)
-            own, own_messages = asyncio.run(through_http1(url, queue, args.pairs))
+            own, own_messages = asyncio.run(through_wire(url, queue, args.pairs))
             print(
                 f"round {n}: aiobotocore {sdk:.3f} ms per call ({sdk_messages} messages), "
-                f"http1 {own:.3f} ms per call ({own_messages} messages), ratio {own / sdk:.2f}",
+                f"SqsWire {own:.3f} ms per call ({own_messages} messages), ratio {own / sdk:.2f}",
                 flush=True,
             )
     finally:

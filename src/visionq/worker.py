@@ -22,6 +22,7 @@ from visionq.poller import Pipeline, Poller
 from visionq.settle import ProcessingStats
 from visionq.stores.queue import SqsQueue
 from visionq.stores.s3_reader import SIGNATURE_VERSION, S3ObjectReader
+from visionq.stores.sqs_wire import SqsWire
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +103,21 @@ async def serve_worker(
     # botocore's validation is a measurable part of its CPU per image (bench/RESULTS.md, ceiling).
     lean = {"parameter_validation": False}
     async with (
-        session.create_client(
-            **aio_client_kwargs(
-                "sqs", settings, max_pool_connections=16, read_timeout=settings.poll_wait_seconds + 10, **lean
-            )
-        ) as sqs,
+        session.create_client(**aio_client_kwargs("sqs", settings, max_pool_connections=2, **lean)) as sqs,
         session.create_client(**aio_client_kwargs("s3", settings, signature_version=SIGNATURE_VERSION, **lean)) as s3,
         S3ObjectReader(s3, connections=64, counts=requests) as objects,
+        # The poller's and the announcements' SQS calls, without aiobotocore's per-call machinery
+        # (the client stays for the queue sampler's occasional calls). A connection per long poll,
+        # and more for the deletes, leases, dead-letter sweeps and announcements meanwhile: the
+        # receivers never hold every connection.
+        SqsWire.of(
+            sqs, read_timeout=settings.poll_wait_seconds + 10, connections=settings.receivers + 8, counts=requests
+        ) as sqs_wire,
     ):
         # The job store's conditional writes, two per image, without boto3's per-call machinery.
         dynamodb = dynamodb_wire(settings, counts=requests)
-        # The S3 client only presigns: the reader and the DynamoDB wire count what they send.
+        # The S3 client only presigns, the SQS client samples the queues' depths: the reader and
+        # the wires count what they send.
         count_requests(sqs, requests)
         pipeline = Pipeline.from_settings(settings, models.device)
         failpoints = Failpoints.from_env()
@@ -126,15 +131,15 @@ async def serve_worker(
             max_batch=pipeline.max_batch,
             max_wait=pipeline.max_wait,
             failpoints=failpoints,
-            announce=announcer(SqsQueue(sqs, settings.notify_queue_url)) if settings.notify_queue_url else None,
+            announce=announcer(SqsQueue(sqs_wire, settings.notify_queue_url)) if settings.notify_queue_url else None,
         )
         poller = Poller(
             settings=settings,
             processor=processor,
-            queue=SqsQueue(sqs, settings.queue_url),
+            queue=SqsQueue(sqs_wire, settings.queue_url),
             pipeline=pipeline,
             jobs=jobs,
-            dead_letters=SqsQueue(sqs, settings.dlq_url) if settings.dlq_url else None,
+            dead_letters=SqsQueue(sqs_wire, settings.dlq_url) if settings.dlq_url else None,
             failpoints=failpoints,
             sampler=_queue_sampler(settings, sqs),
             emf=metrics.EmfReporter() if metrics.emf_enabled() else None,

@@ -131,7 +131,7 @@ def error(status: int, kind: str, message: str = "no") -> tuple[int, dict[str, s
     return status, {}, json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{kind}", "message": message}).encode()
 
 
-def sigv4_verifies(request: dict[str, Any], secret: str, region: str = "us-east-1") -> bool:
+def sigv4_verifies(request: dict[str, Any], secret: str, region: str = "us-east-1", service: str = "dynamodb") -> bool:
     """AWS Signature Version 4, computed anew from what the server received (the spec's steps:
     canonical request, string to sign, the HMAC key chain) and compared with the header's."""
     headers = {k.lower(): v for k, v in request["headers"].items()}
@@ -153,10 +153,10 @@ def sigv4_verifies(request: dict[str, Any], secret: str, region: str = "us-east-
         ]
     )
     date = headers["x-amz-date"]
-    scope = f"{date[:8]}/{region}/dynamodb/aws4_request"
+    scope = f"{date[:8]}/{region}/{service}/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
     key = f"AWS4{secret}".encode()
-    for part in (date[:8], region, "dynamodb", "aws4_request"):
+    for part in (date[:8], region, service, "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
     return fields["Credential"] == f"{KEY_ID}/{scope}" and hmac.compare_digest(expected, fields["Signature"])

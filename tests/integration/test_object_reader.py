@@ -231,9 +231,9 @@ def test_https_reads_trust_the_sdks_ca_bundle_setting(tmp_path: Any, monkeypatch
 def test_reads_go_on_one_kept_connection_until_it_is_idle_too_long(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, idle_seconds: float, expected: list[int]
 ) -> None:
-    from visionq.stores import s3_reader
+    from visionq.stores import connection_pool
 
-    monkeypatch.setattr(s3_reader, "_IDLE_SECONDS", idle_seconds)
+    monkeypatch.setattr(connection_pool, "IDLE_SECONDS", idle_seconds)
     objects = [put(stack, f"uploads/kept-{i}.jpg", bytes([i]) * 1000) for i in range(5)]
     opened: list[int] = []
 

@@ -46,7 +46,9 @@ def test_the_headers_are_botocores(url: str, region: str, token: str | None, mon
     for now in (datetime.datetime(2026, 12, 2, 23, 59, 59), datetime.datetime(2026, 12, 3, 0, 0, 1)):
         monkeypatch.setattr("botocore.auth.get_current_datetime", lambda *_, now=now, **__: now)
         for target in ("DynamoDB_20120810.UpdateItem", "DynamoDB_20120810.GetItem"):
-            ours = signer.headers(credentials, target, BODY, amz_date=now.strftime("%Y%m%dT%H%M%SZ"))
+            ours = signer.headers(
+                credentials.get_frozen_credentials(), target, BODY, amz_date=now.strftime("%Y%m%dT%H%M%SZ")
+            )
             assert ours == botocore_headers(url, credentials, region, target, BODY)
 
 
@@ -54,10 +56,16 @@ def test_the_key_follows_the_credentials() -> None:
     """Refreshed credentials (a role's, rotated) sign with the new secret, not a kept key."""
     signer = JsonPostSigner(service="dynamodb", region="us-east-1", host="127.0.0.1:4566", content_type=CONTENT_TYPE)
     date = "20261203T120000Z"
-    first = signer.headers(Credentials("AKID", "secret-1"), "DynamoDB_20120810.GetItem", BODY, amz_date=date)
-    second = signer.headers(Credentials("AKID", "secret-2"), "DynamoDB_20120810.GetItem", BODY, amz_date=date)
+    first = signer.headers(
+        Credentials("AKID", "secret-1").get_frozen_credentials(), "DynamoDB_20120810.GetItem", BODY, amz_date=date
+    )
+    second = signer.headers(
+        Credentials("AKID", "secret-2").get_frozen_credentials(), "DynamoDB_20120810.GetItem", BODY, amz_date=date
+    )
     assert first["Authorization"] != second["Authorization"]
-    again = signer.headers(Credentials("AKID", "secret-1"), "DynamoDB_20120810.GetItem", BODY, amz_date=date)
+    again = signer.headers(
+        Credentials("AKID", "secret-1").get_frozen_credentials(), "DynamoDB_20120810.GetItem", BODY, amz_date=date
+    )
     assert again == first
 
 

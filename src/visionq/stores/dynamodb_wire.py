@@ -105,7 +105,8 @@ class DynamoDBWire:
     def _send(self, operation: str, body: bytes) -> dict[str, Any]:
         if self._credentials is None:
             raise NoCredentialsError()
-        headers = self._signer.headers(self._credentials, f"{_TARGET_PREFIX}.{operation}", body)
+        frozen = self._credentials.get_frozen_credentials()
+        headers = self._signer.headers(frozen, f"{_TARGET_PREFIX}.{operation}", body)
         if self._counts is not None:
             key = f"dynamodb.{operation}"
             self._counts[key] = self._counts.get(key, 0) + 1

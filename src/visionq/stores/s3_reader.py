@@ -7,14 +7,12 @@ Worker-only: the API's package does not carry it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime
 import functools
 import http.client
 import random
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -28,6 +26,7 @@ from visionq.errors import ImageRejected, TransientError
 from visionq.events import ObjectCreated
 from visionq.stores import http1
 from visionq.stores.aws_errors import aws_errors, client_error, translate_client_error
+from visionq.stores.connection_pool import ConnectionPool
 from visionq.stores.sigv4 import QueryPresigner
 
 # As the SDK's standard retry mode: a throttled or failed read is tried MAX_ATTEMPTS times in all,
@@ -37,7 +36,6 @@ _BACKOFF_BASE_SECONDS = 0.1
 _URL_LIFETIME_SECONDS = 300  # a read's URL is used at once, and for its retries
 SIGNATURE_VERSION = "s3v4"  # the client's presigned URLs: SigV4 query auth
 _PROBE_KEY = "visionq-route-probe"  # a key presigned once per bucket, to learn the bucket's route
-_IDLE_SECONDS = 15.0  # an idle connection older than this is not used again
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ class S3ObjectReader:
             raise ValueError(f"the S3 client must sign with {SIGNATURE_VERSION!r} (Config(signature_version=...))")
         self._client = client
         self._routes: dict[str, _Route | None] = {}  # by bucket; None: presigned by the client each time
-        self._connections = _Connections(connections, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._connections = ConnectionPool(connections, connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._counts = counts
 
     async def __aenter__(self) -> S3ObjectReader:
@@ -194,85 +192,6 @@ class S3ObjectReader:
 def _origin(scheme_and_netloc: str) -> http1.Origin:
     """A bucket's endpoint, worked out once, not for every read."""
     return http1.Origin.of(scheme_and_netloc)
-
-
-class _Connections:
-    """Keep-alive connections by origin, at most ``limit`` exchanges at once. A connection goes
-    back to be reused only after a whole answer that allows it, and is not reused after
-    ``_IDLE_SECONDS`` idle (aiohttp's default, which the reads used before): a server or a load
-    balancer may have dropped it without a word, and a request on it would wait its read timeout
-    out. One whose exchange failed or was cancelled (a deadline) is closed, as its state is unknown."""
-
-    def __init__(self, limit: int, *, connect_timeout: float, read_timeout: float) -> None:
-        self._limit = limit
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        # By origin, each idle connection with the time it went idle (the latest last).
-        self._idle: collections.defaultdict[http1.Origin, list[tuple[http1.AsyncConnection, float]]] = (
-            collections.defaultdict(list)
-        )
-        self._slots: asyncio.Semaphore | None = None
-        self._tls: ssl.SSLContext | None = None
-
-    def open(self, tls: ssl.SSLContext) -> None:
-        self._tls = tls
-        self._slots = asyncio.Semaphore(self._limit)
-
-    def close(self) -> None:
-        for idle in self._idle.values():
-            for connection, _ in idle:
-                connection.close()
-        self._idle.clear()
-        self._slots = None
-
-    async def exchange(self, origin: http1.Origin, request: bytes, *, max_body: int) -> http1.Answer:
-        """The answer to ``request``. A kept connection the server closed or reset as the request
-        went (no answer at all) is replaced and the request sent once more at once, as the
-        DynamoDB writes do (``dynamodb_wire``): a GET may be, and it spends none of the read's
-        attempts."""
-        slots = self._slots
-        if slots is None:
-            raise RuntimeError("S3ObjectReader is used outside its `async with`")
-        async with slots:
-            connection, kept = await self._connection(origin)
-            try:
-                try:
-                    answer = await connection.exchange(request, max_body=max_body)
-                except http1.CLOSED_UNDER_US:
-                    if not kept:
-                        raise
-                    connection.close()
-                    connection, _ = await self._connection(origin)
-                    answer = await connection.exchange(request, max_body=max_body)
-            except BaseException:
-                connection.close()
-                raise
-            if answer.keep_alive and self._slots is slots:  # not closed meanwhile
-                self._idle[origin].append((connection, time.monotonic()))
-            else:
-                connection.close()
-            return answer
-
-    async def _connection(self, origin: http1.Origin) -> tuple[http1.AsyncConnection, bool]:
-        """The latest idle connection to ``origin`` fit to be used again, else a new one; and which."""
-        idle = self._idle[origin]
-        while idle:
-            connection, since = idle.pop()
-            if time.monotonic() - since < _IDLE_SECONDS and connection.fresh():
-                return connection, True
-            connection.close()
-            # The others went idle earlier still: closed now rather than left open.
-            for older, _ in idle:
-                older.close()
-            idle.clear()
-        connection = await http1.AsyncConnection.open(
-            origin.host,
-            origin.port,
-            tls=self._tls if origin.tls else None,
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._read_timeout,
-        )
-        return connection, False
 
 
 def _amz_date() -> str:

@@ -1,6 +1,7 @@
 """AWS Signature Version 4 for the worker's two requests per image of one fixed shape each.
 
-- ``JsonPostSigner``: the headers of a JSON ``POST /`` (the DynamoDB wire's two writes per image).
+- ``JsonPostSigner``: the headers of a JSON ``POST /`` (the DynamoDB wire's two writes per image,
+  the SQS wire's calls).
 - ``QueryPresigner``: a presigned ``GET`` URL (query authentication, S3's flavour: the path signed
   as it stands, the payload unsigned), for the object reader's one read per image.
 
@@ -39,8 +40,9 @@ def host_header(url: str) -> str:
 class JsonPostSigner:
     """Signs ``POST /`` requests with ``content_type`` and an ``X-Amz-Target`` header.
 
-    ``credentials``: a botocore credentials object (``Session.get_credentials()``); its frozen
-    copy is read per request, so refreshing credentials (a role's) are followed.
+    ``frozen``: a botocore credentials object's frozen copy (``get_frozen_credentials()``), taken
+    by the caller per request, so refreshing credentials (a role's) are followed; the asynchronous
+    SDK's must be awaited, the synchronous one's not.
     """
 
     def __init__(self, *, service: str, region: str, host: str, content_type: str) -> None:
@@ -50,9 +52,8 @@ class JsonPostSigner:
         self._content_type = content_type
         self._keys = SigningKeys(region=region, service=service)
 
-    def headers(self, credentials: Any, target: str, body: bytes, *, amz_date: str | None = None) -> dict[str, str]:
+    def headers(self, frozen: Any, target: str, body: bytes, *, amz_date: str | None = None) -> dict[str, str]:
         """The request's headers, ``Authorization`` included (``Host`` is the client's to send)."""
-        frozen = credentials.get_frozen_credentials()
         amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         day = amz_date[:8]
         scope = f"{day}/{self._region}/{self._service}/aws4_request"
