@@ -47,7 +47,8 @@ def client_config(
     return Config(
         region_name=settings.aws_region,
         s3=s3_options,
-        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        # total_max_attempts counts the first attempt; botocore's max_attempts would count retries only.
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         **extra,

@@ -144,6 +144,67 @@ def test_throttling_and_server_errors_are_tried_again() -> None:
     assert all(sigv4_verifies(r, SECRET, service="sqs") for r in received)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        (500, {}, b"{}"),
+        error(400, "ThrottlingException", "RequestThrottled"),
+        error(400, "TooManyRequestsException"),
+        error(400, "RequestTimeout"),
+        (501, {}, b"{}"),
+        error(400, "InternalError"),
+        error(400, "InvalidParameterValue", "InvalidParameterValue"),
+    ],
+    ids=["500", "throttled", "too-many", "request-timeout", "501", "400-internal", "invalid"],
+)
+def test_a_failure_is_tried_as_often_as_the_sdk_tries_it(failure: tuple[int, dict[str, str], bytes]) -> None:
+    """The same answer from SQS, every time, to the worker's SDK client (as ``aws`` configures it)
+    and to the wire: as many requests, and the same error code in the end."""
+    from visionq.aws import aio_client_kwargs
+    from visionq.config import AwsSettings
+
+    async def through_the_sdk(endpoint: str) -> str:
+        settings = AwsSettings.model_validate(
+            {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+        )
+        async with get_session().create_client(**aio_client_kwargs("sqs", settings)) as client:
+            try:
+                await client.receive_message(**RECEIVE)
+            except ClientError as exc:
+                return str(exc.response["Error"]["Code"])
+        return "no error"
+
+    async def through_the_wire(wire: SqsWire) -> str:
+        try:
+            await receive(wire)
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return "no error"
+
+    with stand_in(lambda n: failure) as (endpoint, received):
+        sdk_code = asyncio.run(through_the_sdk(endpoint))
+        sdk_requests = len(received)
+        received.clear()
+        wire_code = on_wire(endpoint, through_the_wire)
+    assert (wire_code, len(received)) == (sdk_code, sdk_requests)
+
+
+def test_an_answer_that_is_not_a_json_object_is_tried_again_then_transient() -> None:
+    """A 200 with a page that is not SQS's (a proxy's, a misrouted endpoint) is no answer: never
+    an exception the poller does not expect."""
+    page = (200, {"Content-Type": "text/html"}, b"<html>Welcome</html>")
+    with stand_in(lambda n: page if n == 1 else ok({"n": n})) as (endpoint, received):
+        assert on_wire(endpoint, receive)["n"] == 2
+    for answer in (page, (200, {}, b"[1, 2]")):
+        with (
+            stand_in(lambda n, answer=answer: answer) as (endpoint, received),  # type: ignore[misc]
+            pytest.raises(TransientError, match="cannot reach AWS"),
+            aws_errors("receive messages"),
+        ):
+            on_wire(endpoint, receive)
+        assert len(received) == ATTEMPTS
+
+
 def test_a_refused_request_is_not_tried_again() -> None:
     with (
         stand_in(lambda n: error(400, "InvalidParameterValue", "InvalidParameterValue")) as (endpoint, received),

@@ -21,6 +21,7 @@ from botocore.exceptions import ReadTimeoutError
 from visionq.aws import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
+    MAX_ATTEMPTS,
     aio_client_kwargs,
     boto3_client,
     client_config,
@@ -68,8 +69,16 @@ def test_timeouts_and_other_config_options_combine() -> None:
     assert (config.connect_timeout, config.read_timeout) == (2, 45)
     assert config.max_pool_connections == 7
     # What was there before is unchanged: retries and path-style addressing for an emulator.
-    assert config.retries == {"mode": "standard", "max_attempts": 3}
+    assert config.retries == {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
     assert config.s3 == {"addressing_style": "path"}
+
+
+def test_the_sdks_clients_try_a_call_as_often_as_the_workers_own_clients() -> None:
+    """MAX_ATTEMPTS counts the first attempt, as the worker's own clients count it (the SQS and
+    DynamoDB wires, the object reads); botocore's ``max_attempts`` would not (it counts retries,
+    and resolved to four attempts in all until 2026-12-03)."""
+    sqs = boto3_client("sqs", settings())
+    assert sqs.meta.config.retries["total_max_attempts"] == MAX_ATTEMPTS == 3
 
 
 @pytest.mark.parametrize("bad", [{"connect_timeout": 0}, {"read_timeout": 0}, {"read_timeout": -1}])

@@ -12,8 +12,10 @@ The endpoint, region and (refreshing) credentials are the aiobotocore client's, 
 configuration (``SqsWire.of``). Errors come back as botocore's own ``ClientError`` (and its
 connection errors), so ``aws_errors`` translates them as it does the SDK's; the error code is the
 one the SDK reports (``x-amzn-query-error``'s, ``AWS.SimpleQueueService.NonExistentQueue``, where
-SQS sends it, else the ``__type``'s). Throttling, server errors, refused connections and read
-timeouts are tried three times in all with jittered backoff, as the SDK's standard retry mode does.
+SQS sends it, else the ``__type``'s). What the SDK's standard retry mode tries again (throttling,
+500/502/503/504, refused connections, read timeouts; ``sdk_retries``) is tried again, with its
+backoff, up to ``MAX_ATTEMPTS`` attempts in all, as the worker's SDK clients are configured. A 200
+whose body is not a JSON object (a proxy's page) is taken as no answer, and tried again.
 A long poll given up on (the worker stopping) closes its connection: the messages SQS may have
 handed to it reappear after their visibility timeout, as with the SDK.
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import random
 import ssl
 from types import TracebackType
 from typing import Any
@@ -31,14 +32,12 @@ from typing import Any
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
 from visionq.aws import DEFAULT_CONNECT_TIMEOUT, MAX_ATTEMPTS, ca_bundle
-from visionq.errors import TransientError
-from visionq.stores import http1
-from visionq.stores.aws_errors import client_error, translate_client_error
+from visionq.stores import http1, sdk_retries
+from visionq.stores.aws_errors import client_error
 from visionq.stores.connection_pool import ConnectionPool
 from visionq.stores.sigv4 import JsonPostSigner
 
-ATTEMPTS = MAX_ATTEMPTS  # as the SDK's standard retry mode
-_BACKOFF_BASE_SECONDS = 0.05
+ATTEMPTS = MAX_ATTEMPTS  # as the worker's SDK clients are configured (aws.client_config)
 _TARGET_PREFIX = "AmazonSQS"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
 # Ten messages of SQS's largest (1 MiB) and their attributes: a bigger answer is not SQS's.
@@ -114,12 +113,12 @@ class SqsWire:
             try:
                 return await self._send(operation, body)
             except ClientError as exc:
-                if attempt == ATTEMPTS or not isinstance(translate_client_error(exc, operation), TransientError):
+                if attempt == ATTEMPTS or not sdk_retries.retryable(exc):
                     raise
             except (EndpointConnectionError, ReadTimeoutError):
                 if attempt == ATTEMPTS:
                     raise
-            await asyncio.sleep(random.uniform(0, _BACKOFF_BASE_SECONDS * 2**attempt))
+            await asyncio.sleep(sdk_retries.backoff_seconds(attempt))
         raise AssertionError("unreachable")
 
     async def _send(self, operation: str, body: bytes) -> dict[str, Any]:
@@ -141,7 +140,13 @@ class SqsWire:
         if answer.status != 200:
             code, message = _error_fields(answer)
             raise client_error(answer.status, code, message, operation)
-        result: dict[str, Any] = json.loads(answer.body) if answer.body else {}
+        try:
+            result = json.loads(answer.body) if answer.body else {}
+        except ValueError:
+            result = None
+        if not isinstance(result, dict):  # a proxy's page, a misrouted endpoint: not SQS, as a dropped answer
+            not_sqs = http1.BadAnswer("the answer is not a JSON object")
+            raise EndpointConnectionError(endpoint_url=self._url, error=not_sqs)
         result["ResponseMetadata"] = {"HTTPStatusCode": 200}
         return result
 

@@ -1,0 +1,48 @@
+"""botocore's standard retry mode for a call the worker sends without the SDK (``sqs_wire``): which
+failed answers are tried again, and how long to wait before the next attempt. The lists are
+botocore's own (``botocore/retries/standard.py``: ``TransientRetryableChecker`` and
+``ThrottledRetryableChecker``; tests/unit/test_sdk_retries.py checks them against the installed
+botocore). Connection errors and read timeouts are tried again too; the caller catches those.
+"""
+
+from __future__ import annotations
+
+import random
+
+from botocore.exceptions import ClientError
+
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
+THROTTLED_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+MAX_BACKOFF_SECONDS = 20.0
+
+
+def retryable(exc: ClientError) -> bool:
+    """Whether botocore would try the call that got this error answer again."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code in TRANSIENT_CODES or code in THROTTLED_CODES or status in TRANSIENT_STATUS
+
+
+def backoff_seconds(failed_attempt: int) -> float:
+    """The wait after attempt ``failed_attempt`` (from 1) failed: truncated binary exponential
+    backoff with full jitter, up to 1 s after the first, 2 s after the second (botocore's
+    ``ExponentialBackoff``)."""
+    return random.random() * min(2.0 ** (failed_attempt - 1), MAX_BACKOFF_SECONDS)
