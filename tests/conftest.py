@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -286,3 +287,12 @@ def start_worker(stack: Stack, shapes_detector: Any) -> Iterator[Callable[..., R
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key): a TLS stand-in's, trusted only where
+    a test names it."""
+    from tests.tls import self_signed_certificate
+
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))

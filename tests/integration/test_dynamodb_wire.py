@@ -25,7 +25,7 @@ import pytest
 # Every rule of the jobs table, collected here again with the `store` fixture below: the store
 # over the wire instead of boto3 in-process.
 from tests.conftest import TABLE
-from tests.tls import self_signed_certificate, server_context
+from tests.tls import server_context
 from tests.unit.test_job_store import *  # noqa: F403
 from visionq.config import AwsSettings
 from visionq.errors import ConfigError, TransientError, TransitionRejected
@@ -306,11 +306,6 @@ def test_an_answer_later_than_the_read_timeout_is_tried_again() -> None:
     ):
         wire(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
     assert len(received) == ATTEMPTS
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_https_trusts_the_sdks_ca_bundle_setting(

@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from tests.integration.test_dynamodb_wire import KEY_ID, SECRET, sigv4_verifies, stand_in
-from tests.tls import self_signed_certificate, server_context
+from tests.tls import server_context
 from visionq.errors import ConfigError, TransientError, VisionqError
 from visionq.stores.aws_errors import aws_errors
 from visionq.stores.queue import SqsQueue
@@ -317,11 +317,6 @@ def test_a_long_poll_given_up_on_closes_its_connection() -> None:
         assert on_wire(endpoint, cancelled_then_another)["n"] == 2
         time.sleep(0.6)  # the late answer goes to a closed connection
     assert received[0]["client_port"] != received[1]["client_port"]
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_https_trusts_the_sdks_ca_bundle_setting(
