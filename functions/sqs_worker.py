@@ -48,7 +48,7 @@ class LambdaWorker:
     async def _build(self, model: Model | None) -> Processor:
         from aiobotocore.session import get_session
 
-        from visionq.aws import aio_client_kwargs, dynamodb_wire
+        from visionq.aws import aio_client_kwargs, job_table_client
         from visionq.models.registry import LoadedModels, load_served_models
         from visionq.notifications import announcer
         from visionq.stores.job_store import DynamoJobStore
@@ -70,7 +70,7 @@ class LambdaWorker:
             announce = announcer(SqsQueue(sqs, settings.notify_queue_url))
         return Processor(
             settings=settings,
-            jobs=DynamoJobStore(dynamodb_wire(settings), settings.jobs_table),
+            jobs=DynamoJobStore(job_table_client(settings), settings.jobs_table),
             objects=objects,
             results=PostgresResultStore(settings.database_url),
             models=models,

@@ -5,14 +5,19 @@ Nothing here runs at import time; entry points call these once and pass the clie
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 from botocore.httpsession import where as default_ca_bundle
+from botocore.utils import get_environ_proxies
 
 from visionq.config import AwsSettings
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from visionq.stores.dynamodb_wire import DynamoDBWire
@@ -23,7 +28,7 @@ if TYPE_CHECKING:
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 30.0  # above SQS's longest long poll (20 s), which sends nothing until it ends
 # Attempts per call, the first included: the SDK's standard retry mode, and the same for the calls the
-# worker sends itself (stores/s3_reader.py, stores/dynamodb_wire.py).
+# worker sends itself (stores/s3_reader.py, stores/dynamodb_wire.py, stores/sqs_wire.py).
 MAX_ATTEMPTS = 3
 
 
@@ -110,9 +115,30 @@ def count_requests(client: Any, counts: dict[str, int]) -> Any:
 
 def ca_bundle() -> str:
     """The certificates the SDK trusts: ``AWS_CA_BUNDLE`` where it is set, else botocore's own
-    bundle. The calls the worker sends itself (``stores/s3_reader.py``, ``stores/dynamodb_wire.py``)
-    trust the same, so a private CA (a proxy's, MinIO's) set for the SDK works for them too."""
+    bundle. The calls the worker sends itself (``stores/s3_reader.py``, ``stores/dynamodb_wire.py``,
+    ``stores/sqs_wire.py``) trust the same, so a private CA (a proxy's, MinIO's) set for the SDK works for them too."""
     return os.environ.get("AWS_CA_BUNDLE") or default_ca_bundle()
+
+
+def proxy_for(url: str) -> str | None:
+    """The HTTP proxy the SDK would send ``url``'s requests through, from the environment
+    (``HTTP_PROXY``/``HTTPS_PROXY`` by the URL's scheme, unless ``NO_PROXY`` names its host), or None.
+
+    The calls the worker sends itself (``stores/sqs_wire.py``, ``stores/dynamodb_wire.py``,
+    ``stores/s3_reader.py``) speak no proxy: where one is named for their endpoint they give way to
+    the SDK's clients, which honour it, at the SDK's cost in CPU per request.
+    """
+    return get_environ_proxies(url).get(urlsplit(url).scheme) or None
+
+
+def job_table_client(settings: AwsSettings, *, counts: dict[str, int] | None = None) -> Any:
+    """The worker's DynamoDB client for the job store: its own (``dynamodb_wire``), or boto3's
+    where an HTTP proxy is named for the endpoint (``proxy_for``). ``counts`` as ``count_requests``."""
+    client = boto3_client("dynamodb", settings)
+    if proxy_for(client.meta.endpoint_url) is None:
+        return dynamodb_wire(settings, counts=counts)
+    logger.info("an HTTP proxy is named for %s: the job table's calls go through the SDK", client.meta.endpoint_url)
+    return count_requests(client, counts) if counts is not None else client
 
 
 def dynamodb_wire(settings: AwsSettings, *, counts: dict[str, int] | None = None) -> DynamoDBWire:

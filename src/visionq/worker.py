@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 from visionq import metrics
+from visionq.aws import proxy_for
 from visionq.config import WorkerSettings
 from visionq.core import Processor
 from visionq.faults import Failpoints
@@ -61,6 +64,22 @@ def _queue_sampler(settings: WorkerSettings, sqs: object) -> metrics.QueueSample
     return metrics.QueueSampler(sources, main=main)
 
 
+@contextlib.asynccontextmanager
+async def _queue_calls(
+    sqs: Any, settings: WorkerSettings, *, connections: int, counts: dict[str, int]
+) -> AsyncIterator[Any]:
+    """What the poller's and the announcements' SQS calls go through: the worker's own client
+    (``SqsWire``, without aiobotocore's per-call machinery), or, where the environment names an
+    HTTP proxy for the endpoint (``aws.proxy_for``: the wire speaks none), the aiobotocore client."""
+    if proxy_for(sqs.meta.endpoint_url) is not None:
+        logger.info("an HTTP proxy is named for %s: the SQS calls go through the SDK", sqs.meta.endpoint_url)
+        yield sqs
+        return
+    wire = SqsWire.of(sqs, read_timeout=settings.poll_wait_seconds + 10, connections=connections, counts=counts)
+    async with wire:
+        yield wire
+
+
 async def serve_worker(
     settings: WorkerSettings, *, model: Model | None = None, stop: asyncio.Event | None = None
 ) -> ProcessingStats:
@@ -73,7 +92,7 @@ async def serve_worker(
 
     from aiobotocore.session import get_session
 
-    from visionq.aws import aio_client_kwargs, count_requests, dynamodb_wire
+    from visionq.aws import aio_client_kwargs, count_requests, job_table_client
     from visionq.models.registry import LoadedModels, load_served_models
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.result_store import PostgresResultStore
@@ -102,22 +121,29 @@ async def serve_worker(
     # No client-side validation of request parameters: the worker builds every request itself, and
     # botocore's validation is a measurable part of its CPU per image (bench/RESULTS.md, ceiling).
     lean = {"parameter_validation": False}
+    # A connection per long poll, and more for the deletes, leases, dead-letter sweeps and
+    # announcements meanwhile: the receivers never hold every connection.
+    sqs_connections = settings.receivers + 8
     async with (
-        session.create_client(**aio_client_kwargs("sqs", settings, max_pool_connections=2, **lean)) as sqs,
+        session.create_client(
+            **aio_client_kwargs(
+                "sqs",
+                settings,
+                max_pool_connections=sqs_connections,
+                read_timeout=settings.poll_wait_seconds + 10,
+                **lean,
+            )
+        ) as sqs,
         session.create_client(**aio_client_kwargs("s3", settings, signature_version=SIGNATURE_VERSION, **lean)) as s3,
         S3ObjectReader(s3, connections=64, counts=requests) as objects,
-        # The poller's and the announcements' SQS calls, without aiobotocore's per-call machinery
-        # (the client stays for the queue sampler's occasional calls). A connection per long poll,
-        # and more for the deletes, leases, dead-letter sweeps and announcements meanwhile: the
-        # receivers never hold every connection.
-        SqsWire.of(
-            sqs, read_timeout=settings.poll_wait_seconds + 10, connections=settings.receivers + 8, counts=requests
-        ) as sqs_wire,
+        _queue_calls(sqs, settings, connections=sqs_connections, counts=requests) as queue_calls,
     ):
-        # The job store's conditional writes, two per image, without boto3's per-call machinery.
-        dynamodb = dynamodb_wire(settings, counts=requests)
-        # The S3 client only presigns, the SQS client samples the queues' depths: the reader and
-        # the wires count what they send.
+        # The job store's conditional writes, two per image, without boto3's per-call machinery
+        # (unless a proxy is named for its endpoint).
+        dynamodb = job_table_client(settings, counts=requests)
+        # The S3 client presigns (and reads behind a proxy), the SQS client samples the queues'
+        # depths (and calls SQS behind a proxy): these count what the SDK sends, the reader and
+        # the wires what they send.
         count_requests(sqs, requests)
         pipeline = Pipeline.from_settings(settings, models.device)
         failpoints = Failpoints.from_env()
@@ -131,15 +157,15 @@ async def serve_worker(
             max_batch=pipeline.max_batch,
             max_wait=pipeline.max_wait,
             failpoints=failpoints,
-            announce=announcer(SqsQueue(sqs_wire, settings.notify_queue_url)) if settings.notify_queue_url else None,
+            announce=announcer(SqsQueue(queue_calls, settings.notify_queue_url)) if settings.notify_queue_url else None,
         )
         poller = Poller(
             settings=settings,
             processor=processor,
-            queue=SqsQueue(sqs_wire, settings.queue_url),
+            queue=SqsQueue(queue_calls, settings.queue_url),
             pipeline=pipeline,
             jobs=jobs,
-            dead_letters=SqsQueue(sqs_wire, settings.dlq_url) if settings.dlq_url else None,
+            dead_letters=SqsQueue(queue_calls, settings.dlq_url) if settings.dlq_url else None,
             failpoints=failpoints,
             sampler=_queue_sampler(settings, sqs),
             emf=metrics.EmfReporter() if metrics.emf_enabled() else None,

@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import functools
 import http.client
+import logging
 import random
 import re
 import ssl
@@ -21,13 +22,15 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import botocore.auth
 from botocore.exceptions import NoCredentialsError
 
-from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_ATTEMPTS, ca_bundle
+from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_ATTEMPTS, ca_bundle, proxy_for
 from visionq.errors import ImageRejected, TransientError
 from visionq.events import ObjectCreated
 from visionq.stores import http1
 from visionq.stores.aws_errors import aws_errors, client_error, translate_client_error
 from visionq.stores.connection_pool import ConnectionPool
 from visionq.stores.sigv4 import QueryPresigner
+
+logger = logging.getLogger(__name__)
 
 # As the SDK's standard retry mode: a throttled or failed read is tried MAX_ATTEMPTS times in all,
 # with jittered exponential backoff, before the message is given back.
@@ -93,6 +96,8 @@ class S3ObjectReader:
         self._routes: dict[str, _Route | None] = {}  # by bucket; None: presigned by the client each time
         self._connections = ConnectionPool(connections, connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._counts = counts
+        # By endpoint: whether the environment names an HTTP proxy for it (read once per reader).
+        self._proxied: dict[str, bool] = {}
 
     async def __aenter__(self) -> S3ObjectReader:
         self._connections.open(ssl.create_default_context(cafile=ca_bundle()))
@@ -115,7 +120,15 @@ class S3ObjectReader:
         # Sent as signed, byte for byte (a key with %, + or a space): the signature covers the path
         # and query as they are.
         parts = urlsplit(presigned)
-        origin = _origin(f"{parts.scheme}://{parts.netloc}")
+        endpoint = f"{parts.scheme}://{parts.netloc}"
+        proxied = self._proxied.get(endpoint)
+        if proxied is None:
+            proxied = self._proxied[endpoint] = proxy_for(endpoint) is not None
+            if proxied:
+                logger.info("an HTTP proxy is named for %s: the object reads go through the SDK", endpoint)
+        if proxied:
+            return await self._read_through_sdk(obj, max_bytes, what)
+        origin = _origin(endpoint)
         request = http1.request_bytes("GET", f"{parts.path}?{parts.query}", origin.host_header, headers, b"")
         for attempt in range(1, READ_ATTEMPTS + 1):
             try:
@@ -125,6 +138,24 @@ class S3ObjectReader:
                     raise
             await asyncio.sleep(random.uniform(0, _BACKOFF_BASE_SECONDS * 2**attempt))
         raise AssertionError("unreachable")
+
+    async def _read_through_sdk(self, obj: ObjectCreated, max_bytes: int, what: str) -> bytes:
+        """The read as the SDK sends it (its connections honour an HTTP proxy; these do not), with
+        the same precondition, limit and errors; the SDK's client retries it."""
+        exact = {"VersionId": obj.version_id} if obj.version_id else {"IfMatch": f'"{obj.etag}"'}
+        if self._counts is not None:
+            self._counts["s3.GetObject"] = self._counts.get("s3.GetObject", 0) + 1
+        with aws_errors(what):
+            response = await self._client.get_object(Bucket=obj.bucket, Key=obj.key, **exact)
+            size = int(response.get("ContentLength", 0))
+            if size > max_bytes:
+                response["Body"].close()
+                raise ImageRejected(
+                    f"the object is {size} bytes, over the limit of {max_bytes}", code="object_too_large"
+                )
+            async with response["Body"] as stream:
+                data: bytes = await stream.read()
+        return data
 
     async def presign(self, bucket: str, key: str, version_id: str | None = None) -> str:
         """The URL that GETs ``key`` (``version_id``), as the client's ``generate_presigned_url``
@@ -178,9 +209,7 @@ class S3ObjectReader:
         try:
             answer = await self._connections.exchange(origin, request, max_body=max_bytes)
         except http1.BodyTooLarge as exc:  # on its Content-Length, before the body is read
-            raise ImageRejected(
-                f"the object is {exc.size} bytes, over the limit of {max_bytes}", code="object_too_large"
-            ) from None
+            raise _too_large(exc.size, max_bytes) from None
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeouts, not HTTP
             raise TransientError(f"{what}: cannot reach S3 ({type(exc).__name__})") from exc
         if answer.status != 200:
@@ -192,6 +221,10 @@ class S3ObjectReader:
 def _origin(scheme_and_netloc: str) -> http1.Origin:
     """A bucket's endpoint, worked out once, not for every read."""
     return http1.Origin.of(scheme_and_netloc)
+
+
+def _too_large(size: int, max_bytes: int) -> ImageRejected:
+    return ImageRejected(f"the object is {size} bytes, over the limit of {max_bytes}", code="object_too_large")
 
 
 def _amz_date() -> str:
