@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import pytest
+from botocore.exceptions import ClientError
 
 # Every rule of the jobs table, collected here again with the `store` fixture below: the store
 # over the wire instead of boto3 in-process.
@@ -192,6 +193,32 @@ def test_throttling_is_tried_again_with_a_fresh_signature() -> None:
     assert answer["Item"] == {"job_id": {"S": "j"}}
     assert len(received) == 3 == ATTEMPTS
     assert all(sigv4_verifies(r, SECRET) for r in received)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        (500, {}, b"{}"),
+        error(400, "ThrottlingException"),
+        error(400, "ProvisionedThroughputExceededException"),
+        (501, {}, b"{}"),
+        error(400, "ValidationException"),
+    ],
+    ids=["500", "throttled", "provisioned", "501", "invalid"],
+)
+def test_a_failure_is_tried_as_often_as_the_sdk_tries_it(failure: tuple[int, dict[str, str], bytes]) -> None:
+    """The same answer from DynamoDB, every time, to a boto3 client as ``aws`` configures it and to
+    the wire: as many requests, and the same error code in the end."""
+    from visionq.aws import boto3_client
+
+    codes = []
+    with stand_in(lambda n: failure) as (endpoint, received):
+        for client in (boto3_client("dynamodb", settings_for(endpoint)), wire_at(endpoint)):
+            with pytest.raises(ClientError) as raised:
+                client.get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
+            codes.append((raised.value.response["Error"]["Code"], len(received)))
+            received.clear()
+    assert codes[0] == codes[1]
 
 
 def test_a_failed_condition_is_not_retried_and_is_a_rejected_transition() -> None:

@@ -11,9 +11,11 @@ thread's own (``http1``). Through boto3 the job store's claim (an ``UpdateItem``
 bench/RESULTS.md run 13), and this way less again (runs 15 and 16).
 
 Errors come back as botocore's own ``ClientError`` (and its connection errors), so
-``aws_errors`` translates them as it does the SDK's; throttling and server errors are tried three
-times in all with jittered backoff, as the SDK's standard retry mode does; a body whose CRC32 does
-not match the ``x-amz-crc32`` header is tried again, as botocore does. Binary attributes (``B``)
+``aws_errors`` translates them as it does the SDK's; what the SDK's standard retry mode tries again
+(throttling, 500/502/503/504, refused connections, read timeouts; ``sdk_retries``) is tried again,
+with its backoff, up to ``MAX_ATTEMPTS`` attempts in all, as the worker's SDK clients are
+configured; a body whose CRC32 does not match the ``x-amz-crc32`` header is tried again, as
+botocore does. Binary attributes (``B``)
 are not supported: the job table has none, and ``json`` refuses ``bytes`` loudly.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
 import select
 import socket
 import ssl
@@ -34,13 +35,11 @@ from urllib.parse import urlsplit
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
 from visionq.aws import MAX_ATTEMPTS
-from visionq.errors import TransientError
-from visionq.stores import http1
-from visionq.stores.aws_errors import client_error, translate_client_error
+from visionq.stores import http1, sdk_retries
+from visionq.stores.aws_errors import client_error
 from visionq.stores.sigv4 import JsonPostSigner, host_header
 
-ATTEMPTS = MAX_ATTEMPTS  # as the SDK's standard retry mode
-_BACKOFF_BASE_SECONDS = 0.05
+ATTEMPTS = MAX_ATTEMPTS  # as the worker's SDK clients are configured (aws.client_config)
 _TARGET_PREFIX = "DynamoDB_20120810"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
 _IDLE_SECONDS = 15.0  # a kept connection idle longer is not used again (as the object reads')
@@ -94,12 +93,12 @@ class DynamoDBWire:
             try:
                 return self._send(operation, body)
             except ClientError as exc:
-                if attempt == ATTEMPTS or not isinstance(translate_client_error(exc, operation), TransientError):
+                if attempt == ATTEMPTS or not sdk_retries.retryable(exc):
                     raise
             except (EndpointConnectionError, ReadTimeoutError):
                 if attempt == ATTEMPTS:
                     raise
-            time.sleep(random.uniform(0, _BACKOFF_BASE_SECONDS * 2**attempt))
+            time.sleep(sdk_retries.backoff_seconds(attempt))
         raise AssertionError("unreachable")
 
     def _send(self, operation: str, body: bytes) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""botocore's standard retry mode for a call the worker sends without the SDK (``sqs_wire``): which
-failed answers are tried again, and how long to wait before the next attempt. The lists are
-botocore's own (``botocore/retries/standard.py``: ``TransientRetryableChecker`` and
-``ThrottledRetryableChecker``; tests/unit/test_sdk_retries.py checks them against the installed
-botocore). Connection errors and read timeouts are tried again too; the caller catches those.
+"""botocore's standard retry mode for the calls the worker sends without the SDK (``sqs_wire``,
+``dynamodb_wire``): which failed answers are tried again, and how long to wait before the next
+attempt. The lists are botocore's own (``botocore/retries/standard.py``:
+``TransientRetryableChecker`` and ``ThrottledRetryableChecker``; tests/unit/test_sdk_retries.py
+checks them against the installed botocore). Connection errors and read timeouts are tried again
+too; the caller catches those.
 """
 
 from __future__ import annotations
