@@ -116,7 +116,8 @@ def count_requests(client: Any, counts: dict[str, int]) -> Any:
 def ca_bundle() -> str:
     """The certificates the SDK trusts: ``AWS_CA_BUNDLE`` where it is set, else botocore's own
     bundle. The calls the worker sends itself (``stores/s3_reader.py``, ``stores/dynamodb_wire.py``,
-    ``stores/sqs_wire.py``) trust the same, so a private CA (a proxy's, MinIO's) set for the SDK works for them too."""
+    ``stores/sqs_wire.py``) trust the same, so a private CA (a proxy's, MinIO's) set for the SDK
+    works for them too."""
     return os.environ.get("AWS_CA_BUNDLE") or default_ca_bundle()
 
 

@@ -141,9 +141,9 @@ async def serve_worker(
         # The job store's conditional writes, two per image, without boto3's per-call machinery
         # (unless a proxy is named for its endpoint).
         dynamodb = job_table_client(settings, counts=requests)
-        # The S3 client presigns (and reads behind a proxy), the SQS client samples the queues'
-        # depths (and calls SQS behind a proxy): these count what the SDK sends, the reader and
-        # the wires what they send.
+        # Counted here: the SQS client's requests (the queue sampler's, and every SQS call behind a
+        # proxy). The reader and the wires count what they send, the reader its reads through the
+        # SDK too; the S3 client otherwise only presigns.
         count_requests(sqs, requests)
         pipeline = Pipeline.from_settings(settings, models.device)
         failpoints = Failpoints.from_env()

@@ -18,9 +18,9 @@ IDLE_SECONDS = 15.0  # an idle connection older than this is not used again
 class ConnectionPool:
     """Keep-alive connections by origin, at most ``limit`` exchanges at once. A connection goes
     back to be reused only after a whole answer that allows it, and is not reused after
-    ``IDLE_SECONDS`` idle (aiohttp's default, which the object reads used before): a server or a load
-    balancer may have dropped it without a word, and a request on it would wait its read timeout
-    out. One whose exchange failed or was cancelled (a deadline) is closed, as its state is unknown."""
+    ``IDLE_SECONDS`` idle (aiohttp's default, which the object reads used before): a server or a
+    load balancer may have dropped it without a word, and a request on it would wait its read
+    timeout out. One whose exchange failed or was cancelled (a deadline) is closed, as its state is unknown."""
 
     def __init__(self, limit: int, *, connect_timeout: float, read_timeout: float) -> None:
         self._limit = limit
@@ -47,8 +47,9 @@ class ConnectionPool:
     async def exchange(self, origin: http1.Origin, request: bytes, *, max_body: int) -> http1.Answer:
         """The answer to ``request``. A kept connection the server closed or reset as the request
         went (no answer at all) is replaced and the request sent once more at once, as the
-        DynamoDB writes do (``dynamodb_wire``); it spends none of the caller's attempts. (Only requests
-        the SDK would also send again after a connection error go through a pool: GETs, SQS calls.)"""
+        DynamoDB writes do (``dynamodb_wire``); it spends none of the caller's attempts. (Only
+        requests the SDK would also send again after a connection error go through a pool: GETs,
+        SQS calls.)"""
         slots = self._slots
         if slots is None:
             raise RuntimeError("the connection pool is used before open() or after close()")

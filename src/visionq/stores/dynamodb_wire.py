@@ -15,8 +15,8 @@ Errors come back as botocore's own ``ClientError`` (and its connection errors), 
 (throttling, 500/502/503/504, refused connections, read timeouts; ``sdk_retries``) is tried again,
 with its backoff, up to ``MAX_ATTEMPTS`` attempts in all, as the worker's SDK clients are
 configured; a body whose CRC32 does not match the ``x-amz-crc32`` header is tried again, as
-botocore does. Binary attributes (``B``)
-are not supported: the job table has none, and ``json`` refuses ``bytes`` loudly.
+botocore does. Binary attributes (``B``) are not supported: the job table has none, and ``json``
+refuses ``bytes`` loudly.
 """
 
 from __future__ import annotations

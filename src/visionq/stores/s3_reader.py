@@ -150,9 +150,7 @@ class S3ObjectReader:
             size = int(response.get("ContentLength", 0))
             if size > max_bytes:
                 response["Body"].close()
-                raise ImageRejected(
-                    f"the object is {size} bytes, over the limit of {max_bytes}", code="object_too_large"
-                )
+                raise _too_large(size, max_bytes)
             async with response["Body"] as stream:
                 data: bytes = await stream.read()
         return data
