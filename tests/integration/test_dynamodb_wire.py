@@ -241,6 +241,22 @@ def test_a_body_that_fails_its_crc32_is_read_again() -> None:
     assert len(received) == 2
 
 
+def test_an_answer_that_is_not_a_json_object_is_tried_again_then_transient() -> None:
+    """A 200 with a page that is not DynamoDB's (a proxy's, a misrouted endpoint) is no answer: never
+    an exception the job store's callers do not expect."""
+    page = (200, {"Content-Type": "text/html"}, b"<html>Welcome</html>")
+    with stand_in(lambda n: page if n == 1 else ok({"Item": {"job_id": {"S": "j"}}})) as (endpoint, received):
+        assert wire_at(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})["Item"]
+    for answer in (page, (200, {}, b"[1, 2]")):
+        with (
+            stand_in(lambda n, answer=answer: answer) as (endpoint, received),  # type: ignore[misc]
+            pytest.raises(TransientError, match="cannot reach AWS"),
+            aws_errors("read job"),
+        ):
+            wire_at(endpoint).get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
+        assert len(received) == ATTEMPTS
+
+
 def test_an_unavailable_table_service_is_transient_after_its_attempts() -> None:
     with (
         stand_in(lambda n: (503, {}, b"<html>Service Unavailable</html>")) as (endpoint, received),

@@ -15,8 +15,9 @@ Errors come back as botocore's own ``ClientError`` (and its connection errors), 
 (throttling, 500/502/503/504, refused connections, read timeouts; ``sdk_retries``) is tried again,
 with its backoff, up to ``MAX_ATTEMPTS`` attempts in all, as the worker's SDK clients are
 configured; a body whose CRC32 does not match the ``x-amz-crc32`` header is tried again, as
-botocore does. Binary attributes (``B``) are not supported: the job table has none, and ``json``
-refuses ``bytes`` loudly.
+botocore does, and so is a 200 whose body is not a JSON object (``json_protocol``). Binary
+attributes (``B``) are not supported: the job table has none, and ``json`` refuses ``bytes``
+loudly.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+from botocore.exceptions import EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
 from visionq.aws import MAX_ATTEMPTS
-from visionq.stores import http1, sdk_retries
+from visionq.stores import http1, json_protocol, sdk_retries
 from visionq.stores.aws_errors import client_error
 from visionq.stores.sigv4 import JsonPostSigner, host_header
 
@@ -92,13 +93,11 @@ class DynamoDBWire:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return self._send(operation, body)
-            except ClientError as exc:
-                if attempt == ATTEMPTS or not sdk_retries.retryable(exc):
+            except sdk_retries.FAILURES as exc:
+                wait = sdk_retries.wait_before_next(exc, attempt, ATTEMPTS)
+                if wait is None:
                     raise
-            except (EndpointConnectionError, ReadTimeoutError):
-                if attempt == ATTEMPTS:
-                    raise
-            time.sleep(sdk_retries.backoff_seconds(attempt))
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def _send(self, operation: str, body: bytes) -> dict[str, Any]:
@@ -109,15 +108,11 @@ class DynamoDBWire:
         if self._counts is not None:
             key = f"dynamodb.{operation}"
             self._counts[key] = self._counts.get(key, 0) + 1
-        status, expected_crc, data = self._connections.post(headers, body)
-        if expected_crc is not None and int(expected_crc) != zlib.crc32(data):
+        answer = self._connections.post(headers, body)
+        expected_crc = answer.headers.get("x-amz-crc32")
+        if expected_crc is not None and int(expected_crc) != zlib.crc32(answer.body):
             raise client_error(500, "CRC32CheckFailed", "the answer's body does not match its CRC32", operation)
-        if status != 200:
-            code, message = _error_fields(data)
-            raise client_error(status, code, message, operation)
-        answer: dict[str, Any] = json.loads(data) if data else {}
-        answer["ResponseMetadata"] = {"HTTPStatusCode": 200}
-        return answer
+        return json_protocol.answer(answer.status, answer.headers, answer.body, operation=operation, url=self._url)
 
 
 class _Connections:
@@ -135,8 +130,8 @@ class _Connections:
         self._tls = ssl.create_default_context(cafile=ca_bundle) if self._origin.tls else None
         self._local = threading.local()
 
-    def post(self, headers: dict[str, str], body: bytes) -> tuple[int, str | None, bytes]:
-        """Status, ``x-amz-crc32`` and body of the answer; botocore's connection errors else.
+    def post(self, headers: dict[str, str], body: bytes) -> http1.Answer:
+        """The answer; botocore's connection errors else.
 
         A kept connection the server closed while it was idle (its keep-alive timeout) is seen
         before the request goes (``_dropped``); one it closes just as the request goes fails with
@@ -153,7 +148,7 @@ class _Connections:
         connection, _ = self._connection()
         return self._exchange(connection, request)
 
-    def _exchange(self, connection: http1.Connection, request: bytes) -> tuple[int, str | None, bytes]:
+    def _exchange(self, connection: http1.Connection, request: bytes) -> http1.Answer:
         try:
             answer = connection.exchange(request)
         except TimeoutError as exc:  # socket.timeout: no answer within the read timeout
@@ -168,7 +163,7 @@ class _Connections:
         if not answer.keep_alive:
             self._drop()
         self._local.since = time.monotonic()
-        return answer.status, answer.headers.get("x-amz-crc32"), answer.body
+        return answer
 
     def _connection(self) -> tuple[http1.Connection, bool]:
         """The thread's connection, and whether it is a kept one (else new). A kept one idle for
@@ -205,16 +200,3 @@ def _dropped(sock: socket.socket) -> bool:
     poller = select.poll()  # not select(): no limit on the descriptor's number
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
-
-
-def _error_fields(data: bytes) -> tuple[str, str]:
-    """``__type`` (``com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException``: the part
-    after ``#``) and the message of a JSON error body; empty strings for anything else."""
-    try:
-        document = json.loads(data)
-    except ValueError:  # a proxy's HTML page: the status decides
-        return "", ""
-    if not isinstance(document, dict):
-        return "", ""
-    code = str(document.get("__type", "")).rsplit("#", 1)[-1]
-    return code, str(document.get("message") or document.get("Message") or "")

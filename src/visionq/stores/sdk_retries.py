@@ -3,14 +3,14 @@
 attempt. The lists are botocore's own (``botocore/retries/standard.py``:
 ``TransientRetryableChecker`` and ``ThrottledRetryableChecker``; tests/unit/test_sdk_retries.py
 checks them against the installed botocore). Connection errors and read timeouts are tried again
-too; the caller catches those.
+too.
 """
 
 from __future__ import annotations
 
 import random
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
@@ -33,6 +33,8 @@ THROTTLED_CODES = frozenset(
     }
 )
 MAX_BACKOFF_SECONDS = 20.0
+# What a call's attempt may fail with that ``wait_before_next`` decides on: an error answer, or none.
+FAILURES = (ClientError, EndpointConnectionError, ReadTimeoutError)
 
 
 def retryable(exc: ClientError) -> bool:
@@ -47,3 +49,12 @@ def backoff_seconds(failed_attempt: int) -> float:
     backoff with full jitter, up to 1 s after the first, 2 s after the second (botocore's
     ``ExponentialBackoff``)."""
     return random.random() * min(2.0 ** (failed_attempt - 1), MAX_BACKOFF_SECONDS)
+
+
+def wait_before_next(failure: Exception, attempt: int, attempts: int) -> float | None:
+    """After attempt ``attempt`` (from 1) of ``attempts`` failed with ``failure`` (one of
+    ``FAILURES``): the seconds to wait before the next, or None when the failure is to be raised
+    (the last attempt, or an answer the SDK would not try again)."""
+    if attempt >= attempts or (isinstance(failure, ClientError) and not retryable(failure)):
+        return None
+    return backoff_seconds(attempt)

@@ -29,11 +29,10 @@ import ssl
 from types import TracebackType
 from typing import Any
 
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+from botocore.exceptions import EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
 from visionq.aws import DEFAULT_CONNECT_TIMEOUT, MAX_ATTEMPTS, ca_bundle
-from visionq.stores import http1, sdk_retries
-from visionq.stores.aws_errors import client_error
+from visionq.stores import http1, json_protocol, sdk_retries
 from visionq.stores.connection_pool import ConnectionPool
 from visionq.stores.sigv4 import JsonPostSigner
 
@@ -112,13 +111,11 @@ class SqsWire:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return await self._send(operation, body)
-            except ClientError as exc:
-                if attempt == ATTEMPTS or not sdk_retries.retryable(exc):
+            except sdk_retries.FAILURES as exc:
+                wait = sdk_retries.wait_before_next(exc, attempt, ATTEMPTS)
+                if wait is None:
                     raise
-            except (EndpointConnectionError, ReadTimeoutError):
-                if attempt == ATTEMPTS:
-                    raise
-            await asyncio.sleep(sdk_retries.backoff_seconds(attempt))
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
     async def _send(self, operation: str, body: bytes) -> dict[str, Any]:
@@ -137,34 +134,4 @@ class SqsWire:
             raise ReadTimeoutError(endpoint_url=self._url, error=exc) from exc
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, not HTTP, too large
             raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
-        if answer.status != 200:
-            code, message = _error_fields(answer)
-            raise client_error(answer.status, code, message, operation)
-        try:
-            result = json.loads(answer.body) if answer.body else {}
-        except ValueError:
-            result = None
-        if not isinstance(result, dict):  # a proxy's page, a misrouted endpoint: not SQS, as a dropped answer
-            not_sqs = http1.BadAnswer("the answer is not a JSON object")
-            raise EndpointConnectionError(endpoint_url=self._url, error=not_sqs)
-        result["ResponseMetadata"] = {"HTTPStatusCode": 200}
-        return result
-
-
-def _error_fields(answer: http1.Answer) -> tuple[str, str]:
-    """The error's code as the SDK reports it, and its message. SQS's JSON errors carry the query
-    protocol's code in ``x-amzn-query-error`` (``AWS.SimpleQueueService.NonExistentQueue;Sender``),
-    which botocore prefers to the body's ``__type`` (``com.amazonaws.sqs#QueueDoesNotExist``)."""
-    try:
-        document = json.loads(answer.body)
-    except ValueError:  # a proxy's HTML page: the status decides
-        document = None
-    if not isinstance(document, dict):
-        document = {}
-    # As botocore's JSON error parser: "com.amazonaws.sqs#QueueDoesNotExist" (a ":" and what
-    # follows dropped), then the header's code where it has one.
-    code = str(document.get("__type", "")).split(":", 1)[0].rsplit("#", 1)[-1]
-    query_error = answer.headers.get("x-amzn-query-error", "").split(";")
-    if len(query_error) == 2 and query_error[0]:
-        code = query_error[0]
-    return code, str(document.get("message") or document.get("Message") or "")
+        return json_protocol.answer(answer.status, answer.headers, answer.body, operation=operation, url=self._url)
