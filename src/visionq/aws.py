@@ -137,26 +137,25 @@ def job_table_client(settings: AwsSettings, *, counts: dict[str, int] | None = N
     where an HTTP proxy is named for the endpoint (``proxy_for``). ``counts`` as ``count_requests``."""
     client = boto3_client("dynamodb", settings)
     if proxy_for(client.meta.endpoint_url) is None:
-        return dynamodb_wire(settings, counts=counts)
+        return _wire_of(client, counts)
     logger.info("an HTTP proxy is named for %s: the job table's calls go through the SDK", client.meta.endpoint_url)
     return count_requests(client, counts) if counts is not None else client
 
 
 def dynamodb_wire(settings: AwsSettings, *, counts: dict[str, int] | None = None) -> DynamoDBWire:
     """The worker's DynamoDB client (``stores/dynamodb_wire.py``): the endpoint and credentials
-    are those a boto3 client made from ``settings`` would use (its endpoint resolution, its
-    credential chain), resolved here once."""
+    are those a boto3 client made from ``settings`` uses (its endpoint resolution, its credential
+    chain), resolved here once."""
+    return _wire_of(boto3_client("dynamodb", settings), counts)
+
+
+def _wire_of(client: Any, counts: dict[str, int] | None) -> DynamoDBWire:
     from visionq.stores.dynamodb_wire import DynamoDBWire
 
-    credentials: Any = settings.credentials()  # keys given as settings, else boto3's own chain
-    session = boto3.session.Session(**credentials)
-    resolver = session.client(
-        "dynamodb", endpoint_url=settings.endpoint_for("dynamodb"), region_name=settings.aws_region
-    )
     return DynamoDBWire(
-        endpoint_url=resolver.meta.endpoint_url,
-        region=resolver.meta.region_name,
-        credentials=session.get_credentials(),
+        endpoint_url=client.meta.endpoint_url,
+        region=client.meta.region_name,
+        credentials=client._request_signer._credentials,  # the client's, refreshed as it refreshes them
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         read_timeout=DEFAULT_READ_TIMEOUT,
         ca_bundle=ca_bundle(),

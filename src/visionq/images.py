@@ -114,7 +114,6 @@ class EncodedJpeg:
     upright: Image.Transpose | None  # the transposition that makes it upright, after the reduction
     original_width: int  # the upright image's size, as DecodedImage's
     original_height: int
-    format: str = "JPEG"
 
 
 def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = None) -> DecodedImage:

@@ -21,7 +21,7 @@ import pytest
 
 from visionq.errors import ImageRejected, ModelUnavailable, TransientError
 from visionq.images import ImageLimits, inspect_jpeg
-from visionq.models import own_process
+from visionq.models import decodes_on_device, own_process
 from visionq.models.own_process import ModelProcess, ModelProcessDied, ModelRestartFailed
 from visionq.models.registry import _load_family
 from visionq.models.spec import ModelSpec
@@ -170,6 +170,16 @@ def test_the_model_process_runs_on_its_own_cpus() -> None:
 
 
 # --- JPEGs decoded in the model's process (VISIONQ_DEVICE_DECODE) -------------------------------
+
+
+def test_a_process_that_will_never_get_jpegs_takes_none() -> None:
+    """VISIONQ_DEVICE_DECODE=off: its device's decoder is neither started nor checked."""
+    process = ModelProcess(spec(input_size=64), "null", None, device_decode=False)
+    try:
+        assert not process.decodes_jpegs
+        assert not decodes_on_device(process, "on")
+    finally:
+        process.close()
 
 
 def test_jpegs_go_to_the_process_and_come_back_as_the_models_answers(model: ModelProcess) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from visionq.images import EncodedJpeg, ImageLimits, decode_image, upright_pixels
+from visionq.images import EncodedJpeg, ImageLimits, decode_image, inspect_jpeg, upright_pixels
 
 Frame = np.ndarray | EncodedJpeg
 
@@ -60,7 +60,9 @@ def works_on(device: str) -> bool:
     Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
     data = buffer.getvalue()
     expected = decode_image(data, ImageLimits(), max_side=64).rgb
-    jpeg = EncodedJpeg(data, (128, 96), (64, 48), None, 128, 96)
+    jpeg = inspect_jpeg(data, ImageLimits(), max_side=64)  # the header path the pipeline's JPEGs take
+    if jpeg is None:
+        return False
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
 

@@ -100,6 +100,7 @@ def _serve(
     device: str | None,
     torch_threads: int | None,
     cpus: frozenset[int] | None,
+    device_decode: bool,
     parent: int,
     decoding: Any,
     careful_batches: int,
@@ -108,7 +109,9 @@ def _serve(
     ``decoding``: a shared integer, the number (from 1) of the batch whose JPEGs the process is
     decoding, 0 when none: after a crash the worker reads which batch caused it. ``careful_batches``: for
     its first batches, a JPEG is decoded only once the batch before has been answered, so that a
-    crash is known to be the decode's or the model's (a process started after a death)."""
+    crash is known to be the decode's or the model's (a process started after a death).
+    ``device_decode``: whether the worker may hand it JPEGs (VISIONQ_DEVICE_DECODE is not "off");
+    only then is the device's decoder started and checked."""
     from visionq.child_process import child_of
     from visionq.models.device_decode import works_on
     from visionq.models.registry import _load_family
@@ -134,7 +137,7 @@ def _serve(
         "untrained": model.untrained,
         "device": model.device,
         # Checked where it matters (a GPU); the CPU's decoder is the one the tests run.
-        "decodes_jpegs": works_on(model.device) if model.device.startswith("cuda") else True,
+        "decodes_jpegs": device_decode and (works_on(model.device) if model.device.startswith("cuda") else True),
     }
     conn.send(("ready", {**info, "input_size": model.input_size}))
     prepared: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1)
@@ -251,8 +254,11 @@ class ModelProcess:
         cpus: frozenset[int] | None = None,
         batch_room: int = 8,
         answer_timeout: float = 600.0,
+        device_decode: bool = True,
     ) -> None:
         """``cpus``: the CPUs the process runs on (VISIONQ_MODEL_CPUS; None: any).
+        ``device_decode``: False when the worker will never hand it JPEGs (VISIONQ_DEVICE_DECODE=off):
+        its device's decoder is then neither started nor checked.
         ``answer_timeout``: the longest a batch may take once its turn has come (the job
         deadline); a process that takes longer is taken for hung, killed, and counts as dead on
         that batch."""
@@ -260,7 +266,8 @@ class ModelProcess:
         self._answer_timeout = answer_timeout
         # The spec as plain values: its options are a read-only mapping, which pickle refuses.
         plain = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-        self._args = ({**plain, "options": dict(spec.options)}, weights, device, torch_threads, cpus)
+        self._args = ({**plain, "options": dict(spec.options)}, weights, device, torch_threads, cpus, device_decode)
+        self._device_decode = device_decode
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be initialised in a forked child
         self._proc: Any = None
         self._conn: Connection | None = None
@@ -316,7 +323,12 @@ class ModelProcess:
             end_process(proc)
             raise
         self._proc, self._conn, self._info = proc, ours, payload
-        if payload["device"].startswith("cuda") and not payload["decodes_jpegs"] and self.starts == 1:
+        if (
+            self._device_decode
+            and payload["device"].startswith("cuda")
+            and not payload["decodes_jpegs"]
+            and self.starts == 1
+        ):
             logger.warning("model %s: its device cannot decode JPEGs here; the worker decodes them", self.spec.name)
         self._sent = self._received = 0
 
@@ -493,7 +505,12 @@ class ModelProcess:
 
 
 def process_loader(
-    *, torch_threads: int | None, cpus: frozenset[int] | None, batch_room: int, answer_timeout: float
+    *,
+    torch_threads: int | None,
+    cpus: frozenset[int] | None,
+    batch_room: int,
+    answer_timeout: float,
+    device_decode: bool = True,
 ) -> Callable[[ModelSpec, str, str | None], Model]:
     """A ``load_models`` loader that puts each model in a process of its own."""
 
@@ -506,6 +523,7 @@ def process_loader(
             cpus=cpus,
             batch_room=batch_room,
             answer_timeout=answer_timeout,
+            device_decode=device_decode,
         )
 
     return load
