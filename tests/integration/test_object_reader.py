@@ -191,6 +191,24 @@ def test_a_read_that_keeps_failing_is_transient_after_its_attempts() -> None:
     assert len(seen) == READ_ATTEMPTS
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "attempts"),
+    [
+        (400, "RequestTimeout", READ_ATTEMPTS),  # S3's "your socket was idle": botocore tries it again
+        (501, "NotImplemented", 1),  # a 5xx botocore does not retry (500, 502, 503, 504 only)
+    ],
+)
+def test_a_failed_read_is_tried_again_as_the_sdk_would(status: int, code: str, attempts: int) -> None:
+    body = f"<Error><Code>{code}</Code><Message>no</Message></Error>".encode()
+
+    async def answer(n: int) -> web.Response:
+        return web.Response(status=status, body=body)
+
+    result, seen = read_from_stand_in(answer)
+    assert isinstance(result, Exception) and code in str(result), result
+    assert len(seen) == attempts
+
+
 def test_a_refusal_is_not_retried() -> None:
     async def answer(n: int) -> web.Response:
         return web.Response(status=403, body=b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>")

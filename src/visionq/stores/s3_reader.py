@@ -11,7 +11,6 @@ import datetime
 import functools
 import http.client
 import logging
-import random
 import re
 import ssl
 from dataclasses import dataclass
@@ -20,22 +19,21 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import botocore.auth
-from botocore.exceptions import NoCredentialsError
+from botocore.exceptions import ClientError, NoCredentialsError
 
 from visionq.aws import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_ATTEMPTS, ca_bundle, proxy_for
 from visionq.errors import ImageRejected, TransientError
 from visionq.events import ObjectCreated
-from visionq.stores import http1
+from visionq.stores import http1, sdk_retries
 from visionq.stores.aws_errors import aws_errors, client_error, translate_client_error
 from visionq.stores.connection_pool import ConnectionPool
 from visionq.stores.sigv4 import QueryPresigner
 
 logger = logging.getLogger(__name__)
 
-# As the SDK's standard retry mode: a throttled or failed read is tried MAX_ATTEMPTS times in all,
-# with jittered exponential backoff, before the message is given back.
+# As the SDK's standard retry mode (sdk_retries: the answers it tries again, its backoff): a
+# throttled or failed read is tried MAX_ATTEMPTS times in all before the message is given back.
 READ_ATTEMPTS = MAX_ATTEMPTS
-_BACKOFF_BASE_SECONDS = 0.1
 _URL_LIFETIME_SECONDS = 300  # a read's URL is used at once, and for its retries
 SIGNATURE_VERSION = "s3v4"  # the client's presigned URLs: SigV4 query auth
 _PROBE_KEY = "visionq-route-probe"  # a key presigned once per bucket, to learn the bucket's route
@@ -130,14 +128,16 @@ class S3ObjectReader:
             return await self._read_through_sdk(obj, max_bytes, what)
         origin = _origin(endpoint)
         request = http1.request_bytes("GET", f"{parts.path}?{parts.query}", origin.host_header, headers, b"")
-        for attempt in range(1, READ_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
-                return await self._get(origin, request, what, max_bytes)
-            except TransientError:
-                if attempt == READ_ATTEMPTS:
-                    raise
-            await asyncio.sleep(random.uniform(0, _BACKOFF_BASE_SECONDS * 2**attempt))
-        raise AssertionError("unreachable")
+                return await self._get(origin, request, max_bytes)
+            except (ClientError, _Unreachable) as failure:
+                wait = sdk_retries.wait_before_next(failure, attempt, READ_ATTEMPTS)
+                if wait is None:
+                    raise _translated(failure, what) from failure
+            await asyncio.sleep(wait)
+            attempt += 1
 
     async def _read_through_sdk(self, obj: ObjectCreated, max_bytes: int, what: str) -> bytes:
         """The read as the SDK sends it (its connections honour an HTTP proxy; these do not), with
@@ -201,7 +201,8 @@ class S3ObjectReader:
         signer = QueryPresigner(service="s3", region=scope[2], expires=_URL_LIFETIME_SECONDS)
         return _Route(prefix=prefix, params=own, signer=signer)
 
-    async def _get(self, origin: http1.Origin, request: bytes, what: str, max_bytes: int) -> bytes:
+    async def _get(self, origin: http1.Origin, request: bytes, max_bytes: int) -> bytes:
+        """One attempt: the bytes, or S3's error answer as a ClientError, or _Unreachable."""
         if self._counts is not None:
             self._counts["s3.GetObject"] = self._counts.get("s3.GetObject", 0) + 1
         try:
@@ -209,10 +210,22 @@ class S3ObjectReader:
         except http1.BodyTooLarge as exc:  # on its Content-Length, before the body is read
             raise _too_large(exc.size, max_bytes) from None
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeouts, not HTTP
-            raise TransientError(f"{what}: cannot reach S3 ({type(exc).__name__})") from exc
+            raise _Unreachable(f"cannot reach S3 ({type(exc).__name__})") from exc
         if answer.status != 200:
-            raise _s3_error(answer.status, answer.body, what)
+            raise _s3_error(answer.status, answer.body)
         return answer.body
+
+
+class _Unreachable(Exception):
+    """No HTTP answer from S3 (refused, reset, TLS, a timeout, not HTTP; the message names which):
+    tried again as the SDK tries its connection errors."""
+
+
+def _translated(failure: ClientError | _Unreachable, what: str) -> Exception:
+    """The failure of a read's last attempt as the project's error."""
+    if isinstance(failure, _Unreachable):
+        return TransientError(f"{what}: {failure}")
+    return translate_client_error(failure, what)
 
 
 @functools.lru_cache(maxsize=64)
@@ -232,19 +245,17 @@ def _amz_date() -> str:
     return now.strftime(botocore.auth.SIGV4_TIMESTAMP)
 
 
-def _s3_error(status: int, body: bytes, what: str) -> Exception:
-    """S3's error answer as the project's error, through the one translation of SDK errors (its body
-    at most ``http1.MAX_ERROR_BODY_BYTES``)."""
+def _s3_error(status: int, body: bytes) -> ClientError:
+    """S3's error answer (its body at most ``http1.MAX_ERROR_BODY_BYTES``) as botocore raises it."""
     # Two fields of a short document: read by pattern, not by an XML parser (no entity expansion to
     # fear from whatever answers at the endpoint; a proxy's HTML page leaves the status to decide).
     code, message = (_ERROR_FIELDS[name].search(body) for name in ("Code", "Message"))
-    error = client_error(
+    return client_error(
         status,
         code.group(1).decode(errors="replace") if code else "",
         message.group(1).decode(errors="replace") if message else "",
         "GetObject",
     )
-    return translate_client_error(error, what)
 
 
 _ERROR_FIELDS = {
