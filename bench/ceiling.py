@@ -8,7 +8,10 @@ Runs, one after another, each a `visionq worker` process draining N objects alre
       its own cost (receive, claim, fetch, decode, write, acknowledge, bookkeeping);
   (b) null model, naive (one message at a time, batch 1, no overlap);
   (c) delay model, pipelined: a GPU stand-in that sleeps DELAY ms per batch of 8 plus PER_IMAGE ms
-      per image (its own ceiling: 8 / (DELAY + 8 * PER_IMAGE) ms), against that ceiling.
+      per image (its own ceiling: 8 / (DELAY + 8 * PER_IMAGE) ms), against that ceiling. With
+      --delay-at-null-rate [FRACTION] its rate is instead set to what (a) reached in this run (times
+      FRACTION), the highest rate the co-located emulator carries (it sleeps 1000 / that rate ms per
+      image, whatever the batch): can the worker keep a model of that speed busy? (issue 11: >= 0.85 x).
 Reported per run: images/s, worker CPU ms per image (and images/s per worker core), the emulator's
 and PostgreSQL's CPU ms per image, AWS requests per image, the wall time per image of each stage
 (from the worker's /metrics), the steady worker CPU per image by thread (its main thread, each named
@@ -98,8 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--delay-ms", type=float, default=16.0, help="delay model: ms per batch")
     parser.add_argument("--per-image-ms", type=float, default=1.0, help="delay model: ms per image")
+    parser.add_argument(
+        "--delay-at-null-rate",
+        type=float,
+        nargs="?",
+        const=1.0,
+        metavar="FRACTION",
+        help="the delay model's rate set to the null pipeline's in this run (times FRACTION, default 1;"
+        " per image, no per-batch delay)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    parser.add_argument("--only", choices=["null_pipeline", "null_naive", "delay_pipeline"], help="one run only")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["null_pipeline", "null_naive", "delay_pipeline"],
+        help="this run only (repeat for several, run in the order given)",
+    )
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for the workers (e.g. settings to compare)"
     )
@@ -128,12 +145,27 @@ def main(argv: list[str] | None = None) -> int:
     extra = dict(item.split("=", 1) for item in args.env)
     report["worker_env"] = extra
     if args.only:
-        runs = {args.only: runs[args.only]}
+        runs = {name: runs[name] for name in args.only}  # in the order given
+    order = list(runs)
+    if args.delay_at_null_rate is not None and not (
+        {"null_pipeline", "delay_pipeline"} <= runs.keys()
+        and order.index("null_pipeline") < order.index("delay_pipeline")
+    ):
+        parser.error("--delay-at-null-rate needs the null pipeline run, then the delay pipeline run")
+    delay_model_rate = 8 / ((args.delay_ms + 8 * args.per_image_ms) / 1000)
     try:
         for name, env in runs.items():
             env = {**env, **extra}
             port = free_port()
             model = env["VISIONQ_SERVE_MODELS"]
+            if name == "delay_pipeline" and args.delay_at_null_rate is not None:
+                delay_model_rate = report["null_pipeline"]["steady_images_per_second"] * args.delay_at_null_rate
+                registry(args.out, 0.0, 1000 / delay_model_rate)
+                print(
+                    f"  the delay model at {args.delay_at_null_rate:g} x the null pipeline's rate:"
+                    f" {delay_model_rate:.1f} img/s",
+                    flush=True,
+                )
             env = {**env, "VISIONQ_MODELS_FILE": str(models), "VISIONQ_METRICS_PORT": str(port)}
             print(f"({name})", flush=True)
             scraped: list[str] = []
@@ -179,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  store calls' CPU ms/img (whole run): {run['store_call_cpu_ms_per_image']}", flush=True)
     finally:
         stack.stop()
-    ceiling = 8 / ((args.delay_ms + 8 * args.per_image_ms) / 1000)
-    report["delay_model_images_per_second"] = round(ceiling, 1)
+    report["delay_model_images_per_second"] = round(delay_model_rate, 1)
     if "delay_pipeline" in report:
-        report["delay_pipeline_over_model"] = round(report["delay_pipeline"]["images_per_second"] / ceiling, 3)
+        for figure in ("images_per_second", "steady_images_per_second"):
+            report[f"delay_pipeline_over_model_{figure}"] = round(
+                report["delay_pipeline"][figure] / delay_model_rate, 3
+            )
     # What one core of the co-located emulator can carry at this request mix: the pipeline cannot
     # go faster on AWS's behalf here, whatever the worker does.
     for name in runs:
