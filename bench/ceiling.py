@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             model = env["VISIONQ_SERVE_MODELS"]
             if name == "delay_pipeline" and args.delay_at_null_rate is not None:
                 delay_model_rate = report["null_pipeline"]["steady_images_per_second"] * args.delay_at_null_rate
+                if delay_model_rate <= 0:
+                    raise SystemExit("the null pipeline has no steady rate to set the delay model to (more --n)")
                 registry(args.out, 0.0, 1000 / delay_model_rate)
                 print(
                     f"  the delay model at {args.delay_at_null_rate:g} x the null pipeline's rate:"
