@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -383,3 +384,16 @@ def test_array_transposes_are_pillows(orientation: int, channels: int) -> None:
     array = (np.arange(5 * 7 * channels) % 251).astype(np.uint8).reshape((5, 7, channels)[: 2 + (channels > 1)])
     method = _UPRIGHT[orientation]
     assert np.array_equal(upright_pixels(array, method), np.asarray(Image.fromarray(array).transpose(method)))
+
+
+def test_opencv_runs_on_the_calling_thread_alone_wherever_images_are_decoded() -> None:
+    """A decode process (or thread) is the unit of parallelism: OpenCV's own pool would split each
+    resize over the cores for no gain in wall time and about a millisecond more CPU per image
+    (bench/RESULTS.md run 19). A fresh interpreter, since Ultralytics, imported by other tests, turns
+    the pool off itself."""
+    if os.cpu_count() == 1:
+        pytest.skip("one CPU: OpenCV has no pool to turn off")
+    probe = "import cv2; before = cv2.getNumThreads(); import visionq.images; print(before, cv2.getNumThreads())"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] != "1", "OpenCV started single-threaded: this test could not tell"
+    assert out[1] == "1"
