@@ -69,3 +69,31 @@ def test_corrupt_weights_are_refused(tmp_path: Path) -> None:
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelUnavailable, match="could not be loaded"):
         load_ultralytics(ModelSpec(name="broken", family="ultralytics", weights=str(corrupt)), str(corrupt))
+
+
+class _Handed(Exception):
+    pass
+
+
+def test_ultralytics_is_handed_our_rgb_arrays_in_its_bgr_order() -> None:
+    """Ultralytics reads a numpy image as OpenCV's BGR; ours are RGB. A contiguous image and a
+    strided view (a transposed frame) both reach it as contiguous BGR, pixel for pixel."""
+    from visionq.models.yolo import UltralyticsModel
+
+    handed: list[np.ndarray] = []
+
+    class Spy:
+        task = "detect"
+
+        def predict(self, images: list[np.ndarray], **kwargs: object) -> list[object]:
+            handed.extend(images)
+            raise _Handed
+
+    rgb = np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    transposed = np.swapaxes(rgb, 0, 1)  # a view: not contiguous
+    model = UltralyticsModel(Spy(), version="v", untrained=True, device="cpu", image_size=64)
+    with pytest.raises(_Handed):
+        model.predict([rgb, transposed])
+    for ours, theirs in zip([rgb, transposed], handed, strict=True):
+        assert theirs.flags.c_contiguous and theirs.dtype == np.uint8
+        assert np.array_equal(theirs, ours[:, :, ::-1])
