@@ -4,7 +4,8 @@ function, per image (issue 11: the model's path and the decode's, on every image
     .venv/bin/python bench/channel_order.py [--rounds 3] [--n 300]
 
 For a 640 x 480 RGB image (what the decode hands a 640 model): RGB to BGR (Ultralytics reads BGR),
-each EXIF transposition (a phone's photo usually needs one), and gray to RGB. Each figure is the
+each EXIF transposition (a phone's photo usually needs one), gray to RGB, and channels-first to
+channels-last. Each figure is the
 mean wall time of N calls on this thread, in ms; the outputs are checked equal first.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 
 RGB = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
 GRAY = np.ascontiguousarray(RGB[:, :, 0])
+CHW = np.ascontiguousarray(RGB.transpose(2, 0, 1))
 
 # name -> (numpy's way, OpenCV's way), each taking nothing and returning the reordered image.
 CASES: dict[str, tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]] = {
@@ -38,6 +40,9 @@ CASES: dict[str, tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]] = {
         lambda: cv2.transpose(cv2.flip(RGB, -1)),
     ),
     "gray_to_rgb": (lambda: np.repeat(GRAY[:, :, None], 3, axis=2), lambda: cv2.cvtColor(GRAY, cv2.COLOR_GRAY2RGB)),
+    # A C x H x W image (a decoder's tensor) made channels-last on the host, as the device decode did
+    # before it reordered on the device.
+    "chw_to_hwc": (lambda: np.ascontiguousarray(CHW.transpose(1, 2, 0)), lambda: cv2.merge(list(CHW))),
 }
 
 

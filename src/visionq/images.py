@@ -275,9 +275,9 @@ def _reduce(array: np.ndarray, target: tuple[int, int]) -> np.ndarray:
 def upright_pixels(array: np.ndarray, method: Image.Transpose | None) -> np.ndarray:
     """Pillow's transposition ``method`` on an array (rows are y, columns x); None: as it is.
 
-    OpenCV's, a contiguous array out: 0.05-0.2 ms per 640 x 480 image, where numpy's reversed or
-    swapped view made contiguous cost 2.3-2.7 ms (bench/channel_order.py), and a phone's photo
-    usually needs one."""
+    OpenCV's, a contiguous array out: 0.04-0.17 ms per 640 x 480 image (TRANSVERSE, two steps,
+    about 1), where numpy's reversed or swapped view made contiguous cost 1.5-2.1 ms
+    (bench/channel_order.py, bench/RESULTS.md run 19); a phone's photo usually needs one."""
     if method is None:
         return array
     turned: np.ndarray = _TURNS[method](array)

@@ -90,8 +90,8 @@ class UltralyticsModel:
         if not images:
             return []
         # Ultralytics treats numpy arrays as BGR (OpenCV's order); ours are RGB. OpenCV swaps the
-        # channels in 0.02-0.05 ms per 640 x 480 image, numpy's copy of a reversed view in 1.3-1.5
-        # (bench/RESULTS.md run 19): on the model's path, for every image.
+        # channels in about 0.03 ms per 640 x 480 image, numpy's copy of a reversed view took
+        # 1.3-1.7 ms (bench/channel_order.py, bench/RESULTS.md run 19): on the model's path, every image.
         bgr = [cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for img in images]
         results = self._model.predict(
             bgr,
