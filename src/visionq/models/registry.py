@@ -259,7 +259,7 @@ def load_served_models(settings: Any) -> LoadedModels:
             cpus=cpus[0] if cpus else None,
             batch_room=max(settings.max_batch or 8, 1),
             answer_timeout=settings.job_deadline_seconds,
-            device_decode=getattr(settings, "device_decode", "auto") != "off",
+            device_decode=settings.device_decode != "off",
         )
     resolve = _weights_resolver(settings)
     return load_models(registry, names=names, device=settings.device, resolve=resolve, loader=loader)

@@ -90,15 +90,7 @@ class DynamoDBWire:
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(params, separators=(",", ":")).encode()
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return self._send(operation, body)
-            except sdk_retries.FAILURES as exc:
-                wait = sdk_retries.wait_before_next(exc, attempt, ATTEMPTS)
-                if wait is None:
-                    raise
-            time.sleep(wait)
-        raise AssertionError("unreachable")
+        return sdk_retries.call(lambda: self._send(operation, body), ATTEMPTS)
 
     def _send(self, operation: str, body: bytes) -> dict[str, Any]:
         if self._credentials is None:

@@ -6,7 +6,6 @@ Worker-only: the API's package does not carry it.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import functools
 import http.client
@@ -128,16 +127,12 @@ class S3ObjectReader:
             return await self._read_through_sdk(obj, max_bytes, what)
         origin = _origin(endpoint)
         request = http1.request_bytes("GET", f"{parts.path}?{parts.query}", origin.host_header, headers, b"")
-        attempt = 1
-        while True:
-            try:
-                return await self._get(origin, request, max_bytes)
-            except (ClientError, _Unreachable) as failure:
-                wait = sdk_retries.wait_before_next(failure, attempt, READ_ATTEMPTS)
-                if wait is None:
-                    raise _translated(failure, what) from failure
-            await asyncio.sleep(wait)
-            attempt += 1
+        try:
+            return await sdk_retries.call_async(
+                lambda: self._get(origin, request, max_bytes), READ_ATTEMPTS, (ClientError, _Unreachable)
+            )
+        except (ClientError, _Unreachable) as failure:
+            raise _translated(failure, what) from failure
 
     async def _read_through_sdk(self, obj: ObjectCreated, max_bytes: int, what: str) -> bytes:
         """The read as the SDK sends it (its connections honour an HTTP proxy; these do not), with

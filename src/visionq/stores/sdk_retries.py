@@ -1,14 +1,18 @@
 """botocore's standard retry mode for the calls the worker sends without the SDK (``sqs_wire``,
-``dynamodb_wire``): which failed answers are tried again, and how long to wait before the next
-attempt. The lists are botocore's own (``botocore/retries/standard.py``:
-``TransientRetryableChecker`` and ``ThrottledRetryableChecker``; tests/unit/test_sdk_retries.py
-checks them against the installed botocore). Connection errors and read timeouts are tried again
-too.
+``dynamodb_wire``, ``s3_reader``): which failed answers are tried again, how long to wait before
+the next attempt, and the loop that does it (``call``, ``call_async``). The lists are botocore's own
+(``botocore/retries/standard.py``: ``TransientRetryableChecker`` and ``ThrottledRetryableChecker``;
+tests/unit/test_sdk_retries.py checks them against the installed botocore). Connection errors and
+read timeouts are tried again too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
@@ -32,6 +36,7 @@ THROTTLED_CODES = frozenset(
         "EC2ThrottledException",
     }
 )
+T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 20.0
 # What a call's attempt may fail with that ``wait_before_next`` decides on: an error answer, or none.
 FAILURES = (ClientError, EndpointConnectionError, ReadTimeoutError)
@@ -58,3 +63,35 @@ def wait_before_next(failure: Exception, attempt: int, attempts: int) -> float |
     if attempt >= attempts or (isinstance(failure, ClientError) and not retryable(failure)):
         return None
     return backoff_seconds(attempt)
+
+
+def call(send: Callable[[], T], attempts: int) -> T:
+    """``send()``, tried again on a failure in ``FAILURES`` the SDK would retry, up to ``attempts``
+    in all, sleeping this thread between; the last failure is raised as it came."""
+    attempt = 1
+    while True:
+        try:
+            return send()
+        except FAILURES as failure:
+            wait = wait_before_next(failure, attempt, attempts)
+            if wait is None:
+                raise
+        time.sleep(wait)
+        attempt += 1
+
+
+async def call_async(
+    send: Callable[[], Awaitable[T]], attempts: int, failures: tuple[type[Exception], ...] = FAILURES
+) -> T:
+    """``call`` for a coroutine, waiting on the event loop; ``failures``: what an attempt may fail
+    with (a ``ClientError``, or no answer)."""
+    attempt = 1
+    while True:
+        try:
+            return await send()
+        except failures as failure:
+            wait = wait_before_next(failure, attempt, attempts)
+            if wait is None:
+                raise
+        await asyncio.sleep(wait)
+        attempt += 1

@@ -22,7 +22,6 @@ handed to it reappear after their visibility timeout, as with the SDK.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import ssl
@@ -108,15 +107,7 @@ class SqsWire:
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(params, separators=(",", ":")).encode()
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return await self._send(operation, body)
-            except sdk_retries.FAILURES as exc:
-                wait = sdk_retries.wait_before_next(exc, attempt, ATTEMPTS)
-                if wait is None:
-                    raise
-            await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
+        return await sdk_retries.call_async(lambda: self._send(operation, body), ATTEMPTS)
 
     async def _send(self, operation: str, body: bytes) -> dict[str, Any]:
         if self._credentials is None:
