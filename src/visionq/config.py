@@ -167,6 +167,9 @@ class WorkerSettings(AwsSettings):
     # Ultralytics models on a CPU: "auto" runs them on ONNX Runtime (exported once, cached beside the
     # weights; measured faster here, bench/RESULTS.md), "torch" on PyTorch eager, "onnx" forces it.
     backend: str = Field(default="auto", validation_alias="VISIONQ_BACKEND")
+    # On ONNX Runtime, this many sessions of the model, each running a batch at once (unset: one
+    # per core, each on one thread; 1: one session on every core). models/onnx_export.onnx_sessions.
+    onnx_sessions: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_ONNX_SESSIONS")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, validation_alias="VISIONQ_MAX_IMAGE_BYTES")
     max_image_pixels: int = Field(default=50_000_000, validation_alias="VISIONQ_MAX_IMAGE_PIXELS")
     # Throughput knobs (see the README): a batch runs when full or when its oldest image has

@@ -30,6 +30,7 @@ from visionq.images import EncodedJpeg
 from visionq.jobs import Job, JobError, JobStatus, direct_upload_job_id, utc_now_iso
 from visionq.models.device_decode import decode_frames
 from visionq.models.registry import LoadedModels
+from visionq.models.replicas import Replicas
 from visionq.outputs import ModelOutput
 from visionq.work_items import Expiry, Outcome
 
@@ -122,6 +123,34 @@ def test_a_model_that_holds_two_batches_gets_the_next_while_it_runs_one(in_fligh
     assert (at_once, model.most_at_once) == (in_flight, in_flight)
     assert outcomes == [Outcome.DONE] * 3
     assert [h.status(o) for o in objs] == [(JobStatus.SUCCEEDED, None)] * 3
+
+
+def test_each_copy_of_a_replicated_model_runs_one_batch_while_the_other_runs_another() -> None:
+    """ONNX Runtime sessions side by side (models/replicas.py): the core runs as many batches at
+    once as there are copies, and no copy ever runs two."""
+    copies = [FakeModel(), FakeModel()]
+    h = Harness(models=LoadedModels.of(Replicas(copies)))
+    objs = [h.put(f"r{v}", v) for v in (1, 2, 3, 4)]
+
+    async def body() -> list[Outcome]:
+        gate = threading.Event()
+        for copy in copies:
+            copy.gate = gate
+        tasks = [asyncio.create_task(h.process(message(o, message_id=f"m{i}"))) for i, o in enumerate(objs)]
+        for _ in range(100):  # until both copies hold a batch (or 2 s)
+            if all(copy.running for copy in copies):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # time for a third batch to arrive, were one to
+        at_once = [copy.running for copy in copies]
+        gate.set()
+        assert at_once == [1, 1]
+        return [await task for task in tasks]
+
+    assert h.run(body) == [Outcome.DONE] * 4
+    assert [copy.most_at_once for copy in copies] == [1, 1]
+    assert sum(len(copy.batches) for copy in copies) == 4
+    assert [h.status(o) for o in objs] == [(JobStatus.SUCCEEDED, None)] * 4
 
 
 # 1 ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,37 @@ def _fake_exporter(monkeypatch: pytest.MonkeyPatch, seconds: float = 0.0) -> lis
 
     monkeypatch.setattr(onnx_export, "_export", export)
     return calls
+
+
+def test_the_loader_runs_one_single_threaded_session_per_core_with_the_same_boxes(
+    exported: Exported, draw_scene: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionq.models.replicas import Replicas
+    from visionq.models.spec import ModelSpec
+    from visionq.models.yolo import load_ultralytics
+
+    def load(**options: Any) -> Any:
+        options = {"backend": "onnx", "image_size": IMAGE_SIZE, **options}
+        spec = ModelSpec(name="shapes", family="ultralytics", weights=str(exported.weights), options=options)
+        return load_ultralytics(spec, str(exported.weights), device="cpu")
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})  # as on a 2-core machine
+    replicated, single = load(), load(onnx_sessions=1)
+
+    assert isinstance(replicated, Replicas) and replicated.batches_in_flight == 2
+    sessions = [copy._model.predictor.model.backend.session for copy in replicated.copies]
+    assert sessions[0] is not sessions[1]
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1, 1]
+    assert not isinstance(single, Replicas)
+    assert single._model.predictor.model.backend.session.get_session_options().intra_op_num_threads == 0
+
+    images = [np.asarray(draw_scene(seed, SIZES[1])[0]) for seed in (10020, 10021, 10022, 10023)]
+    expected = single.predict(images)
+    with ThreadPoolExecutor(2) as pool:  # two batches at once, as the core runs them
+        got = [o for batch in pool.map(replicated.predict, [images[:2], images[2:]]) for o in batch]
+    assert sum(len(o.items) for o in expected) >= len(images)  # not vacuous: every scene has shapes
+    for want, have in zip(expected, got, strict=True):
+        assert [b.class_id for b in have.items] == [b.class_id for b in want.items]
+        for b1, b2 in zip(have.items, want.items, strict=True):
+            assert b1.confidence == pytest.approx(b2.confidence, abs=1e-3)
+            assert [b1.x1, b1.y1, b1.x2, b1.y2] == pytest.approx([b2.x1, b2.y1, b2.x2, b2.y2], abs=0.05)

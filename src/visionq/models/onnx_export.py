@@ -41,6 +41,7 @@ from typing import Any
 
 from visionq.errors import ConfigError, ModelUnavailable
 from visionq.models.digest import weights_digest
+from visionq.models.spec import ModelSpec
 from visionq.models.weights import file_lock
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,32 @@ def onnx_weights(weights: Path, *, image_size: int, task: str | None = None) -> 
                 raise
             logger.info("ONNX cache %s is not writable (%s); trying the next", cache, exc.strerror or exc)
     raise ModelUnavailable(f"cannot export {weights} to ONNX: no writable cache directory")
+
+
+# More sessions than this is memory (a copy of the weights each) for little gain: past it, each
+# session gets more threads instead.
+MAX_SESSIONS = 8
+
+
+def onnx_sessions(spec: ModelSpec) -> tuple[int, int]:
+    """(sessions, intra-op threads each) for an Ultralytics model on ONNX Runtime on a CPU, from
+    the model's options ``onnx_sessions`` and ``onnx_threads`` (0 threads: one per core).
+
+    Unset, one session per core this process may run on (at most MAX_SESSIONS), each on one thread
+    (or on cores / sessions past the cap), running batches at once (``models/replicas.py``): on
+    this project's 2-core CPU, 1.36-1.64 x the images per second of one session on both cores
+    (batches of one; bench/onnx_sessions.py, bench/RESULTS.md run 20). ``onnx_threads`` alone keeps
+    as many sessions as fit (0: one session on every core, ONNX Runtime's own way)."""
+    cores = len(os.sched_getaffinity(0))
+    sessions, threads = spec.option("onnx_sessions"), spec.option("onnx_threads")
+    for name, value in (("onnx_sessions", sessions), ("onnx_threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"model {spec.name!r}: {name} {value!r} must be a whole number, at least 0")
+    if sessions is None or sessions == 0:
+        sessions = 1 if threads == 0 else max(1, min(MAX_SESSIONS, cores // (threads or 1)))
+    if threads is None:
+        threads = 0 if sessions == 1 else max(1, cores // sessions)
+    return sessions, threads
 
 
 def set_onnx_threads(model: Any, onnx_path: Path, threads: int, *, spinning: bool = True) -> None:

@@ -266,7 +266,10 @@ class ModelProcess:
         self._answer_timeout = answer_timeout
         # The spec as plain values: its options are a read-only mapping, which pickle refuses.
         plain = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-        self._args = ({**plain, "options": dict(spec.options)}, weights, device, torch_threads, cpus, device_decode)
+        # The process answers one batch at a time: one ONNX Runtime session there, on all its cores
+        # (several sessions take batches at once only in the worker's process, models/replicas.py).
+        options = {**spec.options, "onnx_sessions": 1}
+        self._args = ({**plain, "options": options}, weights, device, torch_threads, cpus, device_decode)
         self._device_decode = device_decode
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be initialised in a forked child
         self._proc: Any = None

@@ -131,7 +131,7 @@ def registry_from_settings(settings: Any) -> Registry:
         return Registry.from_toml(Path(settings.models_file))
     options = {
         name: getattr(settings, name)
-        for name in ("confidence", "image_size", "backend")
+        for name in ("confidence", "image_size", "backend", "onnx_sessions")
         if getattr(settings, name, None) is not None
     }
     return Registry.single(settings.model, **options)

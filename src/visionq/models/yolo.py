@@ -18,7 +18,8 @@ import numpy as np
 from visionq.errors import ModelUnavailable
 from visionq.models import pick_device
 from visionq.models.digest import weights_digest
-from visionq.models.onnx_export import choose_backend, onnx_weights, set_onnx_threads
+from visionq.models.onnx_export import choose_backend, onnx_sessions, onnx_weights, set_onnx_threads
+from visionq.models.replicas import Replicas
 from visionq.models.spec import ModelSpec
 from visionq.outputs import (
     Box,
@@ -203,7 +204,9 @@ def _boxes(boxes: Any, names: Any) -> list[Box]:
     ]
 
 
-def load_ultralytics(spec: ModelSpec, weights: str, *, device: str | None = None, seed: int = 0) -> UltralyticsModel:
+def load_ultralytics(
+    spec: ModelSpec, weights: str, *, device: str | None = None, seed: int = 0
+) -> UltralyticsModel | Replicas:
     """Load a YOLO model of any task from a weights path, an Ultralytics model name, or a model yaml.
 
     A yaml builds the untrained architecture (seeded, so every process builds the same one). A
@@ -238,31 +241,39 @@ def load_ultralytics(spec: ModelSpec, weights: str, *, device: str | None = None
     # An architecture yaml has no weights file to export: it stays on PyTorch.
     backend = "torch" if untrained else choose_backend(str(spec.option("backend", "auto")), device)
     image_size = spec.option("image_size") or _trained_size(model)
+
+    def wrapped(network: Any) -> UltralyticsModel:
+        return UltralyticsModel(
+            network,
+            version=version,  # the .pt's: an export of the same weights gives the same results
+            untrained=untrained,
+            device=device,
+            image_size=image_size,
+            confidence=float(spec.option("confidence", 0.25)),
+            top_k=int(spec.option("top_k", 5)),
+        )
+
+    loaded: UltralyticsModel | Replicas
     if backend == "onnx":
         onnx_path = onnx_weights(Path(getattr(model, "ckpt_path", None) or weights), image_size=image_size)
+        sessions, threads = onnx_sessions(spec)
+        # In a worker the model shares the CPU with decoding and I/O: ONNX Runtime's threads do not
+        # spin-wait between operators unless asked (bench/RESULTS.md, run 8).
+        spinning = bool(spec.option("onnx_spinning", False))
         # task= is needed: Ultralytics would guess it from the file name, and guess detect.
-        model = YOLO(str(onnx_path), task=model.task)
+        copies = [wrapped(YOLO(str(onnx_path), task=model.task)) for _ in range(sessions)]
+        for copy in copies:
+            copy.warm_up()  # builds the predictor, whose session is then rebuilt with our options
+            if threads or not spinning:
+                set_onnx_threads(copy._model, onnx_path, threads, spinning=spinning)
+        loaded = copies[0] if sessions == 1 else Replicas(copies)
+        backend = f"onnx, {sessions} session{'s' if sessions > 1 else ''} x {threads or 'all'} thread(s)"
     else:
         model.to(device)
         network: Any = model.model
         network.eval()
-    loaded = UltralyticsModel(
-        model,
-        version=version,  # the .pt's: an export of the same weights gives the same results
-        untrained=untrained,
-        device=device,
-        image_size=image_size,
-        confidence=float(spec.option("confidence", 0.25)),
-        top_k=int(spec.option("top_k", 5)),
-    )
-    loaded.warm_up()
-    if backend == "onnx":
-        # In a worker the model shares the CPU with decoding and I/O: ONNX Runtime's threads do not
-        # spin-wait between operators unless asked (bench/RESULTS.md, run 8).
-        spinning = bool(spec.option("onnx_spinning", False))
-        threads = int(spec.option("onnx_threads", 0))
-        if threads or not spinning:
-            set_onnx_threads(model, onnx_path, threads, spinning=spinning)
+        loaded = wrapped(model)
+        loaded.warm_up()
     logger.info(
         "model %s loaded: %s (%s, %s) on %s in %.0f ms%s",
         spec.name,
@@ -284,11 +295,14 @@ def load_detector(
     confidence: float = 0.25,
     seed: int = 0,
     backend: str = "auto",
-) -> UltralyticsModel:
+    onnx_sessions: int | None = None,
+) -> UltralyticsModel | Replicas:
     """One Ultralytics model from its weights alone (the single-model worker, the benchmarks)."""
     options: dict[str, Any] = {"confidence": confidence, "backend": backend}
     if image_size:
         options["image_size"] = image_size
+    if onnx_sessions is not None:
+        options["onnx_sessions"] = onnx_sessions
     spec = ModelSpec(name=Path(weights).stem, family="ultralytics", weights=weights, options=options)
     return load_ultralytics(spec, weights, device=device, seed=seed)
 
