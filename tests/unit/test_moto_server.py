@@ -11,7 +11,7 @@ import pytest
 from moto import mock_aws
 from moto.sqs.models import Queue, SQSBackend, sqs_backends
 
-from visionq.moto_server import speed_up_dispatch, speed_up_sqs_receive
+from visionq.moto_server import COUNTS, speed_up_dispatch, speed_up_sqs_attributes, speed_up_sqs_receive
 
 
 @pytest.fixture
@@ -80,3 +80,87 @@ def test_the_cached_dispatch_answers_as_moto_does(monkeypatch: pytest.MonkeyPatc
     assert speed_up_dispatch() is True
     assert [app.get_backend_for_host(host) for host in hosts] == expected
     assert [app.get_backend_for_host(host) for host in hosts] == expected  # and again, from the cache
+
+
+# --- sends and attribute reads that walked the whole queue ---------------------------------------
+
+
+@pytest.fixture
+def walks(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
+    """Counts the messages moto looks at (each ``visible`` / ``delayed`` check), with the sends'
+    and the attribute reads' fix applied (restored after the test)."""
+    from moto.sqs.models import Message
+
+    for name in (*COUNTS, "attributes"):
+        monkeypatch.setattr(Queue, name, Queue.__dict__[name])
+    for name in ("send_message", "send_message_batch", "get_queue_attributes"):
+        monkeypatch.setattr(SQSBackend, name, getattr(SQSBackend, name))
+    seen = {"messages": 0}
+    for name in ("visible", "delayed"):
+        check = Message.__dict__[name].fget
+
+        def counted(self: Any, check: Any = check) -> bool:
+            seen["messages"] += 1
+            return bool(check(self))
+
+        monkeypatch.setattr(Message, name, property(counted))
+    assert speed_up_sqs_attributes() is True
+    with mock_aws():
+        yield seen
+
+
+def test_sending_to_a_deep_queue_looks_at_none_of_its_messages(walks: dict[str, int]) -> None:
+    sqs, url = _queue()
+    for i in range(0, 50, 10):
+        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(j), "MessageBody": str(i + j)} for j in range(10)])
+    walks["messages"] = 0
+    sqs.send_message(QueueUrl=url, MessageBody="one more")
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "a", "MessageBody": "x"}, {"Id": "b", "MessageBody": "y"}])
+    assert walks["messages"] == 0  # unpatched moto: 612 (three counts of the queue per send)
+
+
+def test_an_object_event_into_a_deep_queue_looks_at_none_of_its_messages(walks: dict[str, int]) -> None:
+    """What the local stack does for each upload: S3's notification sends a message to the queue."""
+    sqs, url = _queue()
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="bucket")
+    s3.put_bucket_notification_configuration(
+        Bucket="bucket",
+        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+    )
+    for i in range(30):
+        s3.put_object(Bucket="bucket", Key=f"k{i}", Body=b"x")
+    walks["messages"] = 0
+    s3.put_object(Bucket="bucket", Key="last", Body=b"x")
+    assert walks["messages"] == 0  # unpatched moto: 124 (three counts of the 31 queued)
+    counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert counts == {"ApproximateNumberOfMessages": "32"}  # 31 objects and S3's test event
+
+
+def test_the_counts_stay_right_and_each_is_taken_once_per_read(walks: dict[str, int]) -> None:
+    sqs, url = _queue()
+    for i in range(5):
+        sqs.send_message(QueueUrl=url, MessageBody=str(i))
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+    sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)
+    walks["messages"] = 0
+    names = [f"ApproximateNumberOfMessages{kind}" for kind in ("", "NotVisible", "Delayed")]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    assert attributes == dict(zip(names, ["3", "2", "1"], strict=True))
+    # One build of the queue's attributes: three walks of its 6 messages (visible and delayed
+    # checks). Unpatched moto builds them 1 + 2 x 3 times for three names: 198 checks here.
+    assert walks["messages"] <= 3 * 6 * 2
+    assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]["DelaySeconds"] == "0"
+
+
+def test_content_based_deduplication_still_deduplicates(walks: dict[str, int]) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="q.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"})[
+        "QueueUrl"
+    ]
+    for _ in range(2):
+        sqs.send_message(QueueUrl=url, MessageBody="same", MessageGroupId="g")
+    sqs.send_message(QueueUrl=url, MessageBody="other", MessageGroupId="g")
+    bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
+    assert bodies == ["same", "other"]
