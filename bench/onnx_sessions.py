@@ -1,5 +1,6 @@
 """ONNX Runtime on a CPU: one session on every core against one single-threaded session per core,
-each running a batch at once (models/replicas.py), with and without other work on the machine.
+each running a batch at once (models/replicas.py), without and with the solo session that takes a
+batch arriving alone; with and without other work on the machine.
 
     .venv/bin/python bench/onnx_sessions.py                       # idle machine
     .venv/bin/python bench/onnx_sessions.py --busy 0.5            # another process takes half a core
@@ -9,8 +10,10 @@ fixed seed, saved as weights and exported as real weights would be) and called a
 core calls them: ``predict`` on batches of ``--batch`` of Ultralytics' ``bus.jpg`` and
 ``zidane.jpg`` decoded to 640, from as many threads as the model takes batches at once. ``--busy F``
 starts a process that spins F of every 5 ms (the worker's own threads, the emulator and PostgreSQL
-take a share of the cores in the pipeline). The two settings are interleaved over ``--rounds``; the
-ratio is per round. Images per second and the process's CPU per image (all threads) are printed.
+take a share of the cores in the pipeline). The settings are interleaved over ``--rounds``; the
+ratio (the second setting over the first) is per round. Images per second and the process's CPU per
+image (all threads) are printed, and the median time of ``--lone`` calls made one at a time, 20 ms
+apart (an image arriving while nothing else runs).
 """
 
 from __future__ import annotations
@@ -77,6 +80,17 @@ def _rate(model: Any, images: list[np.ndarray], batch: int, seconds: float) -> t
     return done / (time.perf_counter() - started), (time.process_time() - cpu) * 1000 / done
 
 
+def _lone_ms(model: Any, images: list[np.ndarray], batch: int, calls: int) -> list[float]:
+    """Milliseconds per call, each made while nothing else runs."""
+    times = []
+    for k in range(calls):
+        started = time.perf_counter()
+        model.predict([images[(k + j) % len(images)] for j in range(batch)])
+        times.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.02)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=str(ROOT / "bench/out/yolo11n-seed0.pt"))
@@ -84,6 +98,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--busy", type=float, default=0.0, help="fraction of one core another process spins")
+    parser.add_argument("--lone", type=int, default=20, help="lone calls timed per setting and round")
     args = parser.parse_args()
     weights = Path(args.weights)
     if not weights.exists():
@@ -97,7 +112,8 @@ def main() -> None:
     print(f"batch {args.batch}, {args.seconds:.0f} s per setting, busy {args.busy}", flush=True)
     settings = {
         "one session, every core": load_detector(str(weights), device="cpu", backend="onnx", onnx_sessions=1),
-        "a 1-thread session per core": load_detector(str(weights), device="cpu", backend="onnx"),
+        "a 1-thread session per core": load_detector(str(weights), device="cpu", backend="onnx", onnx_solo=False),
+        "and a solo session": load_detector(str(weights), device="cpu", backend="onnx"),
     }
     images = _images()
     stop = multiprocessing.Event()
@@ -112,12 +128,13 @@ def main() -> None:
             rates = {}
             for name, model in settings.items():
                 rates[name], cpu = _rate(model, images, args.batch, args.seconds)
+                lone = statistics.median(_lone_ms(model, images, args.batch, args.lone))
                 print(
                     f"round {r + 1}: {name} ({batches_in_flight(model)} at once): {rates[name]:.2f} img/s,"
-                    f" {cpu:.1f} ms CPU/img",
+                    f" {cpu:.1f} ms CPU/img; a lone call {lone:.1f} ms",
                     flush=True,
                 )
-            first, second = rates.values()
+            first, second, *_ = rates.values()
             ratios.append(second / first)
             print(f"round {r + 1}: ratio {ratios[-1]:.3f}", flush=True)
     finally:

@@ -318,9 +318,10 @@ def test_the_loader_runs_one_single_threaded_session_per_core_with_the_same_boxe
     replicated, single = load(), load(onnx_sessions=1)
 
     assert isinstance(replicated, Replicas) and replicated.batches_in_flight == 2
-    sessions = [copy._model.predictor.model.backend.session for copy in replicated.copies]
-    assert sessions[0] is not sessions[1]
-    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1, 1]
+    sessions = [copy._model.predictor.model.backend.session for copy in (*replicated.copies, replicated.solo)]
+    assert len({id(s) for s in sessions}) == 3
+    # One thread each for the batches that overlap; both cores for a batch alone.
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1, 1, 2]
     assert not isinstance(single, Replicas)
     assert single._model.predictor.model.backend.session.get_session_options().intra_op_num_threads == 0
 
@@ -329,7 +330,8 @@ def test_the_loader_runs_one_single_threaded_session_per_core_with_the_same_boxe
     with ThreadPoolExecutor(2) as pool:  # two batches at once, as the core runs them
         got = [o for batch in pool.map(replicated.predict, [images[:2], images[2:]]) for o in batch]
     assert sum(len(o.items) for o in expected) >= len(images)  # not vacuous: every scene has shapes
-    for want, have in zip(expected, got, strict=True):
+    got += replicated.predict(images)  # alone: on the solo session
+    for want, have in zip(expected * 2, got, strict=True):
         assert [b.class_id for b in have.items] == [b.class_id for b in want.items]
         for b1, b2 in zip(have.items, want.items, strict=True):
             assert b1.confidence == pytest.approx(b2.confidence, abs=1e-3)

@@ -135,25 +135,32 @@ def onnx_weights(weights: Path, *, image_size: int, task: str | None = None) -> 
 MAX_SESSIONS = 8
 
 
-def onnx_sessions(spec: ModelSpec) -> tuple[int, int]:
-    """(sessions, intra-op threads each) for an Ultralytics model on ONNX Runtime on a CPU, from
-    the model's options ``onnx_sessions`` and ``onnx_threads`` (0 threads: one per core).
+def onnx_sessions(spec: ModelSpec) -> tuple[int, int, int]:
+    """(sessions, intra-op threads each, threads of a solo session or 0 for none) for an Ultralytics
+    model on ONNX Runtime on a CPU, from the model's options ``onnx_sessions``, ``onnx_threads``
+    (0: one per core) and ``onnx_solo`` (default true).
 
     Unset, one session per core this process may run on (at most MAX_SESSIONS), each on one thread
     (or on cores / sessions past the cap), running batches at once (``models/replicas.py``): on
     this project's 2-core CPU, 1.36-1.64 x the images per second of one session on both cores
     (batches of one; bench/onnx_sessions.py, bench/RESULTS.md run 20). ``onnx_threads`` alone keeps
-    as many sessions as fit (0: one session on every core, ONNX Runtime's own way)."""
+    as many sessions as fit (0: one session on every core, ONNX Runtime's own way). With several
+    sessions on fewer threads than the cores, a solo session on every core takes a batch that
+    arrives while no other runs, so a lone image is not slowed to one core's pace."""
     cores = len(os.sched_getaffinity(0))
     sessions, threads = spec.option("onnx_sessions"), spec.option("onnx_threads")
     for name, value in (("onnx_sessions", sessions), ("onnx_threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"model {spec.name!r}: {name} {value!r} must be a whole number, at least 0")
+    solo = spec.option("onnx_solo", True)
+    if not isinstance(solo, bool):
+        raise ConfigError(f"model {spec.name!r}: onnx_solo {solo!r} must be true or false")
     if sessions is None or sessions == 0:
         sessions = 1 if threads == 0 else max(1, min(MAX_SESSIONS, cores // (threads or 1)))
     if threads is None:
         threads = 0 if sessions == 1 else max(1, cores // sessions)
-    return sessions, threads
+    solo_threads = cores if solo and sessions > 1 and 0 < threads < cores else 0
+    return sessions, threads, solo_threads
 
 
 def set_onnx_threads(model: Any, onnx_path: Path, threads: int, *, spinning: bool = True) -> None:

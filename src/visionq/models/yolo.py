@@ -256,18 +256,24 @@ def load_ultralytics(
     loaded: UltralyticsModel | Replicas
     if backend == "onnx":
         onnx_path = onnx_weights(Path(getattr(model, "ckpt_path", None) or weights), image_size=image_size)
-        sessions, threads = onnx_sessions(spec)
+        sessions, threads, solo_threads = onnx_sessions(spec)
         # In a worker the model shares the CPU with decoding and I/O: ONNX Runtime's threads do not
         # spin-wait between operators unless asked (bench/RESULTS.md, run 8).
         spinning = bool(spec.option("onnx_spinning", False))
-        # task= is needed: Ultralytics would guess it from the file name, and guess detect.
-        copies = [wrapped(YOLO(str(onnx_path), task=model.task)) for _ in range(sessions)]
-        for copy in copies:
+
+        def session(threads: int) -> UltralyticsModel:
+            # task= is needed: Ultralytics would guess it from the file name, and guess detect.
+            copy = wrapped(YOLO(str(onnx_path), task=model.task))
             copy.warm_up()  # builds the predictor, whose session is then rebuilt with our options
             if threads or not spinning:
                 set_onnx_threads(copy._model, onnx_path, threads, spinning=spinning)
-        loaded = copies[0] if sessions == 1 else Replicas(copies)
+            return copy
+
+        copies = [session(threads) for _ in range(sessions)]
+        solo = session(solo_threads) if solo_threads else None
+        loaded = copies[0] if sessions == 1 else Replicas(copies, solo=solo)
         backend = f"onnx, {sessions} session{'s' if sessions > 1 else ''} x {threads or 'all'} thread(s)"
+        backend += f" and a solo session x {solo_threads}" if solo else ""
     else:
         model.to(device)
         network: Any = model.model
@@ -296,6 +302,7 @@ def load_detector(
     seed: int = 0,
     backend: str = "auto",
     onnx_sessions: int | None = None,
+    onnx_solo: bool = True,
 ) -> UltralyticsModel | Replicas:
     """One Ultralytics model from its weights alone (the single-model worker, the benchmarks)."""
     options: dict[str, Any] = {"confidence": confidence, "backend": backend}
@@ -303,6 +310,7 @@ def load_detector(
         options["image_size"] = image_size
     if onnx_sessions is not None:
         options["onnx_sessions"] = onnx_sessions
+    options["onnx_solo"] = onnx_solo
     spec = ModelSpec(name=Path(weights).stem, family="ultralytics", weights=weights, options=options)
     return load_ultralytics(spec, weights, device=device, seed=seed)
 
