@@ -6,9 +6,10 @@
 # Everything it prints is also in $OUT/run.log; the reports come back as $OUT/*.json.
 #
 # Steps, each with a time limit (560 s in all, with the kit's install under the tool's 600), in the
-# order they matter (a step that fails does not stop the next): the device decode's verdicts and speed; yolo11n (architecture, seeded) raw batched,
-# pipelined and naive; the worker's own ceiling with the JPEG decode off and on the device; BLIP
-# captioning (base-size architecture) raw and pipelined. The models' weights are random (the hub
+# order they matter (a step that fails does not stop the next): the device decode's verdicts and
+# speed; yolo11n (architecture, seeded) raw batched, pipelined and naive; the worker's own ceiling
+# with the JPEG decode off and on the device; BLIP captioning (base-size architecture) raw and
+# pipelined. The models' weights are random (the hub
 # cannot be reached there): the compute is the same.
 #
 # Here, as a dry run of the script itself on the CPU (small N, the project's .venv, no kit):

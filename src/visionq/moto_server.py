@@ -97,7 +97,7 @@ def speed_up_sqs_attributes() -> bool:
         logger.warning("moto's SQS is not as this fix expects; sends stay linear in the queue's depth")
         return False
 
-    for name, original in zip(COUNTS, properties, strict=False):
+    for name, original in zip(COUNTS, properties[: len(COUNTS)], strict=True):
 
         def count(self: Any, _take: Any = original.fget) -> int:  # type: ignore[union-attr]
             return 0 if getattr(_sqs_call, "sending", False) else int(_take(self))
@@ -122,7 +122,7 @@ def speed_up_sqs_attributes() -> bool:
         @functools.wraps(call)
         def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
             before = getattr(_sqs_call, flag, None)
-            if before is None or before is False:
+            if not before:  # an outer call of this thread keeps its own (a batch's sends)
                 setattr(_sqs_call, flag, value())
             try:
                 return call(self, *args, **kwargs)
