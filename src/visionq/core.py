@@ -39,7 +39,7 @@ from visionq.events import MalformedEvent, ObjectCreated, parse_s3_event
 from visionq.faults import Failpoints
 from visionq.images import DecodedImage, EncodedJpeg, ImageLimits, decode_image, inspect_jpeg
 from visionq.jobs import Job, JobError, JobStatus, batch_id_in_key, job_id_for_object, job_id_in_key, ttl_from_now
-from visionq.models import Model, batches_in_flight, decodes_on_device
+from visionq.models import Model, batches_in_flight, decodes_on_device, runs_batches_side_by_side
 from visionq.models.registry import LoadedModels
 from visionq.outputs import ModelOutput
 from visionq.settle import BoundedCalls, ProcessingStats, Settler, log_state, ms_since, run_in
@@ -292,8 +292,10 @@ class Processor:
         started = time.perf_counter()
         outputs = await self._predict(batch, model, self._infer_pools[name])
         ended = time.perf_counter()
-        # With batches in flight, this one's turn came when the one before it ended.
-        elapsed = ended - max(started, self._model_free_at.get(name, started))
+        # With batches queued in flight, this one's turn came when the one before it ended; batches
+        # that run side by side each ran from their start.
+        turn = started if runs_batches_side_by_side(model) else max(started, self._model_free_at.get(name, started))
+        elapsed = ended - turn
         self._model_free_at[name] = ended
         self.stats.batches += 1
         self.stats.batched_images += len(batch)

@@ -153,6 +153,27 @@ def test_each_copy_of_a_replicated_model_runs_one_batch_while_the_other_runs_ano
     assert [h.status(o) for o in objs] == [(JobStatus.SUCCEEDED, None)] * 4
 
 
+class _Slow(FakeModel):
+    def predict(self, images: Sequence[Any]) -> list[ModelOutput]:
+        time.sleep(0.3)
+        return super().predict(images)
+
+
+def test_batches_that_run_side_by_side_each_record_their_own_model_time() -> None:
+    """On a model whose batches run at once (copies side by side), the second batch did not wait
+    for the first: its inference time is its own run, not what is left after the first ended."""
+    h = Harness(models=LoadedModels.of(Replicas([_Slow(), _Slow()])))
+    objs = [h.put(f"s{v}", v) for v in (1, 2)]
+
+    async def body() -> list[Outcome]:
+        tasks = [asyncio.create_task(h.process(message(o, message_id=f"m{i}"))) for i, o in enumerate(objs)]
+        return [await task for task in tasks]
+
+    assert h.run(body) == [Outcome.DONE] * 2
+    times = [h.results.for_job(h.job_of(o))[0].inference_ms for o in objs]
+    assert all(t is not None and t >= 250 for t in times), times
+
+
 # 1 ----------------------------------------------------------------------------------------------
 
 

@@ -43,6 +43,12 @@ def batches_in_flight(model: Model) -> int:
     return max(1, int(getattr(model, "batches_in_flight", 1)))
 
 
+def runs_batches_side_by_side(model: Model) -> bool:
+    """Whether the batches a model holds at once all run at once (copies side by side,
+    models/replicas.py), rather than queue behind the one it runs (a model in its own process)."""
+    return bool(getattr(model, "runs_batches_side_by_side", False))
+
+
 def decodes_on_device(model: Model, setting: str) -> bool:
     """Whether the worker hands ``model`` JPEGs to decode on its device rather than pixels
     (``VISIONQ_DEVICE_DECODE``: "auto", "on", "off"; models/device_decode.py). Only a model in a

@@ -48,6 +48,8 @@ class Replicas:
         self._running = 0  # predict calls under way
         self._counting = threading.Lock()
 
+    runs_batches_side_by_side = True  # each batch in flight runs on a copy of its own
+
     @property
     def batches_in_flight(self) -> int:
         return len(self.copies)
