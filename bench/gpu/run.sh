@@ -5,17 +5,17 @@
 # then call the tool's run with  command: bench/gpu/run.sh   carry: [".whl"]   timeout_s: 590
 # Everything it prints is also in $OUT/run.log; the reports come back as $OUT/*.json.
 #
-# Steps, each with a time limit (560 s in all, with the kit's install under the tool's 600), in the
-# order they matter (a step that fails does not stop the next): the device decode's verdicts and
-# speed; yolo11n (architecture, seeded) raw batched, pipelined and naive; the worker's own ceiling
-# with the JPEG decode off and on the device; BLIP captioning (base-size architecture) raw and
-# pipelined. The models' weights are random (the hub
-# cannot be reached there): the compute is the same.
+# Steps, each with a time limit, in the order they matter (a step that fails does not stop the
+# next): the device decode's verdicts and speed; yolo11n (architecture, seeded) raw batched,
+# pipelined and naive; the worker's own ceiling with the JPEG decode off and on the device; BLIP
+# captioning (base-size architecture) raw and pipelined; the letterbox on the host or the device.
+# The limits add up to 590 s: the last step may be cut by the tool's 600 (it usually finishes
+# sooner). The models' weights are random (the hub cannot be reached there): the compute is the same.
 #
 # Here, as a dry run of the script itself on the CPU (small N, the project's .venv, no kit):
 #     GPU_RUN_PYTHON=.venv/bin/python GPU_RUN_SMALL=1 OUT=/tmp/gpu-dry bench/gpu/run.sh
 # GPU_RUN_STEPS="yolo11n ceiling" runs only the steps it names (machine, device_decode, yolo11n,
-# ceiling, captioning), for a second call.
+# ceiling, captioning, letterbox), for a second call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -28,10 +28,10 @@ if [ -z "${GPU_RUN_PYTHON:-}" ]; then
 fi
 export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 VISIONQ_MODEL_PROCESS=1
 if [ -n "${GPU_RUN_SMALL:-}" ]; then
-  N_BENCH=40 N_CEILING=60 N_CAPTION=2 N_DETECT=4 N_DECODE=8 RAW_REPEATS=1
+  N_BENCH=40 N_CEILING=60 N_CAPTION=2 N_DETECT=4 N_DECODE=8 RAW_REPEATS=1 N_LETTERBOX=16
   CAPTION_LIMIT=600  # BLIP base on a CPU: about 0.35 images/s
 else
-  N_BENCH=400 N_CEILING=600 N_CAPTION=48 N_DETECT=96 N_DECODE=80 RAW_REPEATS=16 CAPTION_LIMIT=140
+  N_BENCH=400 N_CEILING=600 N_CAPTION=48 N_DETECT=96 N_DECODE=80 RAW_REPEATS=16 CAPTION_LIMIT=140 N_LETTERBOX=128
 fi
 scratch=$(mktemp -d)
 
@@ -62,4 +62,7 @@ done
 step captioning "$CAPTION_LIMIT" "$PY" bench/models_bench.py --n-caption "$N_CAPTION" --n-detect "$N_DETECT" \
   --raw-repeats "$RAW_REPEATS" --out "$scratch/models"
 keep captioning "$scratch/models/results.json"
+# Last, as the least of them: the network's input made on the host or on the device (issue 11).
+step letterbox 30 "$PY" bench/letterbox.py --n "$N_LETTERBOX" --rounds 3 --out "$scratch/letterbox"
+keep letterbox "$scratch/letterbox/letterbox.json"
 echo "== done ($(date -u +%T)); in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -211,6 +211,11 @@ class WorkerSettings(AwsSettings):
     # on: for a model in its own process wherever it runs (on a CPU this moves the decode into the
     # model's process, for tests and measurement); off: the worker decodes every image.
     device_decode: Literal["auto", "on", "off"] = Field(default="auto", validation_alias="VISIONQ_DEVICE_DECODE")
+    # The network's input (an Ultralytics letterbox) made on the model's device from pixels already
+    # there, instead of on the host and copied (models/letterbox.py). auto: for a model in its own
+    # process on a GPU, once a check at its start finds the same input as Ultralytics'; on: for a
+    # model in its own process wherever it runs (on a CPU, for tests and measurement); off: never.
+    device_letterbox: Literal["auto", "on", "off"] = Field(default="auto", validation_alias="VISIONQ_DEVICE_LETTERBOX")
 
     # CPUs for the model's process alone, such as "1" (cpus.py); the worker and its decode processes
     # (and, locally, the emulator and PostgreSQL) run on the others. Needs model_process.

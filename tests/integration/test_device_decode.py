@@ -7,6 +7,7 @@ fails with the CPU decoder's code; a PNG is still decoded by the worker."""
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,27 @@ def decoded(where: str) -> float:
     return metrics.WORKER.registry.get_sample_value("visionq_images_decoded_total", {"where": where}) or 0.0
 
 
+@pytest.mark.parametrize("letterbox", ["off", "on"])
 def test_jpegs_decoded_in_the_models_process_land_their_boxes(
-    stack: Stack, api_url: str, api_key: str, draw_scene: Callable[..., Any], tmp_path: Path
+    letterbox: str,
+    stack: Stack,
+    api_url: str,
+    api_key: str,
+    draw_scene: Callable[..., Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """With VISIONQ_DEVICE_LETTERBOX=on the network's input is made on the device too, from the
+    decoded JPEGs and from the worker's pixels (the PNG): the boxes land all the same."""
     models = tmp_path / "models.toml"
     models.write_text(f'default = "default"\n[models.default]\nfamily = "ultralytics"\nweights = "{SHAPES_WEIGHTS}"\n')
     settings = stack.worker_settings(
-        models_file=models, model_process=True, device_decode="on", max_batch=4, max_wait_ms=300
+        models_file=models,
+        model_process=True,
+        device_decode="on",
+        device_letterbox=letterbox,
+        max_batch=4,
+        max_wait_ms=300,
     )
     rotated = Image.Exif()
     rotated[0x0112] = 6  # "rotate 90° clockwise to view"
@@ -62,6 +77,7 @@ def test_jpegs_decoded_in_the_models_process_land_their_boxes(
     data["cut.jpg"] = whole[: len(whole) * 3 // 5]  # a whole header, then the data cut short
     before = {where: decoded(where) for where in ("worker", "model_process")}
 
+    caplog.set_level(logging.INFO, logger="visionq.models.own_process")
     worker = RunningWorker(settings, None).start()
     try:
         client = VisionqClient(api_url, api_key)
@@ -87,6 +103,8 @@ def test_jpegs_decoded_in_the_models_process_land_their_boxes(
                 truth[name],
                 found,
             )
+    said = "model default: its input is letterboxed on cpu"
+    assert (said in caplog.messages) == (letterbox == "on"), caplog.messages
     # The three whole JPEGs went to the model's process; the PNG, and the cut JPEG (no end-of-image
     # marker: the CPU decoder's verdict), to the worker's decoders.
     assert decoded("model_process") - before["model_process"] == 3

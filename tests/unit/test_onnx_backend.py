@@ -336,3 +336,29 @@ def test_the_loader_runs_one_single_threaded_session_per_core_with_the_same_boxe
         for b1, b2 in zip(have.items, want.items, strict=True):
             assert b1.confidence == pytest.approx(b2.confidence, abs=1e-3)
             assert [b1.x1, b1.y1, b1.x2, b1.y2] == pytest.approx([b2.x1, b2.y1, b2.x2, b2.y2], abs=0.05)
+
+
+def test_the_input_made_on_the_device_is_onnx_runtimes_too(exported: Exported, draw_scene: Callable[..., Any]) -> None:
+    """VISIONQ_DEVICE_LETTERBOX with an exported model: its predictor letterboxes by the export's
+    rules (models/letterbox.py follows them), and the boxes are those of the host path."""
+    from visionq.models.letterbox import to_device
+    from visionq.models.spec import ModelSpec
+    from visionq.models.yolo import UltralyticsModel, load_ultralytics
+
+    options = {"backend": "onnx", "image_size": IMAGE_SIZE, "onnx_sessions": 1}
+    spec = ModelSpec(name="shapes", family="ultralytics", weights=str(exported.weights), options=options)
+    model = load_ultralytics(spec, str(exported.weights), device="cpu")
+    assert isinstance(model, UltralyticsModel) and model._model.predictor.model.format == "onnx"
+    for sizes in ([SIZES[1]] * 2, [SIZES[0], SIZES[1]]):  # one shape, and mixed shapes
+        images = [np.asarray(draw_scene(10030 + i, size)[0]) for i, size in enumerate(sizes)]
+        prepared = model.prepare([to_device(image, "cpu") for image in images])
+        reference = model.reference_input(images)
+        assert prepared.pixels.shape == reference.shape
+        assert float((prepared.pixels - reference).abs().max()) * 255 <= 1.0 + 1e-3  # a resize rounds differently
+        want, got = model.predict(images), model.predict_prepared(prepared)
+        assert sum(len(o.items) for o in want) >= len(images)  # type: ignore[attr-defined]
+        for have, expected in zip(got, want, strict=True):
+            assert [b.class_id for b in have.items] == [b.class_id for b in expected.items]  # type: ignore[attr-defined]
+            for b1, b2 in zip(have.items, expected.items, strict=True):  # type: ignore[attr-defined]
+                assert b1.confidence == pytest.approx(b2.confidence, abs=0.01)
+                assert [b1.x1, b1.y1, b1.x2, b1.y2] == pytest.approx([b2.x1, b2.y1, b2.x2, b2.y2], abs=0.5)

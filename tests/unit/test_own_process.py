@@ -311,3 +311,36 @@ def test_a_jpeg_that_crashes_the_decoder_fails_alone_even_queued_behind_an_innoc
         assert labels(model.predict([image(78)])) == ["v78"]  # and the model goes on
     finally:
         model.close()
+
+
+@pytest.mark.parametrize("letterbox", ["on", "auto"])
+def test_the_input_made_on_the_device_gives_the_models_answers(letterbox: str, draw_scene: Any) -> None:
+    """VISIONQ_DEVICE_LETTERBOX: "on" makes the network's input in the prepare thread, from JPEGs
+    decoded there and from shared-memory pixels alike; "auto" does so on a GPU only."""
+    from tests.unit.test_images import encode
+    from visionq.models.device_decode import decode_frames
+    from visionq.shapes import WEIGHTS_PATH
+
+    shapes = ModelSpec(name="shapes", family="ultralytics", weights=str(WEIGHTS_PATH), options={"backend": "torch"})
+    process = ModelProcess(shapes, str(WEIGHTS_PATH), "cpu", device_letterbox=letterbox)
+    try:
+        assert process.letterboxes_on_device == (letterbox == "on")
+        scenes = [draw_scene(seed, (640, 480)) for seed in (31, 32)]
+        jpeg = inspect_jpeg(encode(scenes[0][0], "JPEG", quality=95), ImageLimits(), max_side=320)
+        assert jpeg is not None
+        pixels = np.asarray(scenes[1][0].resize((320, 240)))
+        got = process.predict([jpeg, pixels])
+        in_this_process = _load_family(shapes, str(WEIGHTS_PATH), "cpu")
+        want = in_this_process.predict(decode_frames([jpeg, pixels], "cpu"))
+        for have, expected, (_, truth) in zip(got, want, scenes, strict=True):
+            assert (have.width, have.height) == (expected.width, expected.height) == (320, 240)
+            assert [b.class_id for b in have.items] == [b.class_id for b in expected.items]  # type: ignore[attr-defined]
+            assert len(truth) == len(have.items)  # type: ignore[attr-defined]
+            for a, b in zip(have.items, expected.items, strict=True):  # type: ignore[attr-defined]
+                assert [a.x1, a.y1, a.x2, a.y2] == pytest.approx([b.x1, b.y1, b.x2, b.y2], abs=0.5)
+        cut = dataclasses.replace(jpeg, data=jpeg.data[: len(jpeg.data) // 2])
+        with pytest.raises(ImageRejected) as info:
+            process.predict([cut])
+        assert info.value.code == "undecodable_image" and process.starts == 1
+    finally:
+        process.close()

@@ -7,7 +7,9 @@ count, mode, EXIF orientation: ``images.inspect_jpeg``, no pixel decoded) and ha
 the model's process, which decodes the whole batch in one call on its device (nvjpeg through
 ``torchvision.io.decode_jpeg``), reduces each image there to the size ``decode_image`` would have
 given, and gives the model the same upright RGB arrays as ever. Every model family takes them
-unchanged.
+unchanged. Where the network's input is made on the device too (``VISIONQ_DEVICE_LETTERBOX``,
+letterbox.py), the pixels stay there: ``decode_frames_on_device`` turns them upright there and
+hands over tensors.
 
 What a device decode refuses is decided as on the CPU: a batch that fails is decoded again image
 by image, and an image the device refuses alone (or whose reduction fails there, out of memory for
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from visionq.images import EncodedJpeg, ImageLimits, decode_image, inspect_jpeg, upright_pixels
+from visionq.models.letterbox import to_device, upright_tensor
 
 Frame = np.ndarray | EncodedJpeg
 
@@ -42,8 +45,17 @@ def decode_frames(frames: Sequence[Frame], device: str) -> list[np.ndarray]:
     """``frames`` as the arrays a model takes: the JPEGs among them decoded on ``device`` in one
     batch, the arrays as they are. Raises ImageRejected when one cannot be decoded at all."""
     jpegs = [frame for frame in frames if isinstance(frame, EncodedJpeg)]
-    decoded = iter(_decode_batch(jpegs, device) if jpegs else [])
+    decoded = iter(_decode_batch(jpegs, device, on_device=False) if jpegs else [])
     return [next(decoded) if isinstance(frame, EncodedJpeg) else frame for frame in frames]
+
+
+def decode_frames_on_device(frames: Sequence[Frame], device: str) -> list[Any]:
+    """``frames`` as 3 x H x W uint8 RGB tensors on ``device``, upright, for a letterbox there
+    (models/letterbox.py): the JPEGs decoded there in one batch, the arrays copied there. The same
+    pixels as ``decode_frames`` gives, and the same ImageRejected."""
+    jpegs = [frame for frame in frames if isinstance(frame, EncodedJpeg)]
+    decoded = iter(_decode_batch(jpegs, device, on_device=True) if jpegs else [])
+    return [next(decoded) if isinstance(frame, EncodedJpeg) else to_device(frame, device) for frame in frames]
 
 
 def works_on(device: str) -> bool:
@@ -76,7 +88,8 @@ def works_on(device: str) -> bool:
     return got.shape == expected.shape and float(np.abs(got.astype(np.int16) - expected).mean()) < 2.0
 
 
-def _decode_batch(jpegs: list[EncodedJpeg], device: str) -> list[np.ndarray]:
+def _decode_batch(jpegs: list[EncodedJpeg], device: str, *, on_device: bool) -> list[Any]:
+    """Each JPEG's pixels: a host array, or with ``on_device`` a tensor left on ``device``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     encoded = [_as_tensor(jpeg.data) for jpeg in jpegs]
@@ -87,11 +100,11 @@ def _decode_batch(jpegs: list[EncodedJpeg], device: str) -> list[np.ndarray]:
         if is_device_fault(exc):
             raise
         # Some image in it; find which, one at a time.
-        return [_decode_alone(data, jpeg, device) for data, jpeg in zip(encoded, jpegs, strict=True)]
-    return [_finish(image, jpeg) for image, jpeg in zip(images, jpegs, strict=True)]
+        return [_decode_alone(data, jpeg, device, on_device) for data, jpeg in zip(encoded, jpegs, strict=True)]
+    return [_finish(image, jpeg, device, on_device) for image, jpeg in zip(images, jpegs, strict=True)]
 
 
-def _decode_alone(encoded: Any, jpeg: EncodedJpeg, device: str) -> np.ndarray:
+def _decode_alone(encoded: Any, jpeg: EncodedJpeg, device: str, on_device: bool) -> Any:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     try:
@@ -99,21 +112,24 @@ def _decode_alone(encoded: Any, jpeg: EncodedJpeg, device: str) -> np.ndarray:
     except Exception as exc:
         if is_device_fault(exc):
             raise
-        return _on_the_cpu(jpeg)  # the device refuses it: the CPU decoder's verdict counts
-    return _finish(image, jpeg)
+        return _on_the_cpu(jpeg, device, on_device)  # the device refuses it: the CPU decoder's verdict counts
+    return _finish(image, jpeg, device, on_device)
 
 
-def _finish(image: Any, jpeg: EncodedJpeg) -> np.ndarray:
-    """A decoded C x H x W tensor reduced to the target on its device, then upright on the host;
-    the CPU path's pixels when that fails (the device out of memory for a large image's resize)."""
+def _finish(image: Any, jpeg: EncodedJpeg, device: str, on_device: bool) -> Any:
+    """A decoded C x H x W tensor reduced to the target on its device, then upright (there, or on
+    the host); the CPU path's pixels when that fails (the device out of memory for a large image's
+    resize)."""
     if (image.shape[2], image.shape[1]) != jpeg.stored_size or image.shape[0] != 3:
-        return _on_the_cpu(jpeg)  # not what the header said: let the CPU decoder decide
+        return _on_the_cpu(jpeg, device, on_device)  # not what the header said: let the CPU decoder decide
     try:
+        if on_device:
+            return upright_tensor(_reduced_tensor(image, jpeg), jpeg.upright)
         return _reduced(image, jpeg)
     except Exception as exc:
         if is_device_fault(exc):  # the device is broken, not short of memory: nothing more to do on it
             raise
-        return _on_the_cpu(jpeg)
+        return _on_the_cpu(jpeg, device, on_device)
 
 
 def is_device_fault(exc: BaseException) -> bool:
@@ -123,19 +139,7 @@ def is_device_fault(exc: BaseException) -> bool:
 
 
 def _reduced(image: Any, jpeg: EncodedJpeg) -> np.ndarray:
-    import torch
-    from torch.nn import functional
-
-    if jpeg.target is not None:
-        width, height = jpeg.target
-        reduced = functional.interpolate(
-            image[None].float(),
-            size=(height, width),
-            mode="bilinear",
-            align_corners=False,
-            antialias=image.shape[2] / width > 2,
-        )
-        image = reduced[0].round_().clamp_(0, 255).to(torch.uint8)
+    image = _reduced_tensor(image, jpeg)
     # Channels last on the device (one kernel there), so the copy to the host is of contiguous
     # memory: a strided tensor comes over strided, and numpy then reorders it on the CPU at about
     # 1.4-1.9 ms per 640 x 480 image (bench/channel_order.py, chw_to_hwc).
@@ -143,12 +147,32 @@ def _reduced(image: Any, jpeg: EncodedJpeg) -> np.ndarray:
     return np.ascontiguousarray(upright_pixels(array, jpeg.upright))
 
 
-def _on_the_cpu(jpeg: EncodedJpeg) -> np.ndarray:
-    """``decode_image``'s pixels, or its ImageRejected. Its limits were checked on the header."""
+def _reduced_tensor(image: Any, jpeg: EncodedJpeg) -> Any:
+    """The decoded C x H x W tensor reduced to the target, on its device."""
+    import torch
+    from torch.nn import functional
+
+    if jpeg.target is None:
+        return image
+    width, height = jpeg.target
+    reduced = functional.interpolate(
+        image[None].float(),
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
+        antialias=image.shape[2] / width > 2,
+    )
+    return reduced[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _on_the_cpu(jpeg: EncodedJpeg, device: str, on_device: bool) -> Any:
+    """``decode_image``'s pixels (copied to ``device`` with ``on_device``), or its ImageRejected.
+    Its limits were checked on the header."""
     width, height = jpeg.stored_size
     limits = ImageLimits(max_bytes=len(jpeg.data), max_pixels=width * height)
     max_side = max(jpeg.target) if jpeg.target is not None else None
-    return decode_image(jpeg.data, limits, max_side=max_side).rgb
+    rgb = decode_image(jpeg.data, limits, max_side=max_side).rgb
+    return to_device(rgb, device) if on_device else rgb
 
 
 def _as_tensor(data: bytes) -> Any:

@@ -58,6 +58,7 @@ from visionq.child_process import end_process
 from visionq.errors import ImageRejected, ModelUnavailable, TransientError
 from visionq.images import EncodedJpeg
 from visionq.models import Model
+from visionq.models.letterbox import Prepared, handed_over, letterbox_here
 from visionq.models.spec import ModelSpec
 from visionq.outputs import ModelOutput
 
@@ -101,6 +102,7 @@ def _serve(
     torch_threads: int | None,
     cpus: frozenset[int] | None,
     device_decode: bool,
+    device_letterbox: str,
     parent: int,
     decoding: Any,
     careful_batches: int,
@@ -111,7 +113,8 @@ def _serve(
     its first batches, a JPEG is decoded only once the batch before has been answered, so that a
     crash is known to be the decode's or the model's (a process started after a death).
     ``device_decode``: whether the worker may hand it JPEGs (VISIONQ_DEVICE_DECODE is not "off");
-    only then is the device's decoder started and checked."""
+    only then is the device's decoder started and checked. ``device_letterbox``: VISIONQ_DEVICE_LETTERBOX
+    ("auto", "on", "off"), whether the network's input is made on its device (letterbox.py)."""
     from visionq.child_process import child_of
     from visionq.models.device_decode import works_on
     from visionq.models.registry import _load_family
@@ -138,17 +141,22 @@ def _serve(
         "device": model.device,
         # Checked where it matters (a GPU); the CPU's decoder is the one the tests run.
         "decodes_jpegs": device_decode and (works_on(model.device) if model.device.startswith("cuda") else True),
+        "letterbox_on_device": letterbox_here(model, device_letterbox),
     }
     conn.send(("ready", {**info, "input_size": model.input_size}))
     prepared: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1)
     answered = threading.Semaphore(0)  # released as each batch is answered
-    args = (conn, model.device, prepared, decoding, answered, careful_batches)
+    # An Ultralytics model (letterbox.letterbox_here): it makes its input on its device.
+    letterboxing: Any = model if info["letterbox_on_device"] else None
+    preparer = letterboxing.prepare if letterboxing is not None else None
+    args = (conn, model.device, prepared, decoding, answered, careful_batches, preparer)
     threading.Thread(target=_prepare, args=args, name="prepare", daemon=True).start()
     while (batch := prepared.get()) is not None:
         kind, payload = batch
-        if kind == "images":
+        if kind in ("images", "prepared"):
             try:
-                batch = ("ok", list(model.predict(payload)))
+                outputs = model.predict(payload) if kind == "images" else letterboxing.predict_prepared(payload)
+                batch = ("ok", list(outputs))
             except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
                 _exit_if_device_fault(exc)
                 batch = ("error", repr(exc))
@@ -177,10 +185,12 @@ def _prepare(
     decoding: Any,
     answered: threading.Semaphore,
     careful_batches: int = 0,
+    preparer: Callable[[list[Any]], Prepared] | None = None,
 ) -> None:
     """The model process's second thread: takes each batch off the pipe and makes its images (views
     of the shared memory; JPEGs decoded on the device, device_decode.py) while the model runs the
-    batch before, so a forward pass never waits for the next batch's decode. Ends with None, however
+    batch before, so a forward pass never waits for the next batch's decode. With ``preparer``
+    (the letterbox on the device), it makes the network's input itself. Ends with None, however
     it ends, so the model's loop never waits for a thread that is gone."""
     try:
         if device.startswith("cuda"):  # a stream of its own: decoding never queues behind a forward pass
@@ -205,22 +215,31 @@ def _prepare(
                 else frame
                 for frame in frames
             ]
-            prepared.put(_decoded(images, device, number, decoding))
+            prepared.put(_decoded(images, device, number, decoding, preparer))
     finally:
         prepared.put(None)
 
 
-def _decoded(images: list[Any], device: str, number: int, decoding: Any) -> tuple[str, Any]:
-    """The batch's images with its JPEGs decoded, or the answer that says why they cannot be.
+def _decoded(
+    images: list[Any],
+    device: str,
+    number: int,
+    decoding: Any,
+    preparer: Callable[[list[Any]], Prepared] | None = None,
+) -> tuple[str, Any]:
+    """The batch's images with its JPEGs decoded (or, with ``preparer``, the network's input made
+    from them on the device), or the answer that says why they cannot be.
     While its JPEGs are decoded, ``decoding`` holds the batch's number: a decoder that crashes the
     process is then known to have crashed on this batch, not on the one the model was running."""
-    from visionq.models.device_decode import decode_frames
+    from visionq.models.device_decode import decode_frames, decode_frames_on_device
 
     jpegs = [image.data for image in images if isinstance(image, EncodedJpeg)]
     if jpegs:
         decoding.value = number
     try:
         _crash_on_marker(jpegs)
+        if preparer is not None:
+            return "prepared", handed_over(preparer(decode_frames_on_device(images, device)))
         return "images", decode_frames(images, device)
     except ImageRejected as exc:  # a JPEG that cannot be decoded: that image's fault, with its code
         return "rejected", (exc.code, exc.message)
@@ -255,10 +274,12 @@ class ModelProcess:
         batch_room: int = 8,
         answer_timeout: float = 600.0,
         device_decode: bool = True,
+        device_letterbox: str = "auto",
     ) -> None:
         """``cpus``: the CPUs the process runs on (VISIONQ_MODEL_CPUS; None: any).
         ``device_decode``: False when the worker will never hand it JPEGs (VISIONQ_DEVICE_DECODE=off):
         its device's decoder is then neither started nor checked.
+        ``device_letterbox``: VISIONQ_DEVICE_LETTERBOX, where the network's input is made (letterbox.py).
         ``answer_timeout``: the longest a batch may take once its turn has come (the job
         deadline); a process that takes longer is taken for hung, killed, and counts as dead on
         that batch."""
@@ -269,7 +290,15 @@ class ModelProcess:
         # The process answers one batch at a time: one ONNX Runtime session there, on all its cores
         # (several sessions take batches at once only in the worker's process, models/replicas.py).
         options = {**spec.options, "onnx_sessions": 1}
-        self._args = ({**plain, "options": options}, weights, device, torch_threads, cpus, device_decode)
+        self._args = (
+            {**plain, "options": options},
+            weights,
+            device,
+            torch_threads,
+            cpus,
+            device_decode,
+            device_letterbox,
+        )
         self._device_decode = device_decode
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be initialised in a forked child
         self._proc: Any = None
@@ -333,6 +362,8 @@ class ModelProcess:
             and self.starts == 1
         ):
             logger.warning("model %s: its device cannot decode JPEGs here; the worker decodes them", self.spec.name)
+        if payload["letterbox_on_device"] and self.starts == 1:
+            logger.info("model %s: its input is letterboxed on %s", self.spec.name, payload["device"])
         self._sent = self._received = 0
 
     @property
@@ -352,6 +383,11 @@ class ModelProcess:
         """Whether it takes EncodedJpeg frames: its device decoded a test JPEG as the CPU path does
         when the process started (device_decode.works_on)."""
         return bool(self._info["decodes_jpegs"])
+
+    @property
+    def letterboxes_on_device(self) -> bool:
+        """Whether its process makes the network's input on its device (letterbox.letterbox_here)."""
+        return bool(self._info["letterbox_on_device"])
 
     @property
     def input_size(self) -> int | None:
@@ -514,6 +550,7 @@ def process_loader(
     batch_room: int,
     answer_timeout: float,
     device_decode: bool = True,
+    device_letterbox: str = "auto",
 ) -> Callable[[ModelSpec, str, str | None], Model]:
     """A ``load_models`` loader that puts each model in a process of its own."""
 
@@ -527,6 +564,7 @@ def process_loader(
             batch_room=batch_room,
             answer_timeout=answer_timeout,
             device_decode=device_decode,
+            device_letterbox=device_letterbox,
         )
 
     return load

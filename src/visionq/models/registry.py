@@ -260,6 +260,7 @@ def load_served_models(settings: Any) -> LoadedModels:
             batch_room=max(settings.max_batch or 8, 1),
             answer_timeout=settings.job_deadline_seconds,
             device_decode=settings.device_decode != "off",
+            device_letterbox=settings.device_letterbox,
         )
     resolve = _weights_resolver(settings)
     return load_models(registry, names=names, device=settings.device, resolve=resolve, loader=loader)

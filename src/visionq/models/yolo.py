@@ -18,6 +18,7 @@ import numpy as np
 from visionq.errors import ModelUnavailable
 from visionq.models import pick_device
 from visionq.models.digest import weights_digest
+from visionq.models.letterbox import Prepared, geometry, letterboxed, shape_only
 from visionq.models.onnx_export import choose_backend, onnx_sessions, onnx_weights, set_onnx_threads
 from visionq.models.replicas import Replicas
 from visionq.models.spec import ModelSpec
@@ -94,15 +95,51 @@ class UltralyticsModel:
         # channels in about 0.03 ms per 640 x 480 image, numpy's copy of a reversed view took
         # 1.3-1.7 ms (bench/channel_order.py, bench/RESULTS.md run 19): on the model's path, every image.
         bgr = [cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for img in images]
-        results = self._model.predict(
-            bgr,
+        results = self._predict(bgr)
+        return [self._convert(result, image) for image, result in zip(images, results, strict=True)]
+
+    def _predict(self, source: list[np.ndarray]) -> Any:
+        return self._model.predict(
+            source,
             imgsz=self.input_size,
             conf=self.confidence,
             device=self.device,
             quantize=16 if self.half else None,
             verbose=False,
         )
-        return [self._convert(result, image) for image, result in zip(images, results, strict=True)]
+
+    # --- the letterbox on the model's device (models/letterbox.py) ---------------------------------
+
+    @property
+    def letterboxes(self) -> bool:
+        """Whether its input is letterboxed (every task but classify, which crops), so that
+        ``prepare`` can make it on the device."""
+        return self.task != "classify"
+
+    def prepare(self, images: Sequence[Any]) -> Prepared:
+        """The network's input for ``images`` (3 x H x W uint8 RGB tensors on its device), made
+        there as Ultralytics would make it from the same pixels on the host."""
+        predictor = self._model.predictor  # built by warm_up
+        shapes = tuple((int(image.shape[1]), int(image.shape[2])) for image in images)
+        dtype = torch_dtype(half=bool(predictor.model.fp16))
+        return Prepared(pixels=letterboxed(images, geometry(predictor, shapes), dtype), shapes=shapes)
+
+    def reference_input(self, images: Sequence[np.ndarray]) -> Any:
+        """The network's input as Ultralytics makes it on the host from ``images`` (RGB arrays)."""
+        return self._model.predictor.preprocess([cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for img in images])
+
+    def predict_prepared(self, batch: Prepared) -> list[ModelOutput]:
+        """``predict`` of the images ``batch`` was prepared from: outputs in their pixels."""
+        predictor = self._model.predictor
+        stand_ins = [shape_only(shape) for shape in batch.shapes]
+        # The predictor's pre-processing, for this call only, is the batch already made; the
+        # stand-ins carry each image's shape to its post-processing, which maps boxes back.
+        predictor.preprocess = lambda _images: batch.pixels
+        try:
+            results = self._predict(stand_ins)
+        finally:
+            del predictor.preprocess  # the class's method again
+        return [self._convert(result, image) for image, result in zip(stand_ins, results, strict=True)]
 
     # --- one converter per task: Ultralytics' result for one image -> its typed output ----------
 
@@ -170,6 +207,12 @@ class UltralyticsModel:
             for r, quad, p, c in zip(xywhr, corners, confs, classes, strict=True)
         )
         return OrientedBoxes(width=image.shape[1], height=image.shape[0], items=boxes)
+
+
+def torch_dtype(*, half: bool) -> Any:
+    import torch
+
+    return torch.float16 if half else torch.float32
 
 
 def _trained_size(model: Any) -> int:
