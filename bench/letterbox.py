@@ -13,7 +13,13 @@ in batches, each path interleaved batch by batch, from what the model's process 
 - **JPEGs**: the bytes, decoded on the device (``VISIONQ_DEVICE_DECODE``). Host: the pixels back to
   the host (``decode_frames``), then as above. Device: ``decode_frames_on_device``, then ``prepare``.
 Both paths give the same tensor (checked first: the largest difference, in levels of 255). On CUDA
-each call ends with a synchronize, so the wall time is the work's. Writes bench/out/letterbox.json.
+each call ends with a synchronize, so the wall time is the work's.
+
+Then the flow as the model's process runs it, for the answers: the shapes detector (the tests',
+trained; fp16 on a GPU) on generated scenes of mixed sizes as JPEGs; a second thread (on CUDA, on
+a stream of its own) decodes and prepares each batch and hands it over (``letterbox.handed_over``)
+while the main thread runs the batch before (``predict_prepared``); every answer is compared, box
+for box, with the host path's (``decode_frames`` then ``predict``). Writes bench/out/letterbox.json.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ def main() -> None:
                     cpu[name] += time.process_time() - c0
                     wall[name] += time.perf_counter() - w0
     images = args.rounds * len(pixels)
+    answers = _answers_through_the_hand_over(device)
     report = {
         "command": shlex.join([".venv/bin/python", "bench/letterbox.py", *sys.argv[1:]]),
         "machine": machine(),
@@ -101,6 +108,7 @@ def main() -> None:
         "torch_threads": args.threads,
         "largest_difference_levels": apart,
         "per_image_ms": {name: {"cpu": cpu[name] * 1000 / images, "wall": wall[name] * 1000 / images} for name in cpu},
+        "answers_through_the_hand_over": answers,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "letterbox.json").write_text(json.dumps(report, indent=2))
@@ -110,6 +118,67 @@ def main() -> None:
     for name, figures in report["per_image_ms"].items():
         source, where = name.split(", ")
         print(f"| {source} | {where} | {figures['cpu']:.3f} | {figures['wall']:.3f} |")
+    print(f"\nanswers through the hand-over, against the host path: {answers}")
+
+
+def _answers_through_the_hand_over(device: str, batches: int = 6, batch_size: int = 4) -> dict[str, Any]:
+    """The model process's flow (own_process._prepare and _serve) on the shapes detector: batches
+    prepared on a second thread, answered on this one, compared with the host path's answers."""
+    import io
+    import queue
+    import threading
+
+    import torch
+
+    from visionq.models.letterbox import Prepared, handed_over
+    from visionq.shapes import WEIGHTS_PATH, draw_scene
+
+    # PyTorch, as on a GPU (an ONNX export would be written beside the repository's weights).
+    model = load_detector(str(WEIGHTS_PATH), device=device, backend="torch")
+    assert isinstance(model, UltralyticsModel)
+    sizes = [(640, 480), (480, 640), (800, 600), (320, 240), (1280, 720), (300, 300)]
+    jpegs = []
+    for i in range(batches * batch_size):
+        buffer = io.BytesIO()
+        draw_scene(50_000 + i, sizes[i % len(sizes)])[0].save(buffer, "JPEG", quality=92)
+        jpegs.append(inspect_jpeg(buffer.getvalue(), ImageLimits(), max_side=model.input_size))
+    work = [jpegs[i : i + batch_size] for i in range(0, len(jpegs), batch_size)]
+    made: queue.Queue[Prepared | None] = queue.Queue(maxsize=1)  # as the process's: one batch ahead
+
+    def prepare() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.set_stream(torch.cuda.Stream(device))  # type: ignore[no-untyped-call]
+        for batch in work:
+            made.put(handed_over(model.prepare(decode_frames_on_device(batch, device))))
+        made.put(None)
+
+    threading.Thread(target=prepare, daemon=True).start()
+    got = []
+    while (prepared := made.get()) is not None:
+        got.extend(model.predict_prepared(prepared))
+    want = [output for batch in work for output in model.predict(decode_frames(batch, device))]
+    boxes = same_classes = 0
+    worst_px = worst_conf = 0.0
+    for have, expected in zip(got, want, strict=True):
+        items, expected_items = have.items, expected.items  # type: ignore[union-attr]
+        same = [b.class_id for b in items] == [b.class_id for b in expected_items]
+        same_classes += same
+        if same:
+            for a, b in zip(items, expected_items, strict=True):
+                boxes += 1
+                worst_conf = max(worst_conf, abs(a.confidence - b.confidence))
+                worst_px = max(worst_px, *(abs(u - v) for u, v in zip(_corners(a), _corners(b), strict=True)))
+    return {
+        "images": len(want),
+        "images_with_the_same_classes": same_classes,
+        "boxes_compared": boxes,
+        "largest_box_difference_px": round(worst_px, 3),
+        "largest_confidence_difference": round(worst_conf, 5),
+    }
+
+
+def _corners(box: Any) -> tuple[float, float, float, float]:
+    return (box.x1, box.y1, box.x2, box.y2)
 
 
 def _levels_apart(paths: dict[str, Any], batch: list[Any]) -> float:

@@ -53,12 +53,17 @@ def assert_same_outputs(got: list[ModelOutput], want: list[ModelOutput], *, px: 
         assert [item.class_id for item in have.items] == [item.class_id for item in expected.items]  # type: ignore[attr-defined]
         for a, b in zip(have.items, expected.items, strict=True):  # type: ignore[attr-defined]
             assert a.confidence == pytest.approx(b.confidence, abs=conf)
-            box = a.box if hasattr(a, "box") else a
-            other = b.box if hasattr(b, "box") else b
-            if hasattr(box, "x1"):
-                assert [box.x1, box.y1, box.x2, box.y2] == pytest.approx(
-                    [other.x1, other.y1, other.x2, other.y2], abs=px
-                )
+            assert _points(a) == pytest.approx(_points(b), abs=px)
+
+
+def _points(item: Any) -> list[float]:
+    """Every coordinate an output item gives, in the image's pixels."""
+    if hasattr(item, "corners"):  # an oriented box
+        return [item.cx, item.cy, item.width, item.height, *(v for xy in item.corners for v in xy)]
+    box = item.box if hasattr(item, "box") else item
+    points = [box.x1, box.y1, box.x2, box.y2]
+    points += [v for x, y, _ in getattr(item, "keypoints", ()) for v in (x, y)]
+    return points + [v for xy in getattr(item, "polygon", ()) for v in xy]
 
 
 # --- the input: Ultralytics' own, from tensors ---------------------------------------------------
@@ -74,6 +79,14 @@ def test_a_batch_at_the_models_size_is_ultralytics_input_exactly(
     assert tuple(prepared.pixels.shape) == (3, 3, 256, 320)
     assert levels_apart(prepared.pixels, want) < 1e-3
     assert prepared.shapes == ((240, 320),) * 3
+
+
+def test_a_lone_image_needing_no_pad_is_handed_over_contiguous(shapes: UltralyticsModel) -> None:
+    # 320 x 256 into the 320 model: nothing to pad or resize, so only the conversion copies it.
+    image = np.random.default_rng(2).integers(0, 255, (256, 320, 3), dtype=np.uint8)
+    prepared = shapes.prepare(tensors([image]))
+    assert tuple(prepared.pixels.shape) == (1, 3, 256, 320) and prepared.pixels.is_contiguous()
+    assert levels_apart(prepared.pixels, shapes.reference_input([image])) < 1e-3
 
 
 def test_a_batch_of_mixed_shapes_is_padded_square_as_ultralytics_pads_it(
@@ -129,21 +142,55 @@ def test_the_predictor_is_itself_again_after_a_prepared_batch(shapes: Ultralytic
 
 
 @pytest.mark.parametrize("yaml", ["yolo11n-seg.yaml", "yolo11n-pose.yaml", "yolo11n-obb.yaml"])
-def test_every_letterboxing_task_gives_the_hosts_outputs(yaml: str) -> None:
+@pytest.mark.parametrize("heights", [(120, 120), (120, 90)], ids=["one shape", "mixed shapes"])
+def test_every_letterboxing_task_gives_the_hosts_outputs(yaml: str, heights: tuple[int, int]) -> None:
     spec = ModelSpec(name=yaml, family="ultralytics", weights=yaml, options={"image_size": 160, "confidence": 0.0})
     model = load_ultralytics(spec, yaml, device="cpu")
     assert isinstance(model, UltralyticsModel) and model.letterboxes
-    images = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), dtype=np.uint8) for i in range(2)]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (height, 160, 3), dtype=np.uint8) for height in heights]
     want = model.predict(images)
     got = model.predict_prepared(model.prepare(tensors(images)))
     assert sum(len(o.items) for o in want) > 0  # type: ignore[attr-defined]
-    assert_same_outputs(got, want, px=0.05, conf=1e-4)
-    if yaml.startswith("yolo11n-seg"):  # polygons in the image's pixels too
-        first, second = got[0].items[0], want[0].items[0]  # type: ignore[attr-defined]
-        assert len(first.polygon) == len(second.polygon) > 2
-        assert [v for xy in first.polygon for v in xy] == pytest.approx(
-            [v for xy in second.polygon for v in xy], abs=0.05
-        )
+    assert_same_outputs(got, want, px=0.05, conf=1e-4)  # boxes, and keypoints, polygons, corners
+    assert len(_points(want[0].items[0])) > 4 + 4 * yaml.endswith("obb.yaml")  # type: ignore[attr-defined]
+
+
+def test_an_empty_batch_gives_no_outputs(shapes: UltralyticsModel) -> None:
+    assert shapes.predict_prepared(shapes.prepare([])) == []
+
+
+def test_a_predictor_replaced_during_a_prepared_batch_is_an_error_not_empty_answers(
+    shapes: UltralyticsModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ultralytics builds a new predictor when a setting changes; that one would letterbox the
+    stand-ins (no pixels) and find nothing."""
+    batch = shapes.prepare(tensors([np.full((240, 320, 3), 200, np.uint8)]))
+    original = shapes._model.predictor
+    monkeypatch.setattr(shapes._model, "predictor", original)  # put back after the test
+    replacing = shapes._predict
+
+    def predict_on_a_new_predictor(source: list[np.ndarray]) -> Any:
+        shapes._model.predictor = type(original)(overrides={"imgsz": 320})
+        return replacing(source)
+
+    monkeypatch.setattr(shapes, "_predict", predict_on_a_new_predictor)
+    with pytest.raises(RuntimeError, match="replaced its predictor"):
+        shapes.predict_prepared(batch)
+
+
+def test_a_predictor_that_makes_its_own_input_is_left_to_do_so(
+    shapes: UltralyticsModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predictor = shapes._model.predictor
+    assert shapes.letterboxes
+
+    class OwnInput(type(predictor)):  # type: ignore[misc]
+        def preprocess(self, im: Any) -> Any:
+            return super().preprocess(im)
+
+    monkeypatch.setattr(predictor, "__class__", OwnInput)
+    assert not shapes.letterboxes and not letterbox_here(shapes, "on")
 
 
 def test_a_classifier_does_not_letterbox() -> None:
@@ -184,9 +231,25 @@ def _brighter(batch: Prepared) -> Prepared:
     return Prepared(pixels=(batch.pixels + 3 / 255).clamp(0, 1), shapes=batch.shapes)
 
 
-def test_a_batch_made_on_the_cpu_is_handed_over_as_it_is() -> None:
-    batch = Prepared(pixels=torch.zeros(1, 3, 32, 32), shapes=((32, 32),))
-    assert handed_over(batch) is batch
+def test_the_model_process_prepares_any_batch_it_is_sent(shapes: UltralyticsModel) -> None:
+    """``own_process._decoded`` with a preparer, as the process's second thread runs it: a batch of
+    a JPEG and pixels, and an empty one; what it hands over the model answers."""
+    from types import SimpleNamespace
+
+    from tests.unit.test_images import encode
+    from visionq.models import own_process
+    from visionq.shapes import draw_scene
+
+    scene, truth = draw_scene(41, (640, 480))
+    jpeg = inspect_jpeg(encode(scene, "JPEG", quality=95), ImageLimits(), max_side=320)
+    pixels = np.full((100, 120, 3), 90, np.uint8)
+    decoding = SimpleNamespace(value=0)
+    kind, batch = own_process._decoded([jpeg, pixels], "cpu", 1, decoding, shapes.prepare)
+    assert kind == "prepared" and batch.shapes == ((240, 320), (100, 120)) and decoding.value == 0
+    found = shapes.predict_prepared(batch)[0]
+    assert len(found.items) == len(truth)  # type: ignore[attr-defined]
+    assert own_process._decoded([], "cpu", 2, decoding, shapes.prepare) == ("prepared", Prepared(None, ()))
+    assert shapes.predict_prepared(handed_over(Prepared(None, ()))) == []
 
 
 # --- pixels on the device ------------------------------------------------------------------------

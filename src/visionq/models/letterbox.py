@@ -84,7 +84,9 @@ def letterboxed(images: Sequence[Any], params: Sequence[dict[str, Any]], dtype: 
         padding = (p["left"], p["right"], p["top"], p["bottom"])
         out.append(functional.pad(image, padding, value=PAD_VALUE) if any(padding) else image)
     batch = torch.stack(out) if len(out) > 1 else out[0][None]
-    return batch.to(dtype).div_(255)
+    # Contiguous, as Ultralytics' own: a lone image needing no pad is still a permuted view of the
+    # H x W x 3 pixels, and on CUDA a channels-last input picks other kernels (other fp16 rounding).
+    return batch.to(dtype, memory_format=torch.contiguous_format).div_(255)
 
 
 def upright_tensor(image: Any, method: Image.Transpose | None) -> Any:
@@ -121,7 +123,7 @@ def handed_over(batch: Prepared) -> Prepared:
     it (on this thread's stream) finished, and its memory not reused until the default stream, the
     model's, is done with it."""
     pixels = batch.pixels
-    if pixels.is_cuda:
+    if pixels is not None and pixels.is_cuda:
         import torch
 
         torch.cuda.current_stream(pixels.device).synchronize()

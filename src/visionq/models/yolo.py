@@ -112,15 +112,25 @@ class UltralyticsModel:
 
     @property
     def letterboxes(self) -> bool:
-        """Whether its input is letterboxed (every task but classify, which crops), so that
-        ``prepare`` can make it on the device."""
-        return self.task != "classify"
+        """Whether its input is Ultralytics' plain letterbox (every task but classify, which crops,
+        with a predictor that makes its input as the base predictor does), so that ``prepare`` can
+        make it on the device."""
+        from ultralytics.engine.predictor import BasePredictor
+
+        kind = type(self._model.predictor)  # built by warm_up
+        return (
+            self.task != "classify"
+            and kind.preprocess is BasePredictor.preprocess
+            and kind.pre_transform is BasePredictor.pre_transform
+        )
 
     def prepare(self, images: Sequence[Any]) -> Prepared:
         """The network's input for ``images`` (3 x H x W uint8 RGB tensors on its device), made
         there as Ultralytics would make it from the same pixels on the host."""
         predictor = self._model.predictor  # built by warm_up
         shapes = tuple((int(image.shape[1]), int(image.shape[2])) for image in images)
+        if not shapes:
+            return Prepared(pixels=None, shapes=())
         dtype = torch_dtype(half=bool(predictor.model.fp16))
         return Prepared(pixels=letterboxed(images, geometry(predictor, shapes), dtype), shapes=shapes)
 
@@ -130,6 +140,8 @@ class UltralyticsModel:
 
     def predict_prepared(self, batch: Prepared) -> list[ModelOutput]:
         """``predict`` of the images ``batch`` was prepared from: outputs in their pixels."""
+        if not batch.shapes:
+            return []
         predictor = self._model.predictor
         stand_ins = [shape_only(shape) for shape in batch.shapes]
         # The predictor's pre-processing, for this call only, is the batch already made; the
@@ -139,6 +151,10 @@ class UltralyticsModel:
             results = self._predict(stand_ins)
         finally:
             del predictor.preprocess  # the class's method again
+        if self._model.predictor is not predictor:
+            # Ultralytics built a new one for this call (changed settings): it letterboxed the
+            # stand-ins, which have no pixels, so its answers are not the images'.
+            raise RuntimeError("Ultralytics replaced its predictor during a prepared batch")
         return [self._convert(result, image) for image, result in zip(stand_ins, results, strict=True)]
 
     # --- one converter per task: Ultralytics' result for one image -> its typed output ----------
