@@ -27,6 +27,8 @@ co-located emulator the pipeline's bottleneck and inflated the worker's own CPU 
 - **Finding the service for each request** listed moto's package directory and stat'ed each of
   its ~150 entries, then tried every service's URL patterns, under a lock (11 %). The directory
   and the patterns do not change while the server runs, so the answer for a host is kept.
+- **DynamoDB updates without repeated work** (``moto_dynamodb.py``): each update expression parsed
+  once, the validator's copy of it made by pickle, its passes' tables built once per pass.
 - **A log line per request** (werkzeug's access log: 8 % of the emulator's CPU), and uvicorn's,
   are off unless ``VISIONQ_EMULATOR_LOG_REQUESTS=1``.
 
@@ -44,6 +46,8 @@ import sys
 import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any
+
+from visionq.moto_dynamodb import speed_up_dynamodb_updates
 
 logger = logging.getLogger("visionq.moto_server")
 
@@ -220,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     speed_up_sqs_receive()
     speed_up_sqs_attributes()
     speed_up_dispatch()
+    speed_up_dynamodb_updates()
     quiet_request_log()
     args = argv if argv is not None else sys.argv[1:]
     if os.environ.get("VISIONQ_EMULATOR_SERVER", "uvicorn") != "werkzeug":

@@ -1,0 +1,154 @@
+"""moto's DynamoDB ``UpdateItem`` without the work it repeats on every call (the local emulator only;
+``moto_server.py`` applies it).
+
+Every job costs the emulator two conditional ``UpdateItem`` calls (the claim, the result), and
+they were most of its CPU: a py-spy profile of the moto server under the job store's calls put
+72 % of its busy time in ``update_item`` (bench/RESULTS.md run 21). Three costs there are the same
+answer computed again:
+
+- **The update expression is parsed twice per call** (the handler, then the backend), always from
+  one of the handful of strings the job store sends. The parse of each string is kept, pickled,
+  and every call gets its own copy unpickled from it: a fresh tree, as a parse gives.
+- **The validator deep-copies the parsed tree** before it rewrites it (twice for a call that
+  creates its item). The copy is now made by pickling the tree and reading it back: the same
+  objects, rebuilt by the same protocol, in a third of the time.
+- **Each of the validator's ten passes over the tree builds its table of node types again at
+  every node**, twice. Each pass now builds it once: the tables are fixed (each maps node classes
+  to the pass's own methods).
+
+No answer changes: tests/unit/test_moto_dynamodb.py sends the same updates, valid and invalid, to
+moto with and without these changes and compares every item and every error. As with the other
+changes to moto, each is applied only where moto's code has the shape it was written against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("visionq.moto_server")
+
+Setter = Callable[[Any, str, Any], None]
+
+KEPT_PARSES = 256  # distinct update expressions whose parse is kept (the job store sends a few)
+
+
+def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
+    """Apply the changes above (``set_attribute``: how to replace an attribute, ``setattr`` or a
+    test's ``monkeypatch.setattr``); False where moto's code is not as expected."""
+    from moto.dynamodb.parsing import ast_nodes, expressions, validators
+
+    parser = getattr(expressions, "UpdateExpressionParser", None)
+    traverser = getattr(ast_nodes, "DepthFirstTraverser", None)
+    node_class = getattr(ast_nodes, "Node", None)
+    expression = getattr(ast_nodes, "Expression", None)
+    function = getattr(ast_nodes, "UpdateExpressionFunction", None)
+    methods = ("nodes_to_be_processed", "process", "traverse_node_recursively", "pre_processing_of_child")
+    if (
+        parser is None
+        or not callable(getattr(parser, "make", None))
+        or traverser is None
+        or not all(callable(getattr(traverser, name, None)) for name in methods)
+        or node_class is None
+        or not callable(getattr(node_class, "find_clauses", None))
+        or expression is None
+        or function is None
+        or getattr(validators, "deepcopy", None) is not copy.deepcopy
+    ):
+        logger.warning("moto's DynamoDB is not as this fix expects; updates are parsed and copied as before")
+        return False
+
+    parse = parser.make
+
+    @functools.lru_cache(maxsize=KEPT_PARSES)
+    def parsed(expression: str) -> bytes:
+        return pickle.dumps(parse(expression), pickle.HIGHEST_PROTOCOL)  # an invalid one raises, and is not kept
+
+    def make(expression: str) -> Any:
+        if not isinstance(expression, str):
+            return parse(expression)
+        return pickle.loads(parsed(expression))  # noqa: S301 - bytes this process pickled itself
+
+    set_attribute(parser, "make", staticmethod(make))
+
+    def copied(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        if memo is None and isinstance(value, node_class):
+            with contextlib.suppress(Exception):  # anything pickle cannot take, deepcopy still can
+                return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))  # noqa: S301 - ours
+        return copy.deepcopy(value, memo)
+
+    set_attribute(validators, "deepcopy", copied)
+
+    def nodes_to_be_processed(self: Any) -> tuple[type, ...]:
+        return tuple(_table(self))
+
+    def process(self: Any, node: Any) -> Any:
+        processor = _processor(self, type(node))
+        return processor(node) if processor is not None else None
+
+    def traverse_node_recursively(self: Any, node: Any, child_id: int = -1) -> Any:
+        # moto's, with its isinstance checks against abstract classes answered once per type.
+        if _is_a(type(node), node_class):
+            parent_node = node.parent
+            if node.children is not None:
+                for i, child_node in enumerate(node.children):
+                    self.pre_processing_of_child(node, i)
+                    self.traverse_node_recursively(child_node, i)
+            if _processor(self, type(node)) is not None:
+                node = self.process(node)
+                node.parent = parent_node
+                if parent_node:
+                    parent_node.children[child_id] = node
+        return node
+
+    descend = (expression, function)
+
+    def find_clauses(self: Any, clause_types: Any) -> list[Any]:
+        clauses = []
+        for child in self.children or []:
+            if type(child) in clause_types:
+                clauses.append(child)
+            elif _is_a(type(child), descend):
+                clauses.extend(child.find_clauses(clause_types))
+        return clauses
+
+    set_attribute(traverser, "nodes_to_be_processed", nodes_to_be_processed)
+    set_attribute(traverser, "process", process)
+    set_attribute(traverser, "traverse_node_recursively", traverse_node_recursively)
+    set_attribute(node_class, "find_clauses", find_clauses)
+    return True
+
+
+def _table(traverser: Any) -> dict[type, Callable[[Any], Any]]:
+    """The pass's table of node types, built once per pass (it was built at every node)."""
+    table: dict[type, Callable[[Any], Any]] | None = traverser.__dict__.get("_visionq_table")
+    if table is None:
+        table = traverser.__dict__["_visionq_table"] = traverser._processing_map()
+    return table
+
+
+def _processor(traverser: Any, kind: type) -> Callable[[Any], Any] | None:
+    """The pass's processor for nodes of type ``kind`` (the first whose class it is), or None."""
+    chosen: dict[type, Any] | None = traverser.__dict__.get("_visionq_chosen")
+    if chosen is None:
+        chosen = traverser.__dict__["_visionq_chosen"] = {}
+    if kind not in chosen:
+        chosen[kind] = next((p for c, p in _table(traverser).items() if issubclass(kind, c)), None)
+    return chosen[kind]  # type: ignore[no-any-return]
+
+
+_IS_A: dict[tuple[type, Any], bool] = {}
+
+
+def _is_a(kind: type, classes: Any) -> bool:
+    """``issubclass``, kept per pair: the node classes are abstract (ABCMeta), whose checks cost
+    microseconds each, and a tree is checked thousands of times per update."""
+    key = (kind, classes)
+    if key not in _IS_A:
+        _IS_A[key] = issubclass(kind, classes)
+    return _IS_A[key]

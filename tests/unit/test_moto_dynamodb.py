@@ -1,0 +1,160 @@
+"""The local emulator's DynamoDB updates without repeated work (moto_dynamodb.py): the same updates,
+valid and invalid, sent to moto (in this process) with and without the changes, must leave the same
+items and raise the same errors; and the work is no longer repeated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+from moto.dynamodb.parsing import expressions, validators
+
+from visionq.jobs import ObjectVersion
+from visionq.moto_dynamodb import speed_up_dynamodb_updates
+from visionq.stores.job_store import DynamoJobStore
+
+START = {
+    "pk": {"S": "a"},
+    "n": {"N": "1"},
+    "s": {"S": "x"},
+    "l": {"L": [{"N": "1"}, {"N": "2"}, {"N": "3"}]},
+    "m": {"M": {"kid": {"S": "y"}, "deep": {"M": {"k": {"N": "5"}}}}},
+    "ss": {"SS": ["p", "q"]},
+}
+
+# (UpdateExpression, ConditionExpression or None, names, values): what update_item is sent.
+UPDATES: list[tuple[str, str | None, dict[str, str], dict[str, Any]]] = [
+    ("SET n = n + :one", None, {}, {":one": {"N": "1"}}),
+    ("SET #s = :v, m.kid = :v", "attribute_exists(pk)", {"#s": "s"}, {":v": {"S": "z"}}),
+    ("SET l = list_append(l, :more)", None, {}, {":more": {"L": [{"N": "4"}]}}),
+    ("SET l[0] = :v REMOVE l[2]", None, {}, {":v": {"N": "9"}}),
+    (
+        "SET created = if_not_exists(created, :now), m.deep.k = m.deep.k - :one",
+        None,
+        {},
+        {":now": {"N": "7"}, ":one": {"N": "1"}},
+    ),
+    ("ADD n :one, ss :more", None, {}, {":one": {"N": "2"}, ":more": {"SS": ["r"]}}),
+    ("DELETE ss :gone", None, {}, {":gone": {"SS": ["p"]}}),
+    ("ADD n :one DELETE ss :gone", None, {}, {":one": {"N": "2"}, ":gone": {"SS": ["p"]}}),
+    ("REMOVE s, m.kid", "#n IN (:a, :b)", {"#n": "n"}, {":a": {"N": "1"}, ":b": {"N": "2"}}),
+    ("SET s = :v", "n > :big", {}, {":v": {"S": "no"}, ":big": {"N": "100"}}),  # the condition fails
+    ("SET s = :v SET n = :v", None, {}, {":v": {"S": "no"}}),  # two SET clauses
+    ("SET s = :v, s = :w", None, {}, {":v": {"S": "a"}, ":w": {"S": "b"}}),  # the same path twice
+    ("SET s = :missing", None, {}, {":v": {"S": "a"}}),  # a value not given
+    ("SET #missing = :v", None, {}, {":v": {"S": "a"}}),  # a name not given
+    ("SET pk = :v", None, {}, {":v": {"S": "b"}}),  # the key
+    ("SET n = s + :one", None, {}, {":one": {"N": "1"}}),  # a string plus a number
+    ("SET nope.deeper = :v", None, {}, {":v": {"S": "a"}}),  # a path into nothing
+    ("SET = :v", None, {}, {":v": {"S": "a"}}),  # not an expression
+    ("SET s = :v", None, {}, {":v": {"S": "fresh"}}),  # on an item that does not exist yet (key "b")
+]
+
+
+def _outcomes(apply: Callable[[], None] | None, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Each update sent twice in a row (the second from what the cache keeps), on a fresh table:
+    the item after it, or the error's code and message."""
+    with monkeypatch.context() as patch:
+        if apply is not None:
+            assert speed_up_dynamodb_updates(patch.setattr) is True
+        with mock_aws():
+            client = boto3.client("dynamodb", region_name="us-east-1")
+            client.create_table(
+                TableName="t",
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            outcomes = []
+            for i, (update, condition, names, values) in enumerate(UPDATES * 2):
+                key = "b" if i % len(UPDATES) == len(UPDATES) - 1 else "a"
+                client.put_item(TableName="t", Item=START) if key == "a" else None
+                kwargs: dict[str, Any] = {
+                    "TableName": "t",
+                    "Key": {"pk": {"S": key}},
+                    "UpdateExpression": update,
+                    "ExpressionAttributeValues": values,
+                    "ReturnValues": "ALL_NEW",
+                }
+                if condition:
+                    kwargs["ConditionExpression"] = condition
+                if names:
+                    kwargs["ExpressionAttributeNames"] = names
+                try:
+                    outcomes.append(client.update_item(**kwargs).get("Attributes"))
+                except ClientError as exc:
+                    outcomes.append((exc.response["Error"]["Code"], exc.response["Error"]["Message"]))
+                except Exception as exc:  # noqa: BLE001 - moto itself fails on some (a name not given)
+                    outcomes.append(("raised", type(exc).__name__, str(exc)))
+                client.delete_item(TableName="t", Key={"pk": {"S": key}})
+            return outcomes
+
+
+def test_every_update_has_the_same_outcome_with_and_without_the_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    stock = _outcomes(None, monkeypatch)
+    changed = _outcomes(speed_up_dynamodb_updates, monkeypatch)
+    assert changed == stock
+    # Not vacuous: the valid updates changed their items, the invalid ones failed, each its own way.
+    assert sum(isinstance(o, dict) for o in stock) >= 14 and len({o for o in stock if isinstance(o, tuple)}) >= 8
+
+
+def test_an_expression_is_parsed_once_and_each_call_gets_a_tree_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    parses = []
+    parse = expressions.UpdateExpressionParser.make
+
+    def counted(expression: str) -> Any:
+        parses.append(expression)
+        return parse(expression)
+
+    monkeypatch.setattr(expressions.UpdateExpressionParser, "make", staticmethod(counted))
+    assert speed_up_dynamodb_updates(monkeypatch.setattr) is True
+    first = expressions.UpdateExpressionParser.make("SET a = :v, b = :w")
+    second = expressions.UpdateExpressionParser.make("SET a = :v, b = :w")
+    assert parses == ["SET a = :v, b = :w"]
+    assert first is not second and first.children[0] is not second.children[0]
+    first.children.clear()  # what one caller does to its tree, the next does not see
+    assert expressions.UpdateExpressionParser.make("SET a = :v, b = :w").children
+    with pytest.raises(Exception, match="Invalid UpdateExpression"):
+        expressions.UpdateExpressionParser.make("SET = :v")
+
+
+def test_the_validators_copy_is_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert speed_up_dynamodb_updates(monkeypatch.setattr) is True
+    tree = expressions.UpdateExpressionParser.make("SET a = if_not_exists(a, :v) REMOVE b")
+    copied = validators.deepcopy(tree)
+    assert copied is not tree and _shape(copied) == _shape(tree) != _shape(
+        expressions.UpdateExpressionParser.make("SET a = :v")
+    )
+    assert copied.children[0].parent is copied  # the parent links point into the copy
+    assert validators.deepcopy({"plain": [1]}) == {"plain": [1]}  # anything else: deepcopy's
+
+
+def test_the_job_stores_writes_go_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job store's own claim and result writes, as the pipeline sends them, with the changes."""
+    from infra.bootstrap import ensure_jobs_table
+
+    assert speed_up_dynamodb_updates(monkeypatch.setattr) is True
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        ensure_jobs_table(client, "jobs")
+        store = DynamoJobStore(client, "jobs")
+        for i in range(3):
+            job_id = f"{i:032x}"
+            obj = ObjectVersion(bucket="b", key=f"uploads/{i}.jpg", version=job_id)
+            assert store.claim(job_id, obj, model="default", expires_at=2_000_000_000).status == "RUNNING"
+            assert store.claim(job_id, obj, model="default", expires_at=2_000_000_000).status == "RUNNING"
+            done = store.mark_succeeded(job_id, {"detections": []})
+            assert done.status == "SUCCEEDED"
+            assert store.claim(job_id, obj, model="default", expires_at=2_000_000_000).status == "SUCCEEDED"
+
+
+def _shape(node: Any) -> Any:
+    """A tree as nested tuples of its node types and leaf values."""
+    children = getattr(node, "children", None)
+    if children is None:
+        return (type(node).__name__, node) if not hasattr(node, "type") else (node.type,)
+    return (type(node).__name__, tuple(_shape(child) for child in children))
