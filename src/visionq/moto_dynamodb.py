@@ -12,6 +12,9 @@ answer computed again:
 - **The validator deep-copies the parsed tree** before it rewrites it (twice for a call that
   creates its item). The copy is now made by pickling the tree and reading it back: the same
   objects, rebuilt by the same protocol, in a third of the time.
+  Both only for trees at most 64 levels deep: a list of actions nests one level per action, and
+  pickle meets Python's recursion limit at another depth than deepcopy does, so a deeper tree is
+  parsed and copied as moto does, and fails (or not) where moto's own copy fails.
 - **Each of the validator's ten passes over the tree builds its table of node types again at
   every node**, twice. Each pass now builds it once: the tables are fixed (each maps node classes
   to the pass's own methods).
@@ -23,11 +26,11 @@ changes to moto, each is applied only where moto's code has the shape it was wri
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import logging
 import pickle
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +39,7 @@ logger = logging.getLogger("visionq.moto_server")
 Setter = Callable[[Any, str, Any], None]
 
 KEPT_PARSES = 256  # distinct update expressions whose parse is kept (the job store sends a few)
+SHALLOW_DEPTH = 64  # deeper trees are parsed and copied as moto does (its copy's recursion limit)
 
 
 def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
@@ -64,22 +68,33 @@ def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
         return False
 
     parse = parser.make
+    # Trees ``make`` handed out that are shallow: only these are copied by pickle. A deep tree (a
+    # long list of actions nests one level per action) goes to deepcopy, which then fails with a
+    # RecursionError exactly where moto's own copy fails (pickle's limit is elsewhere).
+    shallow: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # by identity
 
     @functools.lru_cache(maxsize=KEPT_PARSES)
-    def parsed(expression: str) -> bytes:
-        return pickle.dumps(parse(expression), pickle.HIGHEST_PROTOCOL)  # an invalid one raises, and is not kept
+    def parsed(expression: str) -> bytes | None:
+        tree = parse(expression)  # an invalid one raises, and is not kept
+        if _depth(tree) > SHALLOW_DEPTH:
+            return None  # parsed again on every call, as moto does
+        return pickle.dumps(tree, pickle.HIGHEST_PROTOCOL)
 
     def make(expression: str) -> Any:
         if not isinstance(expression, str):
             return parse(expression)
-        return pickle.loads(parsed(expression))  # noqa: S301 - bytes this process pickled itself
+        blob = parsed(expression)
+        if blob is None:
+            return parse(expression)
+        tree = pickle.loads(blob)  # noqa: S301 - bytes this process pickled itself
+        shallow[id(tree)] = tree
+        return tree
 
     set_attribute(parser, "make", staticmethod(make))
 
     def copied(value: Any, memo: dict[int, Any] | None = None) -> Any:
-        if memo is None and isinstance(value, node_class):
-            with contextlib.suppress(Exception):  # anything pickle cannot take, deepcopy still can
-                return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))  # noqa: S301 - ours
+        if memo is None and shallow.get(id(value)) is value:
+            return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))  # noqa: S301 - ours
         return copy.deepcopy(value, memo)
 
     set_attribute(validators, "deepcopy", copied)
@@ -140,6 +155,16 @@ def _processor(traverser: Any, kind: type) -> Callable[[Any], Any] | None:
     if kind not in chosen:
         chosen[kind] = next((p for c, p in _table(traverser).items() if issubclass(kind, c)), None)
     return chosen[kind]  # type: ignore[no-any-return]
+
+
+def _depth(tree: Any) -> int:
+    """How deep ``tree`` nests (walked without recursion: the tree may be too deep for it)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in getattr(node, "children", None) or [])
+    return deepest
 
 
 _IS_A: dict[tuple[type, Any], bool] = {}
