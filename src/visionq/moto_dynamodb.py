@@ -3,8 +3,8 @@
 
 Every job costs the emulator two conditional ``UpdateItem`` calls (the claim, the result), and
 they were most of its CPU: a py-spy profile of the moto server under the job store's calls put
-72 % of its busy time in ``update_item`` (bench/RESULTS.md run 21). Three costs there are the same
-answer computed again:
+72 % of its busy time in ``update_item`` (bench/RESULTS.md run 21). Its costs there are mostly the
+same answer computed again:
 
 - **The update expression is parsed twice per call** (the handler, then the backend), always from
   one of the handful of strings the job store sends. The parse of each string is kept, pickled,
@@ -17,7 +17,8 @@ answer computed again:
   parsed and copied as moto does, and fails (or not) where moto's own copy fails.
 - **Each of the validator's ten passes over the tree builds its table of node types again at
   every node**, twice. Each pass now builds it once: the tables are fixed (each maps node classes
-  to the pass's own methods).
+  to the pass's own methods). And the passes, like ``find_clauses``, check every node against
+  moto's abstract node classes (``ABCMeta``: microseconds per check); each answer is kept per type.
 
 No answer changes: tests/unit/test_moto_dynamodb.py sends the same updates, valid and invalid, to
 moto with and without these changes and compares every item and every error. As with the other
