@@ -20,6 +20,9 @@ co-located emulator the pipeline's bottleneck and inflated the worker's own CPU 
   three of them counts that walk the whole queue. Receiving a backlog of N messages therefore cost
   O(N²): with 600 images queued, 43 % of the emulator's CPU. The check below reads the retention
   period from the queue itself, as that attribute is built from.
+- **SQS receives read the clock once.** Which messages a receive may hand out was decided by
+  reading the clock twice per queued message (16 % of the emulator's time with 3,000 queued);
+  ``speed_up_sqs_visibility`` reads it once per receive.
 - **SQS sends in constant time.** Each send (an upload's S3 event among them) built every queue
   attribute to read one, so uploading N images cost O(N²) while the queue filled: 13.7 ms per
   put with 0-500 messages queued, 88.4 ms at 2500-3000. And a read of named attributes built them
@@ -40,6 +43,7 @@ never wrong.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -67,6 +71,36 @@ def speed_up_sqs_receive() -> bool:
         return bool(int(retention_period) + message.sent_timestamp / 1000 > unix_time())
 
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
+    return True
+
+
+def speed_up_sqs_visibility() -> bool:
+    """A receive that reads the clock once, not twice for every message in the queue; False where
+    moto's code is not as expected.
+
+    ``Queue.messages`` (the messages a receive may hand out) asks each message whether it is
+    visible and not delayed, and each answer reads the clock through four datetime calls: with a
+    backlog of 3,000 images, 16 % of the emulator's busy time went there (a py-spy profile of
+    ``bench/ceiling.py --n 3000``). The same comparisons against one reading of the clock per call
+    give the same list, as of the instant the call began."""
+    from moto.core.utils import unix_time_millis
+    from moto.sqs.models import Message, Queue
+
+    # Each check as written against: one comparison of the clock with the attribute it names.
+    expected = {"visible": "current_time > self.visible_at", "delayed": "current_time < self.delayed_until"}
+    checks = {name: getattr(Message.__dict__.get(name), "fget", None) for name in expected}
+    if not isinstance(Queue.__dict__.get("messages"), property) or not all(
+        check is not None and expected[name] in inspect.getsource(check) for name, check in checks.items()
+    ):
+        logger.warning("moto's SQS is not as this fix expects; receives read the clock per message")
+        return False
+
+    def messages(self: Any) -> list[Any]:
+        now = unix_time_millis()
+        # Message.visible: now > visible_at; Message.delayed: now < delayed_until.
+        return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
+
+    Queue.messages = property(messages)  # type: ignore[method-assign,assignment]
     return True
 
 
@@ -222,6 +256,7 @@ def _as_werkzeug_builds(build: Callable[..., MutableMapping[str, Any]]) -> Calla
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     speed_up_sqs_receive()
+    speed_up_sqs_visibility()
     speed_up_sqs_attributes()
     speed_up_dispatch()
     speed_up_dynamodb_updates()

@@ -11,7 +11,13 @@ import pytest
 from moto import mock_aws
 from moto.sqs.models import Queue, SQSBackend, sqs_backends
 
-from visionq.moto_server import COUNTS, speed_up_dispatch, speed_up_sqs_attributes, speed_up_sqs_receive
+from visionq.moto_server import (
+    COUNTS,
+    speed_up_dispatch,
+    speed_up_sqs_attributes,
+    speed_up_sqs_receive,
+    speed_up_sqs_visibility,
+)
 
 
 @pytest.fixture
@@ -164,3 +170,84 @@ def test_content_based_deduplication_still_deduplicates(walks: dict[str, int]) -
     sqs.send_message(QueueUrl=url, MessageBody="other", MessageGroupId="g")
     bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
     assert bodies == ["same", "other"]
+
+
+# --- receives that read the clock once ------------------------------------------------------------
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
+    """Counts the per-message clock checks (``visible`` / ``delayed``) with the receive's fix applied
+    (restored after the test)."""
+    from moto.sqs.models import Message
+
+    monkeypatch.setattr(Queue, "messages", Queue.__dict__["messages"])
+    monkeypatch.setattr(
+        SQSBackend,
+        "is_message_valid_based_on_retention_period",
+        SQSBackend.is_message_valid_based_on_retention_period,
+    )
+    assert speed_up_sqs_receive() is True  # as the server applies them: the retention check too
+    assert speed_up_sqs_visibility() is True
+    seen = {"messages": 0}
+    for name in ("visible", "delayed"):
+        check = Message.__dict__[name].fget
+
+        def counted(self: Any, check: Any = check) -> bool:
+            seen["messages"] += 1
+            return bool(check(self))
+
+        monkeypatch.setattr(Message, name, property(counted))
+    with mock_aws():
+        yield seen
+
+
+def test_receiving_from_a_deep_queue_checks_only_the_messages_it_hands_out(checks: dict[str, int]) -> None:
+    sqs, url = _queue()
+    for i in range(0, 200, 10):
+        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(j), "MessageBody": str(i + j)} for j in range(10)])
+    checks["messages"] = 0
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in got] == [str(i) for i in range(10)]
+    assert checks["messages"] <= 10  # unpatched moto: 410 (two checks of each of the 200, and 10 more)
+
+
+def _bodies(messages: list[dict[str, Any]]) -> list[str]:
+    return sorted(m["Body"] for m in messages)
+
+
+def _what_receives_see() -> list[list[str]]:
+    """Receives across a delay, messages in flight, and visibility timeouts that end or are changed."""
+    sqs, url = _queue()
+    queue: Any = sqs_backends["123456789012"]["us-east-1"].get_queue("q")
+
+    def receive(**extra: Any) -> list[dict[str, Any]]:
+        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60, **extra)
+        return list(answer.get("Messages", []))
+
+    for i in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=f"now{i}")
+    sqs.send_message(QueueUrl=url, MessageBody="delayed", DelaySeconds=60)
+    first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)["Messages"]
+    seen = [_bodies(first), _bodies(receive())]  # then the third only: two in flight, one delayed
+    for message in queue._messages:  # as if 61 s had passed for the first two and the delay
+        if message.body in _bodies(first) or message.body == "delayed":
+            message.visible_at -= 61_000
+            message.delayed_until -= 61_000
+    third = receive()
+    seen += [_bodies(third), _bodies(receive())]  # then none: all in flight
+    for message in third:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    seen.append(_bodies(receive()))
+    return seen
+
+
+def test_receives_hand_out_what_moto_hands_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Queue, "messages", Queue.__dict__["messages"])  # restored after the test
+    with mock_aws():
+        stock = _what_receives_see()
+    assert speed_up_sqs_visibility() is True
+    with mock_aws():
+        patched = _what_receives_see()
+    assert stock == [["now0", "now1"], ["now2"], ["delayed", "now0", "now1"], [], ["delayed", "now0", "now1"]]
+    assert patched == stock
