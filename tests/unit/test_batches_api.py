@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +101,31 @@ def test_members_come_in_pages_and_a_cursor_only_works_for_its_own_listing(env: 
     other = client.post("/v1/batches", json={"items": ITEMS[:1]}).json()["batch_id"]
     assert_error(client.get(f"/v1/batches/{other}", params={"cursor": first["next_cursor"]}), 400, "invalid_cursor")
     assert_error(client.get(f"/v1/batches/{batch_id}", params={"cursor": "garbage!"}), 400, "invalid_cursor")
+
+
+def _cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def test_a_forged_cursor_is_refused_with_a_400_not_answered_with_a_5xx(env: Any) -> None:
+    """A cursor is the client's to send back untouched; one edited into the right partition but
+    the wrong shape must not reach DynamoDB (which refuses it, and we would answer 500 or 503)."""
+    client = make_client(env)
+    batch_id = client.post("/v1/batches", json={"items": ITEMS}).json()["batch_id"]
+    owner = client.headers["x-api-key"].split("_")[1]  # vq_<key id>_<secret>: the jobs' owner
+    listings = [("/v1/jobs", "owner", owner), (f"/v1/batches/{batch_id}", "batch_id", batch_id)]
+    for path, attribute, value in listings:
+        here = {attribute: {"S": value}}
+        forged = [
+            here,  # the partition alone, no position in it
+            {**here, "job_id": 5, "created_at": {"S": "2026"}},  # a number where a key is
+            {**here, "job_id": {"N": "5"}, "created_at": {"S": "2026"}},  # the wrong type
+            {**here, "job_id": {"S": "a"}, "created_at": {"S": "b"}, "extra": {"S": "c"}},  # not a key
+        ]
+        nested = base64.urlsafe_b64encode(b"[" * 1500).decode()  # json's recursion limit, within 2048 chars
+        for cursor in [*map(_cursor, forged), nested, "[" * 40]:
+            assert_error(client.get(path, params={"cursor": cursor}), 400, "invalid_cursor")
+        assert_error(client.get(path, params={"cursor": "A" * 5000}), 422, "invalid_request")  # the API's cap
 
 
 def test_another_keys_batch_and_an_unknown_batch_answer_alike(env: Any) -> None:

@@ -202,14 +202,30 @@ def _encode_cursor(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
+# A cursor is an index position: the table's key and the index's, each a string of at most 1 KB
+# (job ids, owners, batch ids and timestamps are far shorter), so well under this when encoded.
+MAX_CURSOR_CHARS = 4096
+
+
 def _decode_cursor(cursor: str, attribute: str, value: str) -> dict[str, Any]:
-    """The index position a cursor names; refused unless it points into the same listing."""
+    """The index position a cursor names; refused unless it points into the same listing and has
+    the shape of one (an edited cursor must not reach DynamoDB: it would refuse it, with a 500)."""
     try:
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        valid = isinstance(key, dict) and key.get(attribute) == {"S": value}
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        valid = (
+            len(cursor) <= MAX_CURSOR_CHARS
+            and isinstance(key, dict)
+            and key.get(attribute) == {"S": value}
+            and set(key) == {"job_id", attribute, "created_at"}
+            and all(_is_key_string(part) for part in key.values())
+        )
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         valid = False
     if not valid:
         raise InvalidRequest("cursor is not one this listing returned", code="invalid_cursor")
     result: dict[str, Any] = key
     return result
+
+
+def _is_key_string(part: Any) -> bool:
+    return isinstance(part, dict) and set(part) == {"S"} and isinstance(part["S"], str) and 0 < len(part["S"]) <= 1024
