@@ -72,12 +72,14 @@ def stand_in(
     close_after_answer: bool = False,
     delay: Callable[[int], float] = lambda n: 0.0,
     tls: ssl.SSLContext | None = None,
+    port: int = 0,
 ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """An HTTP server whose n-th POST (from 1) gets ``answer(n)`` (status, headers, body) after
     ``delay(n)`` seconds; yields its endpoint and what it received (method, path, headers, body,
     and the client's port, one per connection).
     ``close_after_answer``: the connection is closed after each answer, as a server's keep-alive
-    timeout would close it, with no ``Connection: close`` said. ``tls``: served over HTTPS."""
+    timeout would close it, with no ``Connection: close`` said. ``tls``: served over HTTPS.
+    ``port``: the port to listen on (0: any free one)."""
     received: list[dict[str, Any]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -106,7 +108,7 @@ def stand_in(
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -299,6 +301,22 @@ def test_a_connection_the_server_closed_costs_no_attempt() -> None:
                 time.sleep(0.05)  # the close arrives before the next call: seen while idle
     assert len(received) == 20
     assert counts == {"dynamodb.GetItem": 20}
+
+
+def test_an_outage_after_a_close_is_transient_and_the_endpoint_back_is_used_at_once() -> None:
+    """The server closes the kept connection and stops listening (a restart): every call while it
+    is away is a transient failure after its attempts, and the first call after it is back
+    succeeds, however soon (the thread's closed connection must not be looked at again)."""
+    with stand_in(lambda n: ok({"Item": {"job_id": {"S": "before"}}}), close_after_answer=True) as (endpoint, _):
+        wire = wire_at(endpoint)
+        assert wire.get_item(TableName="jobs", Key={"job_id": {"S": "j"}})["Item"]
+        time.sleep(0.05)  # the close has arrived
+    for _ in range(2):
+        with pytest.raises(TransientError, match="cannot reach AWS"), aws_errors("claim"):
+            wire.get_item(TableName="jobs", Key={"job_id": {"S": "j"}})
+    port = int(endpoint.rsplit(":", 1)[1])
+    with stand_in(lambda n: ok({"Item": {"job_id": {"S": "after"}}}), port=port):
+        assert wire.get_item(TableName="jobs", Key={"job_id": {"S": "j"}})["Item"] == {"job_id": {"S": "after"}}
 
 
 def test_each_thread_keeps_a_connection_of_its_own() -> None:

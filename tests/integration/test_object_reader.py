@@ -76,6 +76,23 @@ def test_an_object_deleted_since_its_event_is_object_missing(stack: Stack) -> No
         read(stack.endpoint, obj)
 
 
+def test_a_version_deleted_since_its_event_is_object_missing(stack: Stack) -> None:
+    """In a versioned bucket, the event names a version; deleted for good (by hand, or by a
+    lifecycle rule on old versions), S3 answers NoSuchVersion: the job fails as object_missing
+    at once, not after every retry as an unknown refusal."""
+    bucket = "versioned-reads"
+    stack.s3.create_bucket(Bucket=bucket)
+    stack.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    answer = stack.s3.put_object(Bucket=bucket, Key="uploads/v.jpg", Body=b"bytes")
+    obj = ObjectCreated(
+        bucket=bucket, key="uploads/v.jpg", etag=answer["ETag"].strip('"'), size=5, version_id=answer["VersionId"]
+    )
+    assert read(stack.endpoint, obj) == b"bytes"
+    stack.s3.delete_object(Bucket=bucket, Key=obj.key, VersionId=answer["VersionId"])
+    with pytest.raises(ObjectMissing):
+        read(stack.endpoint, obj)
+
+
 def test_an_object_over_the_limit_is_refused_on_its_length(stack: Stack) -> None:
     obj = put(stack, "uploads/big.jpg", b"x" * 5000)
     with pytest.raises(ImageRejected) as raised:

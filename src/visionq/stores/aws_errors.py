@@ -16,6 +16,7 @@ from visionq.errors import (
     TransitionRejected,
     VisionqError,
 )
+from visionq.stores.sdk_retries import retryable
 
 _THROTTLING = {
     "ProvisionedThroughputExceededException",
@@ -36,7 +37,10 @@ _MISSING_RESOURCE = {
     "AWS.SimpleQueueService.NonExistentQueue",
     "QueueDoesNotExist",
 }
-_MISSING_OBJECT = {"NoSuchKey", "404", "NotFound"}
+_MISSING_OBJECT = {"NoSuchKey", "NoSuchVersion"}  # the version an event named, deleted for good
+# What botocore calls an S3 answer without a body (HEAD): the object is missing only where an object
+# was asked for; a bare 404 from another service (a proxy, a wrong path) says nothing of any object.
+_MISSING_WITHOUT_BODY = {"404", "NotFound"}
 _BAD_CREDENTIALS = {
     "InvalidClientTokenId",
     "UnrecognizedClientException",
@@ -72,13 +76,14 @@ def translate_client_error(exc: ClientError, what: str) -> VisionqError:
         return TransitionRejected(f"{what}: condition not met")
     if code == "PreconditionFailed" or status == 412:
         return ObjectChanged(f"{what}: the object was overwritten after its event (a newer version has its own)")
-    if code in _MISSING_OBJECT:
+    if code in _MISSING_OBJECT or (code in _MISSING_WITHOUT_BODY and "Object" in exc.operation_name):
         return ObjectMissing(f"{what}: the object no longer exists")
     if code in _BAD_CREDENTIALS:
         return ConfigError(f"{what}: AWS refused these credentials or this identity ({code}); check AWS_PROFILE, AWS_*")
     if code in _MISSING_RESOURCE:
         return ConfigError(f"{what}: resource does not exist ({code}); run `visionq bootstrap`")
-    if code in _THROTTLING or status >= 500:
+    # What the SDK (or our wire clients, by its rules) tries again is transient once tried out.
+    if code in _THROTTLING or status >= 500 or retryable(exc):
         return TransientError(f"{what}: AWS is unavailable or throttling ({code or status})")
     return VisionqError(f"{what}: AWS rejected the request ({code or status})")
 

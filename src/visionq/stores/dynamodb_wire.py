@@ -165,14 +165,19 @@ class _Connections:
         idle = time.monotonic() - getattr(self._local, "since", 0.0)
         if connection is not None and idle < _IDLE_SECONDS and not _dropped(connection.sock):
             return connection, True
-        if connection is not None:
-            connection.close()
+        # Forgotten before a new one is tried: should that fail, the next call must not find a
+        # closed socket here (polling it raises ValueError, which is no AWS failure at all).
+        self._drop()
         try:
             sock = socket.create_connection((self._origin.host, self._origin.port), timeout=self._connect_timeout)
-            if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=self._origin.host)
-        except OSError as exc:  # refused, DNS, TLS, or no connection within the connect timeout
+        except OSError as exc:  # refused, DNS, or no connection within the connect timeout
             raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
+        if self._tls is not None:
+            try:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._origin.host)
+            except OSError as exc:  # the handshake failed: the plain socket is ours to close
+                sock.close()
+                raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
         sock.settimeout(self._read_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 sets it
         connection = http1.Connection(sock)

@@ -1,8 +1,9 @@
 """botocore's standard retry mode for the calls the worker sends without the SDK (``sqs_wire``,
 ``dynamodb_wire``, ``s3_reader``): which failed answers are tried again, how long to wait before
 the next attempt, and the loop that does it (``call``, ``call_async``). The lists are botocore's own
-(``botocore/retries/standard.py``: ``TransientRetryableChecker`` and ``ThrottledRetryableChecker``;
-tests/unit/test_sdk_retries.py checks them against the installed botocore). Connection errors and
+(``botocore/retries/standard.py``: ``TransientRetryableChecker`` and ``ThrottledRetryableChecker``,
+and the errors the services' models mark retryable; tests/unit/test_sdk_retries.py checks them
+against the installed botocore). Connection errors and
 read timeouts are tried again too.
 """
 
@@ -36,6 +37,10 @@ THROTTLED_CODES = frozenset(
         "EC2ThrottledException",
     }
 )
+# Error shapes the services' models mark ``retryable`` (botocore's ModeledRetryableErrorChecker),
+# for the services the wire clients call (DynamoDB; SQS and S3 mark none).
+MODELED_RETRYABLE_CODES = frozenset({"ReplicatedWriteConflictException"})
+
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 20.0
 # What a call's attempt may fail with that ``wait_before_next`` decides on: an error answer, or none.
@@ -46,7 +51,12 @@ def retryable(exc: ClientError) -> bool:
     """Whether botocore would try the call that got this error answer again."""
     code = str(exc.response.get("Error", {}).get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code in TRANSIENT_CODES or code in THROTTLED_CODES or status in TRANSIENT_STATUS
+    return (
+        code in TRANSIENT_CODES
+        or code in THROTTLED_CODES
+        or code in MODELED_RETRYABLE_CODES
+        or status in TRANSIENT_STATUS
+    )
 
 
 def backoff_seconds(failed_attempt: int) -> float:
