@@ -64,6 +64,38 @@ def test_a_crash_fails_the_batch_and_a_fresh_process_serves_the_next(model: Mode
     assert model.starts == 4  # the first, one after the first death, two for the guilty image
 
 
+@pytest.mark.parametrize("where", ["_frames", "send"])
+def test_a_batch_that_could_not_be_sent_holds_up_none_after_it(
+    model: ModelProcess, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Memory running out (or any error) while a batch is put in the pipe: that batch fails, and the
+    next is answered (it waited for ever for an answer to a batch never sent)."""
+    assert len(model.predict([image(1)])) == 1
+    failed = {"once": False}
+
+    def fails_once(original: Any) -> Any:
+        def call(*args: Any) -> Any:
+            if not failed["once"]:
+                failed["once"] = True
+                raise MemoryError
+            return original(*args)
+
+        return call
+
+    if where == "_frames":
+        monkeypatch.setattr(model, "_frames", fails_once(model._frames))
+    else:
+        assert model._conn is not None
+        monkeypatch.setattr(model._conn, "send", fails_once(model._conn.send))
+    with pytest.raises(MemoryError):
+        model.predict([image(2)])
+    pool = ThreadPoolExecutor(1)
+    try:
+        assert len(pool.submit(model.predict, [image(3)]).result(timeout=30)) == 1
+    finally:
+        pool.shutdown(wait=False)  # a call stuck for ever is woken by the fixture's close
+
+
 def test_a_hung_model_process_is_killed_and_counts_as_dead() -> None:
     slow = ModelSpec(name="slow", family="synthetic", weights="delay", options={"delay_ms": 5000})
     model = ModelProcess(slow, "delay", None, answer_timeout=0.5)

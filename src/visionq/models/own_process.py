@@ -412,17 +412,29 @@ class ModelProcess:
 
     def _predict_once(self, images: Sequence[np.ndarray | EncodedJpeg]) -> Sequence[ModelOutput]:
         with self._lock:
-            conn, generation, ticket = self._enqueue()
+            conn, generation = self._enqueue()
             region = self._regions.pop() if self._regions else None
             try:
-                conn.send((self._segment.name if self._segment else None, self._frames(images, region)))
+                frames = self._frames(images, region)
+            except BaseException:  # nothing sent: no place in the queue taken
+                self._free(region)
+                raise
+            try:
+                conn.send((self._segment.name if self._segment else None, frames))
             except OSError:  # the pipe is broken: the process is gone, taking the batch ahead of this one
                 self._lose_process(generation)
                 self._free(region)
                 raise ModelProcessDied(self._died("died", len(images)), fresh=False) from None
             except BaseException:
+                # Memory, or anything else, midway: whether part of it is in the pipe is unknown, so
+                # the stream is not to be trusted; the batches behind get a new process, not a wait
+                # for an answer to a batch never sent.
+                self._lose_process(generation)
                 self._free(region)
                 raise
+            # Its place in the queue, once it is in the pipe: answers come in the order batches went.
+            ticket = self._sent
+            self._sent += 1
         try:
             with self._lock:
                 # Answers come in the order the batches went: wait for this one's turn to read.
@@ -466,9 +478,9 @@ class ModelProcess:
                     self._received += 1
                     self._turn.notify_all()
 
-    def _enqueue(self) -> tuple[Connection, int, int]:
-        """(Under the lock.) The pipe to send on, started afresh if the last process died; the
-        process's generation, and this batch's place in its queue."""
+    def _enqueue(self) -> tuple[Connection, int]:
+        """(Under the lock.) The pipe to send on, started afresh if the last process died, and the
+        process's generation."""
         if self._closed:
             raise ModelRestartFailed(f"model {self.spec.name!r} is closed (the worker is stopping)")
         if self._conn is None:
@@ -480,9 +492,7 @@ class ModelProcess:
                     f"model {self.spec.name!r} could not be started again: {exc.message}"
                 ) from None
         assert self._conn is not None
-        ticket = self._sent
-        self._sent += 1
-        return self._conn, self._generation, ticket
+        return self._conn, self._generation
 
     def _died(self, what: str, count: int) -> str:
         return f"the process of model {self.spec.name!r} {what} on a batch of {count}"
