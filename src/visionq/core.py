@@ -42,7 +42,7 @@ from visionq.jobs import Job, JobError, JobStatus, batch_id_in_key, job_id_for_o
 from visionq.models import Model, batches_in_flight, decodes_on_device, runs_batches_side_by_side
 from visionq.models.registry import LoadedModels
 from visionq.outputs import ModelOutput
-from visionq.settle import BoundedCalls, ProcessingStats, Settler, log_state, ms_since, run_in
+from visionq.settle import BoundedCalls, ProcessingStats, Settler, StoreCallTimedOut, log_state, ms_since, run_in
 from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import ObjectReader
 from visionq.stores.queue import Message
@@ -382,6 +382,19 @@ class Processor:
         try:
             # One transaction for the batch: all its rows commit, or none do.
             stored = await metrics.timed(self._calls.store(self.results.record_results, records), "write", len(records))
+        except StoreCallTimedOut as exc:
+            # The transaction may still commit. Settle nothing before it has ended: a job failed
+            # now (its last attempt) would keep the rows committed after its cleanup.
+            if not await exc.ended(self._calls.seconds):
+                logger.warning("a result write outlived its timeout twice; its messages come back: %s", exc)
+                for item, _ in ready:
+                    item.finish(Outcome.RETRY)  # the redelivery finds whatever it wrote
+                return
+            if exc.call.cancelled() or exc.call.exception() is not None:
+                for item, _ in ready:
+                    item.finish(await self._settler.retry_or_fail(item, exc))
+                return
+            stored = exc.call.result()  # it committed after all, late
         except TransientError as exc:
             for item, _ in ready:
                 item.finish(await self._settler.retry_or_fail(item, exc))

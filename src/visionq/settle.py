@@ -12,6 +12,7 @@ hung worker.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
@@ -62,6 +63,25 @@ def _cpu_counted(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         metrics.WORKER.store_cpu(fn.__name__, time.thread_time() - started)
 
 
+class StoreCallTimedOut(TransientError):
+    """A store call given up on after its time: its thread may still be running it, and what it
+    writes may still land (``call``: that call, done or not)."""
+
+    def __init__(self, message: str, call: concurrent.futures.Future[Any]) -> None:
+        super().__init__(message)
+        self.call = call
+
+    async def ended(self, seconds: float) -> bool:
+        """Whether the call has ended (returned, raised, or was cancelled before it started),
+        waiting up to ``seconds``."""
+        if self.call.done():
+            return True
+        waiter = asyncio.wrap_future(self.call)
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # read here or by the caller
+        done, _ = await asyncio.wait({waiter}, timeout=seconds)
+        return bool(done)
+
+
 class BoundedCalls:
     """Blocking store calls on a pool of their own, each given at most ``seconds``."""
 
@@ -71,9 +91,15 @@ class BoundedCalls:
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # A call that hangs keeps its pool thread (and that thread's connection) until the server's
-        # or the socket's own timeouts end it; the item moves on now.
-        result: T = await self.bounded(run_in(self.pool, _cpu_counted, fn, *args, **kwargs), fn.__name__)
-        return result
+        # or the socket's own timeouts end it; the item moves on now, told which call it left
+        # running (StoreCallTimedOut), for a caller whose call may yet write something.
+        call = self.pool.submit(_cpu_counted, fn, *args, **kwargs)
+        try:
+            return await self.bounded(asyncio.wrap_future(call), fn.__name__)
+        except TransientError as exc:
+            if isinstance(exc.__cause__, TimeoutError):  # not yet started: cancelled; running: not
+                raise StoreCallTimedOut(exc.message, call) from exc.__cause__
+            raise
 
     async def bounded(self, call: Awaitable[T], what: str) -> T:
         try:

@@ -389,6 +389,40 @@ def test_a_store_call_that_hangs_costs_a_retry_not_the_worker() -> None:
     assert h.status(after) == (JobStatus.SUCCEEDED, None)
 
 
+def test_a_write_that_lands_after_its_timeout_on_the_last_attempt_ends_the_job_succeeded() -> None:
+    """The result's transaction outlives the store's timeout on the last attempt and commits: the
+    job is SUCCEEDED with its row (it was FAILED store_unavailable, and the row committed after the
+    cleanup stayed on a FAILED job)."""
+    h = Harness(store_timeout_seconds=1.0, max_attempts=3)
+    obj = h.put("late", 81)
+    gate = h.results.faults.hang("record_results")
+    threading.Timer(1.5, gate.set).start()  # after the timeout, within the wait for the call to end
+
+    assert h.run(lambda: h.process(message(obj, message_id="a", receive_count=3))) is Outcome.DONE
+    assert h.status(obj) == (JobStatus.SUCCEEDED, None)
+    assert len(h.results.for_job(h.job_of(obj))) == 1
+
+
+def test_a_write_still_running_on_the_last_attempt_leaves_the_job_to_its_redelivery() -> None:
+    """Still running after the wait: not FAILED now (its commit could come after the cleanup); the
+    message comes back, and the redelivery finds the row."""
+    h = Harness(store_timeout_seconds=1.0, max_attempts=3)
+    obj = h.put("later", 81)
+    gate = h.results.faults.hang("record_results")
+
+    async def body() -> list[Outcome]:
+        first = await h.process(message(obj, message_id="a", receive_count=3))
+        assert h.status(obj)[0] is not JobStatus.FAILED
+        gate.set()  # it commits after all
+        await asyncio.sleep(0.3)
+        h.results.faults.gates.clear()
+        return [first, await h.process(message(obj, message_id="a", receive_count=4))]
+
+    assert h.run(body) == [Outcome.RETRY, Outcome.DONE]
+    assert h.status(obj) == (JobStatus.SUCCEEDED, None)
+    assert len(h.results.for_job(h.job_of(obj))) == 1
+
+
 # 10 ---------------------------------------------------------------------------------------------
 
 
