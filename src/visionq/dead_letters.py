@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from visionq.config import DEFAULT_JOB_TTL_DAYS
 from visionq.errors import PermanentError, TransitionRejected
 from visionq.events import ObjectCreated, parse_s3_event
-from visionq.jobs import POISON_MESSAGE, Job, JobError, job_id_for_object, ttl_from_now
+from visionq.jobs import POISON_MESSAGE, Job, JobError, JobStatus, job_id_for_object, ttl_from_now
 from visionq.stores.job_store import JobStore
 from visionq.stores.queue import Message, Queue
 
@@ -68,10 +68,19 @@ async def peek(
 
 
 async def sweep(
-    dlq: Queue, jobs: JobStore, upload_prefix: str, *, announce: Callable[[Job], Awaitable[None]] | None = None
+    dlq: Queue,
+    jobs: JobStore,
+    upload_prefix: str,
+    *,
+    announce: Callable[[Job], Awaitable[None]] | None = None,
+    discard: Callable[[str], int] | None = None,
 ) -> int:
     """Mark the jobs of parked messages FAILED; return how many changed. ``announce``: hands
-    those that asked for a webhook to the notifier (notifications.py).
+    those that asked for a webhook to the notifier (notifications.py). ``discard``: removes a
+    job's result rows (``ResultStore.discard``), for a FAILED job has none; a worker that
+    committed a row and died before its job record said so, at every delivery, leaves one. (The
+    Lambda sweeper has no database connection: there a redelivery, ``visionq dlq redrive``, is
+    what finds and keeps such a row.)
 
     The messages are left visible, so `visionq dlq list` sees them; a later sweep finds their
     jobs already FAILED and changes nothing.
@@ -86,8 +95,14 @@ async def sweep(
             ),
         )
         for obj, job_id in zip(letter.objects, letter.job_ids, strict=True):
-            job = await asyncio.to_thread(_fail_job, jobs, job_id, obj, error)
-            if job is not None:
+            job, changed = await asyncio.to_thread(_fail_job, jobs, job_id, obj, error)
+            if job.status is JobStatus.FAILED and discard is not None:
+                # Every sweep, for every parked job that is FAILED (one indexed DELETE each): a
+                # sweep that failed between the two writes leaves the next one to remove the rows.
+                removed = await asyncio.to_thread(discard, job_id)
+                if removed:
+                    logger.warning("removed %d result row(s) of a poison job", removed, extra={"job_id": job_id})
+            if changed:
                 failed += 1
                 logger.warning("job FAILED: %s", POISON, extra={"job_id": job_id, "key": obj.key, "status": "FAILED"})
                 if job.notify and announce is not None:
@@ -100,13 +115,13 @@ async def sweep(
     return failed
 
 
-def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) -> Job | None:
-    """FAILED (the record created if the worker died before it could make one); None if it had
-    already ended."""
+def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) -> tuple[Job, bool]:
+    """FAILED (the record created if the worker died before it could make one), and True; or the
+    job as it stands, and False, if it had already ended."""
     try:
-        return jobs.mark_failed(job_id, error, obj=obj.ref, expires_at=ttl_from_now(DEFAULT_JOB_TTL_DAYS))
+        return jobs.mark_failed(job_id, error, obj=obj.ref, expires_at=ttl_from_now(DEFAULT_JOB_TTL_DAYS)), True
     except TransitionRejected:
-        return None
+        return jobs.get(job_id), False
 
 
 async def redrive(dlq: Queue, queue: Queue, jobs: JobStore, upload_prefix: str) -> int:

@@ -255,7 +255,13 @@ class Poller:
         """Give the jobs of messages SQS parked in the dead-letter queue their terminal state."""
         while True:
             try:
-                await dead_letters.sweep(dlq, jobs, self.settings.upload_prefix, announce=self.processor.announce)
+                await dead_letters.sweep(
+                    dlq,
+                    jobs,
+                    self.settings.upload_prefix,
+                    announce=self.processor.announce,
+                    discard=self.processor.results.discard,
+                )
             except VisionqError as exc:  # a store outage: the next sweep tries again
                 logger.warning("dead-letter sweep failed: %s", exc)
             await asyncio.sleep(self.settings.dlq_sweep_seconds)

@@ -1,0 +1,51 @@
+"""The dead-letter sweep: a parked message's job ends FAILED ``poison_message``, and, where the
+sweep can reach the result store, keeps no result (a FAILED job has none)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.unit.fakes import FakeQueue, MemoryJobStore, MemoryResults, message
+from visionq import dead_letters
+from visionq.errors import TransientError
+from visionq.events import ObjectCreated
+from visionq.jobs import JobStatus, ObjectVersion, job_id_for_object
+from visionq.outputs import Detections
+from visionq.stores.result_store import ResultRecord
+
+PREFIX = "uploads/"
+
+
+def parked_job_with_a_row(jobs: MemoryJobStore, results: MemoryResults) -> tuple[FakeQueue, str]:
+    """A job whose worker committed its row, then died before the job record said so, each time."""
+    obj = ObjectCreated(bucket="bkt", key="uploads/cam/crash.jpg", etag="e1", size=1)
+    job_id = job_id_for_object(PREFIX, obj.bucket, obj.key, obj.version)
+    jobs.claim(job_id, ObjectVersion(obj.bucket, obj.key, obj.version), model="default", expires_at=0)
+    results.record_results(
+        [ResultRecord(job_id, obj.bucket, obj.key, obj.etag, "default", "v1", Detections(items=[], width=1, height=1))]
+    )
+    return FakeQueue(inbox=[message(obj, receive_count=3)]), job_id
+
+
+def test_a_swept_job_is_failed_and_keeps_no_result() -> None:
+    jobs, results = MemoryJobStore(), MemoryResults()
+    dlq, job_id = parked_job_with_a_row(jobs, results)
+    assert asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, discard=results.discard)) == 1
+    assert jobs.status(job_id) == (JobStatus.FAILED, dead_letters.POISON)
+    assert results.for_job(job_id) == []
+    assert [m.message_id for m, delay in dlq.released] == ["m1"]  # left parked, visible for `visionq dlq`
+
+
+def test_a_sweep_that_could_not_remove_the_rows_leaves_them_to_the_next() -> None:
+    jobs, results = MemoryJobStore(), MemoryResults()
+    dlq, job_id = parked_job_with_a_row(jobs, results)
+    results.faults.fail("discard", TransientError("PostgreSQL is away"))
+    with pytest.raises(TransientError):
+        asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, discard=results.discard))
+    assert jobs.status(job_id) == (JobStatus.FAILED, dead_letters.POISON)
+    assert len(results.for_job(job_id)) == 1
+    dlq.inbox = [m for m, delay in dlq.released]  # still parked
+    assert asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, discard=results.discard)) == 0  # changed no job
+    assert results.for_job(job_id) == []
