@@ -39,7 +39,7 @@ from visionq.events import MalformedEvent, ObjectCreated, parse_s3_event
 from visionq.faults import Failpoints
 from visionq.images import DecodedImage, EncodedJpeg, ImageLimits, decode_image, inspect_jpeg
 from visionq.jobs import Job, JobError, JobStatus, batch_id_in_key, job_id_for_object, job_id_in_key, ttl_from_now
-from visionq.models import Model, batches_in_flight, decodes_on_device, runs_batches_side_by_side
+from visionq.models import Model, batches_in_flight, decodes_on_device, ends_its_own_hangs, runs_batches_side_by_side
 from visionq.models.registry import LoadedModels
 from visionq.outputs import ModelOutput
 from visionq.settle import BoundedCalls, ProcessingStats, Settler, StoreCallTimedOut, log_state, ms_since, run_in
@@ -113,6 +113,7 @@ class Processor:
             for name, model in models.models.items()
         }
         self._model_free_at: dict[str, float] = {}  # when each model's last batch ended
+        self._running: dict[int, tuple[str, float]] = {}  # batches in the model: (model, since when)
         self._settler = Settler(
             settings=settings, jobs=jobs, results=results, calls=self._calls, stats=self.stats, announce=announce
         )
@@ -202,8 +203,14 @@ class Processor:
                     self._batchers[item.model_name].put(item)
                     return await asyncio.shield(item.done)
             except TimeoutError:
+                waiting = item.stage is Stage.BATCHED  # for its model, which was busy all this time
                 if not item.expire():
                     return await item.done  # its result is being written: the result wins
+                if waiting:
+                    # Not this image's doing (the model is stuck or far too slow for the work in
+                    # hand): its message goes back for another worker, or this one once it recovers.
+                    logger.warning("out of time waiting for model %s; the message goes back", item.model_name)
+                    return Outcome.RETRY
                 return await self._expired(item, on_expiry)
         finally:
             self._in_hand.discard(identity)
@@ -288,9 +295,24 @@ class Processor:
                 task = running.create_task(self._infer(batch, name, model))
                 task.add_done_callback(lambda _: room.release())
 
+    def stuck_model(self, seconds: float) -> tuple[str, float] | None:
+        """A model in the worker's process that has run one batch for longer than ``seconds``, and
+        for how long; None when there is none. Its thread cannot be taken back: only a new worker
+        serves that model (and any other sharing its thread) again."""
+        now = time.perf_counter()
+        running = [(now - since, name) for name, since in self._running.values()]
+        overdue = [(name, held) for held, name in sorted(running, reverse=True) if held > seconds]
+        return overdue[0] if overdue else None
+
     async def _infer(self, batch: list[WorkItem], name: str, model: Model) -> None:
         started = time.perf_counter()
-        outputs = await self._predict(batch, model, self._infer_pools[name])
+        watched = not ends_its_own_hangs(model)
+        if watched:
+            self._running[id(batch)] = (name, started)
+        try:
+            outputs = await self._predict(batch, model, self._infer_pools[name])
+        finally:
+            self._running.pop(id(batch), None)
         ended = time.perf_counter()
         # With batches queued in flight, this one's turn came when the one before it ended; batches
         # that run side by side each ran from their start.

@@ -76,3 +76,10 @@ class ModelUnavailable(ConfigError):
     """Model weights cannot be had here (no network, no file)."""
 
     code = "model_unavailable"
+
+
+class WorkerStuck(VisionqError):
+    """A model in the worker's process never came back from a batch: the worker stopped, for its
+    supervisor to start a new one."""
+
+    code = "worker_stuck"

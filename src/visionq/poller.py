@@ -110,6 +110,8 @@ class Poller:
         self._delete_wanted = asyncio.Event()
         self._draining = False
         self._messages: set[asyncio.Task[None]] = set()
+        # Why the worker stopped by itself (a model stuck on a batch), for its command to say.
+        self.stuck: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; then take no more, finish what is held, and return."""
@@ -118,7 +120,9 @@ class Poller:
         async with self.processor.running(), asyncio.TaskGroup() as group:
             self._group = group
             loops = [group.create_task(self._delete_loop(), name="acknowledger")]
-            loops.append(group.create_task(self._lease_loop(), name="leases"))
+            self._leases = group.create_task(self._lease_loop(), name="leases")
+            loops.append(self._leases)
+            loops.append(group.create_task(self._watch_models(stop), name="model-watch"))
             if self.dead_letters is not None and self.jobs is not None:
                 loops.append(group.create_task(self._sweep_loop(self.dead_letters, self.jobs), name="dlq-sweeper"))
             if self.sampler is not None:
@@ -251,6 +255,20 @@ class Poller:
             except TransientError as exc:
                 logger.warning("could not extend %d leases: %s", len(held), exc)
 
+    async def _watch_models(self, stop: asyncio.Event) -> None:
+        """Stop the worker when a model in its process has run one batch for longer than a job may
+        take: that thread is not coming back. Its jobs end by their deadline; the messages waiting
+        for the model go back to the queue; a supervisor (ECS, `visionq up`) starts a new worker."""
+        bound = self.settings.job_deadline_seconds
+        while not stop.is_set():
+            await wait_event(stop, min(30.0, bound / 4))
+            stuck = self.processor.stuck_model(bound)
+            if stuck is not None and not stop.is_set():
+                name, seconds = stuck
+                self.stuck = f"model {name!r} has run one batch for {seconds:.0f} s (the job deadline: {bound:.0f} s)"
+                logger.error("%s: it is stuck; the worker stops so that a new one takes its place", self.stuck)
+                stop.set()
+
     async def _sweep_loop(self, dlq: Queue, jobs: JobStore) -> None:
         """Give the jobs of messages SQS parked in the dead-letter queue their terminal state."""
         while True:
@@ -298,6 +316,8 @@ class Poller:
             await asyncio.sleep(0.05)
         unsettled = [held.message for held in self._held.values()]
         if unsettled:
+            # No lease may be extended after this release: it would hide the messages again.
+            self._leases.cancel()
             logger.warning("shutdown grace of %.0fs passed; releasing %d messages", grace, len(unsettled))
             with contextlib.suppress(TransientError):  # if SQS is down they return after their timeout
                 await self.queue.release(unsettled, delay_seconds=0)

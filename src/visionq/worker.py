@@ -18,6 +18,7 @@ from visionq import metrics
 from visionq.aws import proxy_for
 from visionq.config import WorkerSettings
 from visionq.core import Processor
+from visionq.errors import WorkerStuck
 from visionq.faults import Failpoints
 from visionq.models import Model
 from visionq.notifications import announcer
@@ -175,6 +176,10 @@ async def serve_worker(
             settings.ready_file.touch()
         try:
             await poller.run(stop)
+            if poller.stuck is not None:
+                # The stuck thread would hold the interpreter's exit (it joins the pools' threads).
+                _arm_exit_watchdog(30)
+                raise WorkerStuck(f"{poller.stuck}; the worker stopped so that a new one takes its place")
         finally:
             if settings.ready_file is not None:
                 settings.ready_file.unlink(missing_ok=True)

@@ -192,9 +192,11 @@ def test_an_item_expired_while_waiting_for_the_model_leaves_the_pipeline_working
         model.gate.set()
         return [await slow, expired, await h.process(message(later, message_id="m3"))]
 
-    assert h.run(body) == [Outcome.DONE, Outcome.DONE, Outcome.DONE]
+    # The expired one waited for a busy model, through no fault of its own: its message goes back
+    # (it was FAILED deadline_exceeded until a review found a stuck model failing every job behind it).
+    assert h.run(body) == [Outcome.DONE, Outcome.RETRY, Outcome.DONE]
     assert h.status(first) == (JobStatus.SUCCEEDED, None)
-    assert h.status(waiting) == (JobStatus.FAILED, "deadline_exceeded")
+    assert h.status(waiting) == (JobStatus.RUNNING, None)
     assert h.status(later) == (JobStatus.SUCCEEDED, None)
     assert h.results.for_job(h.job_of(waiting)) == []
 

@@ -137,3 +137,41 @@ def test_a_retried_message_is_given_back_with_a_backoff_and_a_done_one_deleted()
     rig.processor.close()
     assert [(m.message_id, delay) for m, delay in rig.queue.released] == [("f", 4)]
     assert [m.message_id for m in rig.queue.deleted] == ["k"]
+
+
+def test_a_model_stuck_on_a_batch_stops_the_worker_and_gives_back_the_jobs_waiting_for_it() -> None:
+    """A model in the worker's process that never returns (a device hang, a loop): the jobs queued
+    behind its batch are not its fault and go back to the queue unfailed (they ended FAILED
+    deadline_exceeded, one after another, while the worker took more); the worker stops by itself,
+    saying why, for its supervisor to start a new one. The stuck batch's own job ends by its deadline."""
+    rig = Rig(job_deadline_seconds=2, shutdown_grace_seconds=1)
+    rig.model.gate = threading.Event()  # never set while the worker runs: the model hangs
+    objects = [rig.objects.put(f"uploads/cam/{i}.png", png(i + 1)) for i in range(3)]
+    rig.queue.inbox += [message(o, message_id=f"m{i}", receipt=f"r{i}") for i, o in enumerate(objects)]
+
+    async def main() -> None:
+        async with asyncio.timeout(30):
+            await rig.poller.run(asyncio.Event())  # returns: nothing told it to stop
+
+    try:
+        asyncio.run(main())
+    finally:
+        rig.model.gate.set()
+        rig.processor.close()
+    assert rig.poller.stuck is not None and "model 'default' has run one batch for" in rig.poller.stuck
+    statuses = {f"m{i}": rig.jobs.status(direct_upload_job_id("bkt", o.key, o.etag)) for i, o in enumerate(objects)}
+    [stuck] = [m for m, status in statuses.items() if status == (JobStatus.FAILED, "deadline_exceeded")]
+    waiting = set(statuses) - {stuck}  # the first image prepared went to the model; the others waited
+    assert {statuses[m] for m in waiting} == {(JobStatus.RUNNING, None)}  # not failed...
+    leases = rig.settings.visibility_timeout  # the lease loop's extensions are recorded as releases too
+    assert {m.message_id for m, delay in rig.queue.released if delay != leases} == waiting  # ...but given back
+    assert [m.message_id for m in rig.queue.deleted] == [stuck]
+
+
+def test_a_model_in_its_own_process_is_not_watched_for_hangs() -> None:
+    """Such a model ends its own hangs (the process is killed after its answer timeout)."""
+    from visionq.models import ends_its_own_hangs
+    from visionq.models.own_process import ModelProcess
+
+    assert ends_its_own_hangs(ModelProcess.__new__(ModelProcess))
+    assert not ends_its_own_hangs(FakeModel())

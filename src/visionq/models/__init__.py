@@ -43,6 +43,13 @@ def batches_in_flight(model: Model) -> int:
     return max(1, int(getattr(model, "batches_in_flight", 1)))
 
 
+def ends_its_own_hangs(model: Model) -> bool:
+    """Whether a ``predict`` call that hangs is ended by the model itself (a model in a process of
+    its own: the process is killed after its answer timeout). A model in the worker's process that
+    hangs holds its thread for good: the worker notices and stops (``Processor.stuck_model``)."""
+    return bool(getattr(model, "ends_its_own_hangs", False))
+
+
 def runs_batches_side_by_side(model: Model) -> bool:
     """Whether the batches a model holds at once all run at once (copies side by side,
     models/replicas.py), rather than queue behind the one it runs (a model in its own process)."""

@@ -262,6 +262,7 @@ class ModelProcess:
     """A ``Model`` whose forward passes run in a process of its own (see the module's text)."""
 
     batches_in_flight = 2  # one running, the next waiting in the pipe
+    ends_its_own_hangs = True  # a process with no answer within answer_timeout is killed
 
     def __init__(
         self,
