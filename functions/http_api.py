@@ -8,6 +8,7 @@ Lambda behind an API Gateway HTTP API (``handler``, through Mangum).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Annotated, Any
@@ -16,8 +17,9 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionq import __version__, batch_service
 from visionq.api_keys import ApiKey, ApiKeyStore, Unauthorized
@@ -72,13 +74,36 @@ class CreateJobRequest(BaseModel):
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
 
+MAX_META_KEY_CHARS = 64
+MAX_META_STRING_CHARS = 1024  # 16 fields of at most this per job: far under DynamoDB's 400 KB an item
+META_INT_RANGE = 2**63  # what a client's integer fits (DynamoDB keeps 38 digits; JSON readers fewer)
+
+
+def _storable_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The client's fields as a job record can keep them and JSON can give them back: short keys
+    and strings, 64-bit integers, finite numbers (Python's JSON reads NaN and Infinity)."""
+    for key, value in (meta or {}).items():
+        if not 0 < len(key) <= MAX_META_KEY_CHARS:
+            raise ValueError(f"a field name must have 1 to {MAX_META_KEY_CHARS} characters")
+        if isinstance(value, str) and len(value) > MAX_META_STRING_CHARS:
+            raise ValueError(f"field {key!r}: a string of at most {MAX_META_STRING_CHARS} characters")
+        if isinstance(value, int) and not isinstance(value, bool) and not -META_INT_RANGE <= value < META_INT_RANGE:
+            raise ValueError(f"field {key!r}: an integer within 64 bits")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"field {key!r}: a finite number")
+    return meta
+
+
+Meta = Annotated[dict[str, str | bool | int | float | None] | None, AfterValidator(_storable_meta)]
+
+
 class BatchItemRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: str = Field(min_length=1, max_length=200, examples=["frame-000012.jpg"])
     content_type: str = Field(min_length=1, max_length=100, examples=["image/jpeg"])
     # The client's own fields, kept with the job and returned with it (a frame's index and time).
-    meta: dict[str, str | int | float | bool | None] | None = Field(default=None, max_length=16)
+    meta: Meta = Field(default=None, max_length=16)
 
 
 class CreateBatchRequest(BaseModel):
@@ -87,9 +112,9 @@ class CreateBatchRequest(BaseModel):
     items: list[BatchItemRequest] = Field(default_factory=list)
     model: str | None = Field(default=None, min_length=1, max_length=64)
     name: str | None = Field(default=None, max_length=200)
-    meta: dict[str, str | int | float | bool | None] | None = Field(default=None, max_length=32)
+    meta: Meta = Field(default=None, max_length=32)
     # Members the client will add by uploading under the batch's prefix (they count towards completion).
-    expected: int = Field(default=0, ge=0, le=1_000_000)
+    expected: int = Field(default=0, ge=0, le=1_000_000, strict=True)  # strict: not `true` as 1
     # Announced here once every member has ended.
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
@@ -225,6 +250,50 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 MAX_BODY_BYTES = 16 * 1024  # a job request is a filename and a content type
 MAX_BATCH_BODY_BYTES = 1024 * 1024  # a batch request lists up to max_batch_items of them
+
+
+class BodyLimit:
+    """Request bodies over their route's limit get 413 before anything reads them: by their
+    Content-Length, or, sent in chunks without one, once more has come than the limit (the body,
+    at most that long, is then handed on as it came)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = MAX_BATCH_BODY_BYTES if scope["path"] == "/v1/batches" else MAX_BODY_BYTES
+        too_large = error_response(413, "request_too_large", f"request bodies are limited to {limit} bytes")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                await too_large(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > limit:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replay: list[Message] = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+
 API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="a key from `visionq keys create`")
 
 
@@ -268,13 +337,7 @@ def create_app(
         status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)
     }
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        limit = MAX_BATCH_BODY_BYTES if request.url.path == "/v1/batches" else MAX_BODY_BYTES
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return error_response(413, "request_too_large", f"request bodies are limited to {limit} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit)
 
     @app.middleware("http")
     async def record_metrics(request: Request, call_next: Any) -> Any:
@@ -413,6 +476,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's, for a body json cannot read (an integer of 5000 digits)
+            return error_response(422, "invalid_request", "the request is invalid: the body is not JSON we can read")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 

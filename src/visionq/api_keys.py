@@ -19,6 +19,7 @@ from visionq.jobs import utc_now_iso
 from visionq.stores.aws_errors import aws_errors
 
 KEY_ITEM_PREFIX = "apikey#"
+MAX_KEY_CHARS = 200
 
 
 class Unauthorized(VisionqError):
@@ -68,7 +69,9 @@ class ApiKeyStore:
         if not presented:
             raise Unauthorized("an API key is required in the x-api-key header")
         parts = presented.split("_", 2)
-        if len(parts) != 3 or parts[0] != "vq" or not parts[1] or not parts[2]:
+        # A key this store made: "vq_", 12 hex digits, "_", 43 url-safe characters. Anything far
+        # longer is not looked up (the table refuses a key over 2 KB, with a 500).
+        if len(presented) > MAX_KEY_CHARS or len(parts) != 3 or parts[0] != "vq" or not parts[1] or not parts[2]:
             raise Unauthorized("the API key is not valid")
         key_id, secret = parts[1], parts[2]
         cache_key = _hash(presented)

@@ -14,6 +14,7 @@ from visionq.models.registry import Registry
 from visionq.stores.job_store import JobStore
 from visionq.stores.object_store import PresignedPost, presign_upload_post
 
+MAX_KEY_BYTES = 1024  # S3's longest object key, in UTF-8
 _SAFE_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,199}$")
 
 
@@ -154,6 +155,8 @@ def find_job_by_key(
 ) -> Job:
     if not key.startswith(settings.upload_prefix) or ".." in key.split("/"):
         raise InvalidRequest(f"key must lie under the upload prefix {settings.upload_prefix!r}", code="invalid_key")
+    if len(key.encode()) > MAX_KEY_BYTES:  # no object has it; the job table's index would refuse it
+        raise InvalidRequest(f"key is longer than S3's limit of {MAX_KEY_BYTES} bytes", code="invalid_key")
     return _complete(_visible(jobs.find_by_object(settings.bucket, key), owner), results)
 
 
@@ -168,7 +171,8 @@ def _complete(job: Job, results: OutputReader | None) -> Job:
 
 
 def _visible(job: Job, owner: str) -> Job:
-    # Another key's job answers exactly like a job that does not exist.
-    if job.owner is not None and job.owner != owner:
+    # Another key's job answers exactly like a job that does not exist; so does one past its expiry,
+    # which DynamoDB's TTL removes only some time later (up to days). 0: no expiry.
+    if (job.owner is not None and job.owner != owner) or 0 < job.expires_at < time.time():
         raise JobNotFound(f"no job with id {job.job_id!r}")
     return job

@@ -198,3 +198,27 @@ def test_a_keys_recent_jobs_newest_first_filtered_by_status(env: Any) -> None:
     assert len(rest["jobs"]) == 1
     assert make_client(env, "stranger").get("/v1/jobs").json()["jobs"] == []
     assert_error(client.get("/v1/jobs", params={"status": "DONE"}), 422, "invalid_request")
+
+
+def test_meta_that_dynamodb_could_not_store_is_refused_before_anything_is_written(env: Any) -> None:
+    """A value too long for a job record, a number that is not finite or has more digits than
+    DynamoDB keeps, a boolean for a count: 422, and no batch half made."""
+    client = make_client(env)
+    item = {"filename": "a.jpg", "content_type": "image/jpeg"}
+    bodies = [
+        {"items": [{**item, "meta": {"k": "x" * 500_000}}]},
+        {"items": [{**item, "meta": {"k": 10**40}}]},
+        {"items": [item], "meta": {"k": "x" * 500_000}},
+        {"items": [item], "expected": True},
+        {"items": [item], "name": "n", "meta": {"x" * 300: 1}},
+    ]
+    for body in bodies:
+        assert_error(client.post("/v1/batches", json=body), 422, "invalid_request")
+    for literal in ("NaN", "Infinity", "-Infinity", "1e400", "9" * 5000):
+        raw = '{"items": [{"filename": "a.jpg", "content_type": "image/jpeg", "meta": {"x": VALUE}}]}'
+        raw = raw.replace("VALUE", literal)  # not JSON, as some clients send it
+        response = client.post("/v1/batches", content=raw, headers={"content-type": "application/json"})
+        assert_error(response, 422, "invalid_request")
+    assert client.get("/v1/jobs").json()["jobs"] == []
+    fine = {"items": [{**item, "meta": {"frame": 12, "t": 0.5, "cam": "north", "ok": True, "none": None}}]}
+    assert client.post("/v1/batches", json=fine).status_code == 201

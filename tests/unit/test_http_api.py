@@ -196,3 +196,42 @@ def test_large_bodies_are_refused(client: TestClient) -> None:
         "/v1/jobs", content=b"{" + b" " * 20_000 + b"}", headers={"content-type": "application/json"}
     )
     assert_error(response, 413, "request_too_large")
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_one_with_a_length(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"filename": "a.jpg", "content_type": "image/jpeg", "model": "'
+        for _ in range(64):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert_error(response, 413, "request_too_large")
+    small = client.post(
+        "/v1/jobs",
+        content=iter([b'{"filename": "a.jpg", ', b'"content_type": "image/jpeg"}']),
+        headers={"content-type": "application/json"},
+    )
+    assert small.status_code == 201, small.text
+
+
+def test_keys_too_long_for_the_stores_are_refused_not_looked_up(client: TestClient) -> None:
+    key = client.headers["x-api-key"]
+    assert_error(client.get("/v1/jobs", headers={"x-api-key": "vq_" + "a" * 3000 + "_s"}), 401, "unauthorized")
+    assert_error(client.get("/v1/jobs", headers={"x-api-key": key + "x" * 3000}), 401, "unauthorized")
+    # 1000 characters, 4000 bytes: S3 keys are at most 1024 bytes, so no object has it.
+    assert_error(client.get("/v1/jobs", params={"key": "uploads/" + "😀" * 1000}), 400, "invalid_key")
+
+
+def test_a_job_past_its_expiry_is_gone_though_dynamodb_has_not_removed_it_yet(
+    client: TestClient, app: Any, keys: ApiKeyStore
+) -> None:
+    job_id = client.post("/v1/jobs", json={"filename": "a.jpg", "content_type": "image/jpeg"}).json()["job_id"]
+    keys._client.update_item(
+        TableName="jobs",
+        Key={"job_id": {"S": job_id}},
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": "1000"}},
+    )
+    assert_error(client.get(f"/v1/jobs/{job_id}"), 404, "job_not_found")
