@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from visionq import cli_batches
-from visionq.client import ApiError
+from visionq.client import ApiError, NotTheApi
 from visionq.config import STATE_DIR
 from visionq.errors import ConfigError, VisionqError
 from visionq.logs import WORKER_CANNOT_START, WORKER_STOPPED
@@ -24,9 +24,8 @@ logger = logging.getLogger("visionq")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = _parser().parse_args(argv)  # defaults from the environment are read here
         result: int = args.func(args)
         return result
     except ConfigError as exc:
@@ -38,11 +37,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"visionq: {exc}", file=sys.stderr)
         return 1
+    except NotTheApi as exc:
+        print(f"visionq: {exc.message}", file=sys.stderr)
+        return 1
     except ApiError as exc:
         print(f"visionq: the API answered {exc}", file=sys.stderr)
         return 1
     except httpx.TransportError as exc:
         print(f"visionq: cannot reach the API ({exc}); is `visionq up` running?", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file gone or unreadable between listing it and reading it
+        print(f"visionq: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

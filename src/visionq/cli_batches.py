@@ -6,10 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from visionq.config import STATE_DIR
+from visionq.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def add_commands(sub: Any) -> None:
@@ -26,14 +30,14 @@ def add_commands(sub: Any) -> None:
     sampling.add_argument("--every", type=int, help="video: analyse every K-th frame")
     submit.add_argument(
         "--max-frames",
-        type=int,
-        default=int(os.environ.get("VISIONQ_VIDEO_MAX_FRAMES", "1000")),
+        type=_positive(int),
+        default=_from_environment("VISIONQ_VIDEO_MAX_FRAMES", 1000, int),
         help="video: refuse a clip that would give more frames than this (VISIONQ_VIDEO_MAX_FRAMES)",
     )
     submit.add_argument(
         "--max-seconds",
-        type=float,
-        default=float(os.environ.get("VISIONQ_VIDEO_MAX_SECONDS", "600")),
+        type=_positive(float),
+        default=_from_environment("VISIONQ_VIDEO_MAX_SECONDS", 600.0, float),
         help="video: refuse a clip longer than this (VISIONQ_VIDEO_MAX_SECONDS)",
     )
     submit.set_defaults(func=cmd_submit)
@@ -50,6 +54,31 @@ def add_commands(sub: Any) -> None:
     render.add_argument("--source", type=Path, help="video: the source clip, if not where it was submitted from")
     render.add_argument("--export", type=Path, help="also write every item found, with timestamps (.json or .csv)")
     render.set_defaults(func=cmd_render)
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type: a number above zero (a limit of 0 frames would divide by it)."""
+
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:  # type: ignore[operator]
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return parse
+
+
+def _from_environment(name: str, default: T, kind: Callable[[str], T]) -> T:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return _positive(kind)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{name}={text!r}: {exc}") from None
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

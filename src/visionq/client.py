@@ -24,6 +24,10 @@ class ApiError(Exception):
         self.message = message
 
 
+class NotTheApi(ApiError):
+    """A 2xx answer that is not the API's JSON."""
+
+
 @dataclass
 class Submitted:
     path: Path
@@ -51,7 +55,7 @@ class VisionqClient:
             timeout=60,
         )
         if response.status_code not in (200, 201, 204):
-            raise ApiError(response.status_code, "upload_rejected", response.text[:500])
+            raise ApiError(response.status_code, "upload_rejected", _storage_refusal(ticket["key"], response.text))
 
     def submit_file(self, path: Path) -> Submitted:
         content_type = image_content_type(path.name) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -108,17 +112,37 @@ class VisionqClient:
         return done
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
+        body: Any
         try:
             body = response.json()
         except ValueError:
-            body = {}
+            body = None
         if response.status_code >= 400:
             error = body.get("error", {}) if isinstance(body, dict) else {}
             raise ApiError(
                 response.status_code, error.get("code", "http_error"), error.get("message", response.text[:300])
             )
-        assert isinstance(body, dict)
+        if not isinstance(body, dict):  # another web server at API_URL (a wrong port, a proxy's page)
+            kind = response.headers.get("content-type", "no content type")
+            raise NotTheApi(
+                response.status_code,
+                "not_the_api",
+                f"{self._http.base_url} did not answer as the visionq API ({response.status_code}, {kind});"
+                " check API_URL",
+            )
         return body
+
+
+def _storage_refusal(key: str, body: str) -> str:
+    """S3's XML error as a sentence: its code and message (EntityTooLarge: a file over the
+    service's size limit)."""
+    import re
+
+    code = re.search(r"<Code>([^<]*)</Code>", body)
+    message = re.search(r"<Message>([^<]*)</Message>", body)
+    if code is None:
+        return f"the object store refused {Path(key).name}: {body[:300]}"
+    return f"the object store refused {Path(key).name}: {code.group(1)}" + (f" ({message.group(1)})" if message else "")
 
 
 def client_from_settings() -> VisionqClient:

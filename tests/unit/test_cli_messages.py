@@ -3,6 +3,7 @@ endpoint, no API key, no or refused AWS credentials, an unreachable database, ba
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,71 @@ def test_sampling_options_need_a_video(capsys: pytest.CaptureFixture[str], tmp_p
     (tmp_path / "a.png").write_bytes(b"png")
     code, err = run(capsys, "submit", "a.png", "--every", "2")
     assert code == 2 and "--fps and --every apply to a video" in err
+
+
+@pytest.fixture
+def not_the_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """API_URL pointing at some other web server: every path answers 200 with a page of HTML."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            body = b"<html><body>welcome</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("API_URL", url)
+    monkeypatch.setenv("VISIONQ_API_KEY", "vq_x_y")
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("command", [["status", "0" * 32], ["batch", "0" * 32], ["submit", "a.jpg"]])
+def test_a_server_that_is_not_the_api(
+    capsys: pytest.CaptureFixture[str], not_the_api: str, tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    code, err = run(capsys, *command)
+    assert code != 0
+    assert f"{not_the_api} did not answer as the visionq API" in err
+
+
+def test_a_bad_number_in_the_environment_is_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VISIONQ_VIDEO_MAX_FRAMES", "1k")
+    code, err = run(capsys, "status", "0" * 32)
+    assert code == 2
+    assert "VISIONQ_VIDEO_MAX_FRAMES" in err and "'1k'" in err
+
+
+def test_max_frames_must_be_positive(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["submit", "clip.mp4", "--max-frames", "0"])
+    assert exited.value.code == 2
+    assert "--max-frames" in capsys.readouterr().err
+
+
+def test_an_upload_the_object_store_refuses_is_told_in_a_sentence() -> None:
+    from visionq.client import _storage_refusal
+
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><Error><Code>EntityTooLarge</Code>'
+        "<Message>Your proposed upload exceeds the maximum allowed size</Message></Error>"
+    )
+    assert _storage_refusal("uploads/j/big.jpg", xml) == (
+        "the object store refused big.jpg: EntityTooLarge (Your proposed upload exceeds the maximum allowed size)"
+    )
