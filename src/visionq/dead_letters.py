@@ -105,14 +105,27 @@ async def sweep(
             if changed:
                 failed += 1
                 logger.warning("job FAILED: %s", POISON, extra={"job_id": job_id, "key": obj.key, "status": "FAILED"})
-                if job.notify and announce is not None:
-                    # If this fails the notice is lost: the next sweep finds the job FAILED already
-                    # and changes nothing. Rare (SQS, which the sweep has just read from); logged.
-                    try:
-                        await announce(job)
-                    except Exception:
-                        logger.exception("could not announce a poison job's end", extra={"job_id": job_id})
+            if job.notify and announce is not None and (changed or _unannounced(job)):
+                try:
+                    await announce(job)
+                except Exception:  # the next sweep announces it again (_unannounced)
+                    logger.exception("could not announce a poison job's end", extra={"job_id": job_id})
     return failed
+
+
+def _unannounced(job: Job) -> bool:
+    """A poison job with a webhook of its own and no delivery attempt recorded: its announcement
+    failed, or its FAILED was written by a request whose answer was lost (the retry met its own
+    write and was refused), or the notifier has not come to it yet. Announced again, every sweep
+    until an attempt is recorded; the notifier makes one delivery of any number of them. (A batch
+    member's notice, for its batch, is not repeated: a lost one leaves the batch's notice unsent.)"""
+    return (
+        job.status is JobStatus.FAILED
+        and job.error is not None
+        and job.error.code == POISON
+        and job.webhook_url is not None
+        and job.webhook is None
+    )
 
 
 def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) -> tuple[Job, bool]:

@@ -11,7 +11,7 @@ from tests.unit.fakes import FakeQueue, MemoryJobStore, MemoryResults, message
 from visionq import dead_letters
 from visionq.errors import TransientError
 from visionq.events import ObjectCreated
-from visionq.jobs import JobStatus, ObjectVersion, job_id_for_object
+from visionq.jobs import Job, JobError, JobStatus, ObjectVersion, job_id_for_object
 from visionq.outputs import Detections
 from visionq.stores.result_store import ResultRecord
 
@@ -49,3 +49,26 @@ def test_a_sweep_that_could_not_remove_the_rows_leaves_them_to_the_next() -> Non
     dlq.inbox = [m for m, delay in dlq.released]  # still parked
     assert asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, discard=results.discard)) == 0  # changed no job
     assert results.for_job(job_id) == []
+
+
+def test_a_poison_job_whose_failure_was_written_by_a_retried_request_is_still_announced() -> None:
+    """The FAILED write was applied, its answer lost, the retry refused (the job had ended): the
+    job's webhook must still be announced, and again at each sweep until the notifier records an
+    attempt."""
+    jobs, results = MemoryJobStore(), MemoryResults()
+    dlq, job_id = parked_job_with_a_row(jobs, results)
+    jobs.jobs[job_id].webhook_url, jobs.jobs[job_id].notify = "https://example.com/hook", True
+    jobs.mark_failed(job_id, JobError(dead_letters.POISON, "parked"))  # the write whose answer was lost
+    announced: list[str] = []
+
+    async def announce(job: Job) -> None:
+        announced.append(job.job_id)
+
+    for _ in range(2):
+        assert asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, announce=announce)) == 0
+        dlq.inbox = [m for m, delay in dlq.released]
+        dlq.released.clear()
+    assert announced == [job_id, job_id]
+    jobs.jobs[job_id].webhook = {"status": "delivered", "attempts": [{}]}  # the notifier's record
+    assert asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, announce=announce)) == 0
+    assert announced == [job_id, job_id]
