@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from botocore.config import Config
 
+from visionq.stores import s3_reader
 from visionq.stores.s3_reader import SIGNATURE_VERSION, S3ObjectReader
 
 KEYS = [
@@ -55,7 +56,9 @@ def test_the_reader_presigns_as_the_client_does(setup: str, monkeypatch: pytest.
                 for key in KEYS:
                     for version in VERSIONS:
                         params = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
-                        sdk = await s3.generate_presigned_url("get_object", Params=params, ExpiresIn=300)
+                        sdk = await s3.generate_presigned_url(
+                            "get_object", Params=params, ExpiresIn=s3_reader._URL_LIFETIME_SECONDS
+                        )
                         pairs.append((await reader.presign(bucket, key, version), sdk))
             assert all(route is not None for route in reader._routes.values())  # the fast way, not the fallback
             return pairs

@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 # As the SDK's standard retry mode (sdk_retries: the answers it tries again, its backoff): a
 # throttled or failed read is tried MAX_ATTEMPTS times in all before the message is given back.
 READ_ATTEMPTS = MAX_ATTEMPTS
-_URL_LIFETIME_SECONDS = 300  # a read's URL is used at once, and for its retries
+# A read's URL is used at once (and for its retries) and never leaves the worker; it lives as long
+# as S3 lets a header-signed request's clock be off (15 min), so a worker clock that slow still reads.
+_URL_LIFETIME_SECONDS = 900
 SIGNATURE_VERSION = "s3v4"  # the client's presigned URLs: SigV4 query auth
 _PROBE_KEY = "visionq-route-probe"  # a key presigned once per bucket, to learn the bucket's route
 
