@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from visionq.local_stack import LocalStack, ServiceDied, free_port
+    from visionq.local_stack import LocalStack, ServiceDied
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
@@ -132,7 +132,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = LocalStack(
         state_dir=STATE_DIR,
         model=args.model,
-        api_port=args.api_port or free_port(),
+        api_port=args.api_port,
         database_url=os.environ.get("DATABASE_URL"),
         workers=args.workers,
     )

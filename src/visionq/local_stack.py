@@ -264,6 +264,20 @@ def _startup_error(log: Path, offset: int = 0) -> str | None:
     return None
 
 
+def _ended_or_healthy(proc: subprocess.Popen[bytes], url: str) -> bool:
+    return proc.poll() is not None or httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+
+
+def _port_was_taken(log: Path, offset: int) -> bool:
+    """Whether this life of a server's log says its port was in use (uvicorn: "[Errno 98] ...
+    address already in use")."""
+    if not log.exists():
+        return False
+    with log.open("rb") as f:
+        f.seek(offset)
+        return b"address already in use" in f.read().lower()
+
+
 def visionq_argv(*args: str) -> list[str]:
     """The command line of a `visionq` subcommand, run by this interpreter."""
     return [sys.executable, "-m", "visionq", *args]
@@ -326,7 +340,9 @@ class LocalStack:
 
     state_dir: Path
     model: str
-    api_port: int = field(default_factory=free_port)
+    # None: a free port, picked just before the API starts, and another if it was taken meanwhile
+    # (a port free when picked may be bound by anything on the machine before the API binds it).
+    api_port: int | None = None
     database_url: str | None = None  # a server of the user's; else the embedded one
     worker_env: dict[str, str] = field(default_factory=dict)
     workers: int = 1  # one: "worker" (worker.log); more: "worker-1", "worker-2", ...
@@ -369,7 +385,6 @@ class LocalStack:
             bootstrap_database(self.database_url)
             api_key, _ = ApiKeyStore(boto3_client("dynamodb", aws), names.jobs_table).create("local")
             self.env = {
-                "API_URL": f"http://127.0.0.1:{self.api_port}",
                 "AWS_ENDPOINT_URL": self.moto.endpoint,
                 **LOCAL_AWS_CREDENTIALS,
                 "DATABASE_URL": self.database_url,
@@ -387,22 +402,7 @@ class LocalStack:
                 "VISIONQ_WEBHOOK_ALLOW_HTTP_LOOPBACK": "true",
             }
             if with_api:
-                api = self.add_child(
-                    Child("api", visionq_argv("api", "--host", "127.0.0.1", "--port", str(self.api_port)))
-                )
-                assert api.proc is not None
-                proc = api.proc
-                wait_until(
-                    lambda: (
-                        proc.poll() is not None
-                        or httpx.get(f"{self.env['API_URL']}/healthz", timeout=1).status_code == 200
-                    ),
-                    timeout=60,
-                    what="the HTTP API",
-                )
-                if proc.poll() is not None:
-                    why = describe_exit(proc.returncode)
-                    raise ConfigError(f"the API cannot start: it {why} (details in {api.log})")
+                self._start_api()
             if with_worker:
                 self._start_workers()
                 self.add_child(Child("notifier", visionq_argv("notifier")))
@@ -412,6 +412,25 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def _start_api(self) -> None:
+        """Start the API and wait for its health check; a port of our choosing that was taken
+        between the pick and the bind is picked again (twice at most)."""
+        for attempt in range(3):
+            port = self.api_port or free_port()
+            self.env["API_URL"] = f"http://127.0.0.1:{port}"
+            api = self.add_child(Child("api", visionq_argv("api", "--host", "127.0.0.1", "--port", str(port))))
+            assert api.proc is not None
+            proc = api.proc
+            wait_until(functools.partial(_ended_or_healthy, proc, self.env["API_URL"]), timeout=60, what="the HTTP API")
+            if proc.poll() is None:
+                return
+            if self.api_port is None and attempt < 2 and _port_was_taken(api.log, api.log_offset):
+                logger.info("port %d was taken before the API could bind it; picking another", port)
+                del self.supervised["api"]
+                continue
+            why = describe_exit(proc.returncode)
+            raise ConfigError(f"the API cannot start: it {why} (details in {api.log})")
 
     def worker_children(self) -> list[Child]:
         names = ["worker"] if self.workers == 1 else [f"worker-{i}" for i in range(1, self.workers + 1)]

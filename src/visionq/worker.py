@@ -31,6 +31,9 @@ from visionq.stores.sqs_wire import SqsWire
 logger = logging.getLogger(__name__)
 
 
+EXIT_WATCHDOG = "visionq-exit-watchdog"  # its thread's name
+
+
 def _arm_exit_watchdog(seconds: float) -> None:
     """If shutdown has not finished ``seconds`` after the signal, dump every thread's stack and exit.
 
@@ -45,10 +48,15 @@ def _arm_exit_watchdog(seconds: float) -> None:
 
     def expire() -> None:
         logger.error("shutdown still not finished %.0f s after the signal; dumping stacks and exiting", seconds)
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        os._exit(1)
+        try:
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        except (AttributeError, ValueError, OSError):  # a stderr without a file descriptor: no dump
+            pass
+        finally:
+            os._exit(1)
 
     timer = threading.Timer(seconds, expire)
+    timer.name = EXIT_WATCHDOG
     timer.daemon = True
     timer.start()
 
@@ -105,10 +113,14 @@ async def serve_worker(
         stop.set()
         _arm_exit_watchdog(settings.shutdown_grace_seconds + 30)
 
+    # The worker owns its process when it can take its signals: only in the main thread of a POSIX
+    # process (tests run the worker on a thread). Only then may it end the process itself.
+    owns_process = True
     for sig in (signal.SIGTERM, signal.SIGINT):
-        # Only possible in the main thread of a POSIX process; tests run the worker on a thread.
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        try:
             loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError, ValueError):
+            owns_process = False
     if settings.ready_file is not None:  # one left by a previous run (a restarted container) says nothing yet
         settings.ready_file.unlink(missing_ok=True)
     models = LoadedModels.of(model) if model is not None else await asyncio.to_thread(load_served_models, settings)
@@ -177,8 +189,8 @@ async def serve_worker(
         try:
             await poller.run(stop)
             if poller.stuck is not None:
-                # The stuck thread would hold the interpreter's exit (it joins the pools' threads).
-                _arm_exit_watchdog(30)
+                if owns_process:  # the stuck thread would hold the interpreter's exit (it joins the pools' threads)
+                    _arm_exit_watchdog(30)
                 raise WorkerStuck(f"{poller.stuck}; the worker stopped so that a new one takes its place")
         finally:
             if settings.ready_file is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,8 +13,10 @@ import pytest
 
 from tests.conftest import BUCKET, Stack
 from tests.integration.fault_harness import jobs_by_key, queue_depth
+from visionq.errors import WorkerStuck
 from visionq.local_stack import wait_until
 from visionq.outputs import ModelOutput
+from visionq.worker import EXIT_WATCHDOG
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +81,11 @@ def test_a_job_past_its_deadline_fails_with_a_code(
     wait_until(lambda: job_status(stack, "uploads/slow/late.png")[0] == "FAILED", timeout=60, what="the deadline")
     assert job_status(stack, "uploads/slow/late.png") == ("FAILED", "deadline_exceeded")
     wait_until(lambda: queue_depth(stack, stack.queue_url) == 0, timeout=60, what="the message acknowledged")
-    worker.stop()
+    # A model in the worker's own process that runs one batch past the deadline has the worker stop
+    # for its supervisor to replace (on a thread, as here, without ending the process).
+    with pytest.raises(WorkerStuck, match="has run one batch"):
+        worker.stop()
+    assert EXIT_WATCHDOG not in {t.name for t in threading.enumerate()}, "it would end the test run in 30 s"
     # the late result did not turn the job back into a success
     assert job_status(stack, "uploads/slow/late.png") == ("FAILED", "deadline_exceeded")
 
