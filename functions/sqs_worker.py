@@ -8,7 +8,10 @@ record of the event goes through the core together, so records are micro-batched
 The event loop, the AWS clients, the database connection and the model are built once per
 container (cold start) and kept across warm invocations. There is no lease loop: the invocation's
 remaining time, less a margin, is every message's deadline, and work not finished by then is given
-back rather than failed (on_expiry=RETRY). Lambda has no GPU: this flavour is for CPU models.
+back rather than failed (on_expiry=RETRY). A result write under way at the deadline is waited for,
+but never past the invocation's last second (``ANSWER_SECONDS``): the handler answers then, naming
+what still runs, rather than be killed with every message of the event coming back.
+Lambda has no GPU: this flavour is for CPU models.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from visionq.stores.queue import Message
 from visionq.work_items import Expiry, Outcome
 
 logger = logging.getLogger(__name__)
+
+# The invocation's last second is for answering: whatever still runs then is reported to come back.
+ANSWER_SECONDS = 1.0
 
 
 class LambdaContext(Protocol):
@@ -83,8 +89,9 @@ class LambdaWorker:
         return self.loop.run_until_complete(self._invoke(event, context))
 
     async def _invoke(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        remaining = context.get_remaining_time_in_millis() / 1000 - self.settings.lambda_margin_seconds
-        deadline = time.monotonic() + max(0.0, remaining)
+        left = context.get_remaining_time_in_millis() / 1000
+        started = time.monotonic()
+        deadline = started + max(0.0, left - self.settings.lambda_margin_seconds)
         messages = [
             Message(
                 message_id=record.message_id,
@@ -95,9 +102,26 @@ class LambdaWorker:
             for record in SQSEvent(event).records
         ]
         async with self.processor.running():
-            outcomes = await asyncio.gather(
-                *(self.processor.process(m, deadline=deadline, on_expiry=Expiry.RETRY) for m in messages)
-            )
+            tasks = [
+                asyncio.ensure_future(self.processor.process(m, deadline=deadline, on_expiry=Expiry.RETRY))
+                for m in messages
+            ]
+            # The deadline stops new work, but a result write under way when it passes is waited
+            # for (it may commit), up to twice the store's timeout: past the invocation's end, where
+            # Lambda would kill the runtime and every message of the event would come back, those
+            # settled too. So the handler answers in time whatever is still running: those messages
+            # come back, and their redelivery finds whatever the write left (the identity rule).
+            done, pending = await asyncio.wait(tasks, timeout=max(0.0, left - ANSWER_SECONDS))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            error = task.exception()
+            if error is not None:
+                raise error  # a fault in the core itself (the handler rebuilds the worker)
+        if pending:
+            logger.warning("%d messages still running as the invocation ends; they come back", len(pending))
+        outcomes = [task.result() if task in done else Outcome.RETRY for task in tasks]
         failures = [m.message_id for m, outcome in zip(messages, outcomes, strict=True) if outcome is Outcome.RETRY]
         logger.info("invocation: %d messages, %d to retry", len(messages), len(failures))
         metrics.invocation_done(received=len(messages), retried=len(failures))

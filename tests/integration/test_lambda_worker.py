@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote_plus
@@ -18,6 +20,7 @@ from tests.conftest import BUCKET, TABLE, Stack
 from tests.integration.fault_harness import jpeg, png
 from visionq.errors import TransientError
 from visionq.events import ObjectCreated
+from visionq.local_stack import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +140,51 @@ def test_work_not_finished_before_the_invocation_ends_is_given_back(
     response = lambda_worker.handle({"Records": [sqs_record(message, arn)]}, FakeContext(millis=5_000))
     assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
     assert stack.sql("SELECT count(*) FROM results") == [(0,)]
+
+
+class HangingResults:
+    """The real result store, whose writes hang (a database that stopped answering) until released."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+
+    def record_results(self, records: Any) -> Any:
+        self.release.wait(60)
+        return self.inner.record_results(records)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_an_invocation_answers_in_time_while_a_result_write_hangs_and_its_message_comes_back(
+    stack: Stack, lambda_worker: LambdaWorker, draw_scene: Callable[..., Any]
+) -> None:
+    """The store's timeout (30 s) is past the invocation's end: Lambda would kill the runtime and
+    every message of the event would come back. The handler answers before, naming the message."""
+    stack.s3.put_object(Bucket=BUCKET, Key="uploads/lambda/hung.png", Body=png(draw_scene(50_003)[0]))
+    [message] = stack.sqs.receive_message(
+        QueueUrl=stack.queue_url, WaitTimeSeconds=5, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    event = {"Records": [sqs_record(message, arn)]}
+    results = HangingResults(lambda_worker.processor.results)
+    lambda_worker.processor.results = results
+    started = time.monotonic()
+    try:
+        response = lambda_worker.handle(event, FakeContext(millis=14_000))  # the deadline: 4 s from now
+        elapsed = time.monotonic() - started
+    finally:
+        results.release.set()
+    assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
+    assert elapsed < 14, f"answered after {elapsed:.1f} s, past the invocation's end"
+    # The redelivery, in the same warm container, runs the job (nothing of the first try holds it).
+    wait_until(lambda: stack.sql("SELECT count(*) FROM results") == [(1,)], timeout=30, what="the late write")
+    assert lambda_worker.handle(event, FakeContext()) == {"batchItemFailures": []}
+    assert _jobs_by_key(stack)["uploads/lambda/hung.png"]["status"] == "SUCCEEDED"
+    assert stack.sql("SELECT count(*) FROM results") == [(1,)]
 
 
 def _jobs_by_key(stack: Stack) -> dict[str, dict[str, Any]]:
