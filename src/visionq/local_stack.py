@@ -268,9 +268,13 @@ def _ended_or_healthy(proc: subprocess.Popen[bytes], url: str) -> bool:
     return proc.poll() is not None or httpx.get(f"{url}/healthz", timeout=1).status_code == 200
 
 
+def _died_on_a_taken_port(s: Supervised) -> bool:
+    return not s.ready and s.proc is not None and s.proc.poll() is not None and _port_was_taken(s.log, s.log_offset)
+
+
 def _port_was_taken(log: Path, offset: int) -> bool:
-    """Whether this life of a server's log says its port was in use (uvicorn: "[Errno 98] ...
-    address already in use")."""
+    """Whether this life of a server's log says its port was in use ("[Errno 98] Address already
+    in use", in uvicorn's words or in a worker's "cannot serve metrics" line)."""
     if not log.exists():
         return False
     with log.open("rb") as f:
@@ -432,23 +436,19 @@ class LocalStack:
             why = describe_exit(proc.returncode)
             raise ConfigError(f"the API cannot start: it {why} (details in {api.log})")
 
-    def worker_children(self) -> list[Child]:
-        names = ["worker"] if self.workers == 1 else [f"worker-{i}" for i in range(1, self.workers + 1)]
-        children = []
-        metrics_urls = []
-        for name in names:
-            ready = self.state_dir / f"{name}.ready"
-            port = free_port()  # each worker's own /metrics (`visionq stats` reads them all)
-            metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
-            env = {"VISIONQ_READY_FILE": str(ready), "VISIONQ_METRICS_PORT": str(port), **self.worker_env}
-            children.append(Child(name, visionq_argv("worker"), env=env, ready_file=ready))
-        self.env["VISIONQ_METRICS_URLS"] = ",".join(metrics_urls)
-        return children
+    def worker_child(self, name: str) -> Child:
+        """The worker called ``name``, with a free port of its own for its /metrics (`visionq stats`
+        reads them all)."""
+        ready = self.state_dir / f"{name}.ready"
+        env = {"VISIONQ_READY_FILE": str(ready), "VISIONQ_METRICS_PORT": str(free_port()), **self.worker_env}
+        return Child(name, visionq_argv("worker"), env=env, ready_file=ready)
 
     def _start_workers(self) -> None:
         """Spawn the workers and wait until each has loaded its models: a stack whose worker cannot
-        load its model is not up, and says why in one sentence."""
-        workers = [self.add_child(child) for child in self.worker_children()]
+        load its model is not up, and says why in one sentence. A worker whose metrics port was
+        taken between the pick and the bind starts again on another (twice at most)."""
+        names = ["worker"] if self.workers == 1 else [f"worker-{i}" for i in range(1, self.workers + 1)]
+        workers = [self.add_child(self.worker_child(name)) for name in names]
 
         def settled() -> bool:
             for s in workers:
@@ -458,7 +458,19 @@ class LocalStack:
                     return True  # one cannot start: say so now, not once the others are up
             return all(s.ready for s in workers)
 
-        wait_until(settled, timeout=WORKER_START_SECONDS, what="the worker to load its models")
+        for attempt in range(3):
+            wait_until(settled, timeout=WORKER_START_SECONDS, what="the worker to load its models")
+            taken = [i for i, s in enumerate(workers) if _died_on_a_taken_port(s)]
+            if not taken or attempt == 2 or "VISIONQ_METRICS_PORT" in self.worker_env:
+                break
+            for i in taken:
+                name = workers[i].child.name
+                logger.info("%s: its metrics port was taken before it could bind it; picking another", name)
+                del self.supervised[name]
+                workers[i] = self.add_child(self.worker_child(name))
+        self.env["VISIONQ_METRICS_URLS"] = ",".join(
+            f"http://127.0.0.1:{s.child.env['VISIONQ_METRICS_PORT']}/metrics" for s in workers
+        )
         for s in workers:
             if not s.ready:
                 assert s.proc is not None

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visionq import metrics
 from visionq.aws import proxy_for
@@ -27,6 +27,9 @@ from visionq.settle import ProcessingStats
 from visionq.stores.queue import SqsQueue
 from visionq.stores.s3_reader import SIGNATURE_VERSION, S3ObjectReader
 from visionq.stores.sqs_wire import SqsWire
+
+if TYPE_CHECKING:
+    from visionq.models.registry import LoadedModels
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +102,7 @@ async def serve_worker(
     """
     import signal
 
-    from aiobotocore.session import get_session
-
-    from visionq.aws import aio_client_kwargs, count_requests, job_table_client
     from visionq.models.registry import LoadedModels, load_served_models
-    from visionq.stores.job_store import DynamoJobStore
-    from visionq.stores.result_store import PostgresResultStore
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,6 +122,24 @@ async def serve_worker(
     if settings.ready_file is not None:  # one left by a previous run (a restarted container) says nothing yet
         settings.ready_file.unlink(missing_ok=True)
     models = LoadedModels.of(model) if model is not None else await asyncio.to_thread(load_served_models, settings)
+    try:
+        return await _serve(settings, models, stop, owns_process=owns_process)
+    finally:
+        # Whatever failed after the models were loaded: their processes and threads would hold the
+        # interpreter's exit (a metrics port in use left the worker hanging, never restarted).
+        models.close()
+
+
+async def _serve(
+    settings: WorkerSettings, models: LoadedModels, stop: asyncio.Event, *, owns_process: bool
+) -> ProcessingStats:
+    """``serve_worker`` once the models are loaded: the clients, the stores, the poller."""
+    from aiobotocore.session import get_session
+
+    from visionq.aws import aio_client_kwargs, count_requests, job_table_client
+    from visionq.stores.job_store import DynamoJobStore
+    from visionq.stores.result_store import PostgresResultStore
+
     if settings.torch_threads:
         import torch
 
@@ -183,10 +199,12 @@ async def serve_worker(
             sampler=_queue_sampler(settings, sqs),
             emf=metrics.EmfReporter() if metrics.emf_enabled() else None,
         )
-        metrics_server = metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
-        if settings.ready_file is not None:
-            settings.ready_file.touch()
+        metrics_server = None
         try:
+            if settings.metrics_port is not None:  # a port in use ends the worker, not before its cleanup
+                metrics_server = metrics.serve(settings.metrics_port)
+            if settings.ready_file is not None:
+                settings.ready_file.touch()
             await poller.run(stop)
             if poller.stuck is not None:
                 if owns_process:  # the stuck thread would hold the interpreter's exit (it joins the pools' threads)
@@ -196,10 +214,7 @@ async def serve_worker(
             if settings.ready_file is not None:
                 settings.ready_file.unlink(missing_ok=True)
             metrics.stop_serving(metrics_server)
-            try:
-                processor.close()
-            finally:
-                models.close()
+            processor.close()
             processor.stats.aws_requests = dict(sorted(requests.items()))
             logger.info("worker totals", extra={"stats": vars(processor.stats)})
     return processor.stats
