@@ -440,7 +440,13 @@ class LocalStack:
         """The worker called ``name``, with a free port of its own for its /metrics (`visionq stats`
         reads them all)."""
         ready = self.state_dir / f"{name}.ready"
-        env = {"VISIONQ_READY_FILE": str(ready), "VISIONQ_METRICS_PORT": str(free_port()), **self.worker_env}
+        env = {
+            "VISIONQ_READY_FILE": str(ready),
+            "VISIONQ_METRICS_PORT": str(free_port()),
+            # A stop waits for the long polls under way (poller._give_back_late): Ctrl-C within seconds.
+            "VISIONQ_POLL_WAIT_SECONDS": os.environ.get("VISIONQ_POLL_WAIT_SECONDS", "5"),
+            **self.worker_env,
+        }
         return Child(name, visionq_argv("worker"), env=env, ready_file=ready)
 
     def _start_workers(self) -> None:

@@ -162,8 +162,7 @@ class Poller:
             await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
             if not receive.done():
-                # Whatever this poll took reappears after its visibility timeout.
-                receive.cancel()
+                await self._give_back_late(receive)
                 self._give_slots(wanted)
                 return
             try:
@@ -181,6 +180,23 @@ class Poller:
                 self.failpoints.hit("after_receive")
             for message in messages:
                 self._accept(message)
+
+    async def _give_back_late(self, receive: asyncio.Future[list[Message]]) -> None:
+        """A poll still open at the stop: let it answer (within its wait) and release what it
+        brings at once. Cancelled, what SQS handed it would stay hidden for the visibility timeout,
+        one receive counted on the way to the dead-letter queue."""
+        try:
+            messages = await receive
+        except TransientError:
+            return
+        if messages:
+            logger.info("giving back %d messages received as the worker stops", len(messages))
+            try:
+                _log_failures("could not give back", await self.queue.release(messages, delay_seconds=0))
+            except TransientError as exc:
+                logger.warning(
+                    "could not give back messages received at the stop (they return after their timeout): %s", exc
+                )
 
     def _accept(self, message: Message) -> None:
         held = self._held.get(message.message_id)

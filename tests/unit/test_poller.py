@@ -139,6 +139,45 @@ def test_a_retried_message_is_given_back_with_a_backoff_and_a_done_one_deleted()
     assert [m.message_id for m in rig.queue.deleted] == ["k"]
 
 
+class AnswerOnCue(FakeQueue):
+    """A long poll that answers when told: SQS hands out messages as the worker is told to stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polling = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def receive(self, *, max_messages: int, wait_seconds: int, visibility_timeout: int) -> list[Message]:
+        self.polling.set()
+        await self.answer.wait()
+        taken, self.inbox = self.inbox[:max_messages], self.inbox[max_messages:]
+        return taken
+
+
+def test_messages_a_long_poll_brings_after_the_stop_are_given_back_at_once_not_dropped() -> None:
+    """Cancelling the poll would leave them hidden for their visibility timeout, one receive
+    counted, on the way to the dead-letter queue; they are released instead, untouched."""
+    rig = Rig()
+    rig.queue = queue = AnswerOnCue()
+    rig.poller.queue = queue
+    late = rig.objects.put("uploads/cam/late.png", png(6))
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        task = asyncio.create_task(rig.poller.run(stop))
+        await asyncio.wait_for(queue.polling.wait(), 5)
+        stop.set()
+        await asyncio.sleep(0.1)
+        queue.inbox.append(message(late, message_id="late"))
+        queue.answer.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    rig.processor.close()
+    assert [(m.message_id, delay) for m, delay in queue.released] == [("late", 0)]
+    assert queue.deleted == [] and rig.jobs.jobs == {} and rig.model.batches == []
+
+
 def test_a_model_stuck_on_a_batch_stops_the_worker_and_gives_back_the_jobs_waiting_for_it() -> None:
     """A model in the worker's process that never returns (a device hang, a loop): the jobs queued
     behind its batch are not its fault and go back to the queue unfailed (they ended FAILED
