@@ -129,15 +129,9 @@ def test_only_the_messages_that_must_come_back_are_reported(
 def test_work_not_finished_before_the_invocation_ends_is_given_back(
     stack: Stack, lambda_worker: LambdaWorker, draw_scene: Callable[..., Any]
 ) -> None:
-    stack.s3.put_object(Bucket=BUCKET, Key="uploads/lambda/late.png", Body=png(draw_scene(50_002)[0]))
-    [message] = stack.sqs.receive_message(
-        QueueUrl=stack.queue_url, WaitTimeSeconds=5, MessageSystemAttributeNames=["All"]
-    )["Messages"]
-    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
+    message, event = _upload_and_receive(stack, "uploads/lambda/late.png", png(draw_scene(50_002)[0]))
     # Less time left than the safety margin: nothing may start that could outlive the invocation.
-    response = lambda_worker.handle({"Records": [sqs_record(message, arn)]}, FakeContext(millis=5_000))
+    response = lambda_worker.handle(event, FakeContext(millis=5_000))
     assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
     assert stack.sql("SELECT count(*) FROM results") == [(0,)]
 
@@ -162,14 +156,7 @@ def test_an_invocation_answers_in_time_while_a_result_write_hangs_and_its_messag
 ) -> None:
     """The store's timeout (30 s) is past the invocation's end: Lambda would kill the runtime and
     every message of the event would come back. The handler answers before, naming the message."""
-    stack.s3.put_object(Bucket=BUCKET, Key="uploads/lambda/hung.png", Body=png(draw_scene(50_003)[0]))
-    [message] = stack.sqs.receive_message(
-        QueueUrl=stack.queue_url, WaitTimeSeconds=5, MessageSystemAttributeNames=["All"]
-    )["Messages"]
-    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    event = {"Records": [sqs_record(message, arn)]}
+    message, event = _upload_and_receive(stack, "uploads/lambda/hung.png", png(draw_scene(50_003)[0]))
     results = HangingResults(lambda_worker.processor.results)
     lambda_worker.processor.results = results
     started = time.monotonic()
@@ -185,6 +172,18 @@ def test_an_invocation_answers_in_time_while_a_result_write_hangs_and_its_messag
     assert lambda_worker.handle(event, FakeContext()) == {"batchItemFailures": []}
     assert _jobs_by_key(stack)["uploads/lambda/hung.png"]["status"] == "SUCCEEDED"
     assert stack.sql("SELECT count(*) FROM results") == [(1,)]
+
+
+def _upload_and_receive(stack: Stack, key: str, data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Upload one object; its S3 notification as SQS hands it out, and as the one record of an event."""
+    stack.s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    [message] = stack.sqs.receive_message(
+        QueueUrl=stack.queue_url, WaitTimeSeconds=5, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    return message, {"Records": [sqs_record(message, arn)]}
 
 
 def _jobs_by_key(stack: Stack) -> dict[str, dict[str, Any]]:
