@@ -25,14 +25,20 @@ async def sweep_once(settings: DeadLetterSettings) -> int:
 
     from visionq.aws import aio_client_kwargs, boto3_client
     from visionq.notifications import announcer
+    from visionq.stores.batch_store import DynamoBatchStore
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.queue import SqsQueue
 
-    jobs = DynamoJobStore(boto3_client("dynamodb", settings), settings.jobs_table)
+    dynamodb = boto3_client("dynamodb", settings)
+    jobs = DynamoJobStore(dynamodb, settings.jobs_table)
     async with get_session().create_client(**aio_client_kwargs("sqs", settings)) as sqs:
         announce = announcer(SqsQueue(sqs, settings.notify_queue_url)) if settings.notify_queue_url else None
         return await dead_letters.sweep(
-            SqsQueue(sqs, settings.dlq_url), jobs, settings.upload_prefix, announce=announce
+            SqsQueue(sqs, settings.dlq_url),
+            jobs,
+            settings.upload_prefix,
+            announce=announce,
+            batch_notice_due=DynamoBatchStore(dynamodb, settings.jobs_table).notice_due,
         )
 
 

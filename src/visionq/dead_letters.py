@@ -74,13 +74,17 @@ async def sweep(
     *,
     announce: Callable[[Job], Awaitable[None]] | None = None,
     discard: Callable[[str], int] | None = None,
+    batch_notice_due: Callable[[str], bool] | None = None,
 ) -> int:
     """Mark the jobs of parked messages FAILED; return how many changed. ``announce``: hands
     those that asked for a webhook to the notifier (notifications.py). ``discard``: removes a
     job's result rows (``ResultStore.discard``), for a FAILED job has none; a worker that
     committed a row and died before its job record said so, at every delivery, leaves one. (The
     Lambda sweeper has no database connection: there a redelivery, ``visionq dlq redrive``, is
-    what finds and keeps such a row.)
+    what finds and keeps such a row.) ``batch_notice_due``: whether a batch's own notice is
+    still to be claimed (``DynamoBatchStore.notice_due``); a poison member of such a batch is
+    announced at each sweep, for its announcement may have been lost and, the last member to end,
+    it alone would have set the batch's notice off.
 
     The messages are left visible, so `visionq dlq list` sees them; a later sweep finds their
     jobs already FAILED and changes nothing.
@@ -105,7 +109,11 @@ async def sweep(
             if changed:
                 failed += 1
                 logger.warning("job FAILED: %s", POISON, extra={"job_id": job_id, "key": obj.key, "status": "FAILED"})
-            if job.notify and announce is not None and (changed or _unannounced(job)):
+            if (
+                job.notify
+                and announce is not None
+                and (changed or _unannounced(job) or await _batch_notice_due(job, batch_notice_due))
+            ):
                 try:
                     await announce(job)
                 except Exception:  # the next sweep announces it again (_unannounced)
@@ -118,14 +126,18 @@ def _unannounced(job: Job) -> bool:
     failed, or its FAILED was written by a request whose answer was lost (the retry met its own
     write and was refused), or the notifier has not come to it yet. Announced again, every sweep
     until an attempt is recorded; the notifier makes one delivery of any number of them. (A batch
-    member's notice, for its batch, is not repeated: a lost one leaves the batch's notice unsent.)"""
-    return (
-        job.status is JobStatus.FAILED
-        and job.error is not None
-        and job.error.code == POISON
-        and job.webhook_url is not None
-        and job.webhook is None
-    )
+    member's notice, for its batch: ``_batch_notice_due``.)"""
+    return _poison(job) and job.webhook_url is not None and job.webhook is None
+
+
+async def _batch_notice_due(job: Job, due: Callable[[str], bool] | None) -> bool:
+    if due is None or job.batch_id is None or not _poison(job):
+        return False
+    return await asyncio.to_thread(due, job.batch_id)
+
+
+def _poison(job: Job) -> bool:
+    return job.status is JobStatus.FAILED and job.error is not None and job.error.code == POISON
 
 
 def _fail_job(jobs: JobStore, job_id: str, obj: ObjectCreated, error: JobError) -> tuple[Job, bool]:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from visionq import dead_letters, metrics
@@ -87,6 +88,7 @@ class Poller:
         pipeline: Pipeline,
         jobs: JobStore | None = None,
         dead_letters: Queue | None = None,
+        batch_notice_due: Callable[[str], bool] | None = None,
         failpoints: Failpoints | None = None,
         sampler: metrics.QueueSampler | None = None,
         emf: metrics.EmfReporter | None = None,
@@ -100,6 +102,7 @@ class Poller:
         self.pipeline = pipeline
         self.jobs = jobs
         self.dead_letters = dead_letters
+        self.batch_notice_due = batch_notice_due  # for the sweep (dead_letters.sweep)
         self.failpoints = failpoints or Failpoints()
         self.redelivered_in_hand = 0
         self._free_slots = pipeline.prefetch
@@ -295,6 +298,7 @@ class Poller:
                     self.settings.upload_prefix,
                     announce=self.processor.announce,
                     discard=self.processor.results.discard,
+                    batch_notice_due=self.batch_notice_due,
                 )
             except VisionqError as exc:  # a store outage: the next sweep tries again
                 logger.warning("dead-letter sweep failed: %s", exc)

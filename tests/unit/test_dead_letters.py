@@ -72,3 +72,33 @@ def test_a_poison_job_whose_failure_was_written_by_a_retried_request_is_still_an
     jobs.jobs[job_id].webhook = {"status": "delivered", "attempts": [{}]}  # the notifier's record
     assert asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, announce=announce)) == 0
     assert announced == [job_id, job_id]
+
+
+def test_a_poison_batch_member_is_announced_at_each_sweep_until_its_batch_notice_is_claimed() -> None:
+    """The sweep failed the member and its announcement was lost (the notice queue was down). If it
+    was the last member to end, only its notice would set the batch's off: it is sent again at each
+    sweep while the batch's notice is unclaimed."""
+    jobs, results = MemoryJobStore(), MemoryResults()
+    dlq, job_id = parked_job_with_a_row(jobs, results)
+    jobs.jobs[job_id].batch_id, jobs.jobs[job_id].notify = "b1", True
+    announced: list[str] = []
+    outage = [TransientError("the notice queue is down")]  # the first announcement's fate
+
+    async def announce(job: Job) -> None:
+        if outage:
+            raise outage.pop()
+        announced.append(job.job_id)
+
+    claimed: set[str] = set()
+
+    def notice_due(batch_id: str) -> bool:
+        return batch_id not in claimed
+
+    def sweep() -> int:
+        dlq.inbox, dlq.released = [m for m, delay in dlq.released] or dlq.inbox, []
+        return asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, announce=announce, batch_notice_due=notice_due))
+
+    assert sweep() == 1 and announced == []  # failed, and its announcement lost
+    assert sweep() == 0 and announced == [job_id]
+    claimed.add("b1")  # the notifier claimed the batch's notice
+    assert sweep() == 0 and announced == [job_id]

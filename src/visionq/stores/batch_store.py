@@ -75,6 +75,14 @@ class DynamoBatchStore:
                 return
         raise TransitionRejected("the jobs table kept refusing the batch's members")
 
+    def notice_due(self, batch_id: str) -> bool:
+        """Whether the batch asked for a webhook and its notice is not claimed yet (no batch: no)."""
+        try:
+            batch = self.get(batch_id)
+        except BatchNotFound:
+            return False
+        return batch.webhook_url is not None and batch.webhook is None
+
     def get(self, batch_id: str) -> Batch:
         with aws_errors("read batch"):
             response = self._client.get_item(
