@@ -18,6 +18,10 @@ from visionq.config import DeadLetterSettings, load_settings
 
 logger = logging.getLogger(__name__)
 
+# The poison batch members this container has announced (dead_letters.BatchNotices), kept while it
+# stays warm: a cold one announces each once more.
+_SENT: set[str] = set()
+
 
 async def sweep_once(settings: DeadLetterSettings) -> int:
     """One sweep; the number of jobs it marked FAILED."""
@@ -38,7 +42,7 @@ async def sweep_once(settings: DeadLetterSettings) -> int:
             jobs,
             settings.upload_prefix,
             announce=announce,
-            batch_notice_due=DynamoBatchStore(dynamodb, settings.jobs_table).notice_due,
+            batch_notices=dead_letters.BatchNotices(DynamoBatchStore(dynamodb, settings.jobs_table).notice_due, _SENT),
         )
 
 

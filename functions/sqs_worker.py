@@ -91,7 +91,10 @@ class LambdaWorker:
     async def _invoke(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         left = context.get_remaining_time_in_millis() / 1000
         started = time.monotonic()
-        deadline = started + max(0.0, left - self.settings.lambda_margin_seconds)
+        # The deadline falls before the answer, so that work still waiting for the model or in it
+        # expires (and comes back) before the handler answers; only writes under way outlive it.
+        margin = max(self.settings.lambda_margin_seconds, 2 * ANSWER_SECONDS)
+        deadline = started + max(0.0, left - margin)
         messages = [
             Message(
                 message_id=record.message_id,
@@ -101,20 +104,28 @@ class LambdaWorker:
             )
             for record in SQSEvent(event).records
         ]
+        tasks: list[asyncio.Future[Outcome]] = []
+        done: set[asyncio.Future[Outcome]] = set()
         async with self.processor.running():
-            tasks = [
-                asyncio.ensure_future(self.processor.process(m, deadline=deadline, on_expiry=Expiry.RETRY))
-                for m in messages
-            ]
-            # The deadline stops new work, but a result write under way when it passes is waited
-            # for (it may commit), up to twice the store's timeout: past the invocation's end, where
-            # Lambda would kill the runtime and every message of the event would come back, those
-            # settled too. So the handler answers in time whatever is still running: those messages
-            # come back, and their redelivery finds whatever the write left (the identity rule).
-            done, pending = await asyncio.wait(tasks, timeout=max(0.0, left - ANSWER_SECONDS))
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            try:
+                tasks = [
+                    asyncio.ensure_future(self.processor.process(m, deadline=deadline, on_expiry=Expiry.RETRY))
+                    for m in messages
+                ]
+                # The deadline stops new work, but a result write under way when it passes is
+                # waited for (it may commit), up to twice the store's timeout: past the invocation's
+                # end, where Lambda would kill the runtime and every message of the event would come
+                # back, those settled too. So the handler answers in time whatever is still running:
+                # those messages come back, and their redelivery finds whatever the write left (the
+                # identity rule).
+                if tasks:
+                    done, _ = await asyncio.wait(tasks, timeout=max(0.0, left - ANSWER_SECONDS))
+            finally:
+                # Also when a stage's fault cancels this block: no message's work outlives it.
+                pending = [task for task in tasks if not task.done()]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             error = task.exception()
             if error is not None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from visionq.config import DEFAULT_JOB_TTL_DAYS
 from visionq.errors import PermanentError, TransitionRejected
@@ -74,17 +74,16 @@ async def sweep(
     *,
     announce: Callable[[Job], Awaitable[None]] | None = None,
     discard: Callable[[str], int] | None = None,
-    batch_notice_due: Callable[[str], bool] | None = None,
+    batch_notices: BatchNotices | None = None,
 ) -> int:
     """Mark the jobs of parked messages FAILED; return how many changed. ``announce``: hands
     those that asked for a webhook to the notifier (notifications.py). ``discard``: removes a
     job's result rows (``ResultStore.discard``), for a FAILED job has none; a worker that
     committed a row and died before its job record said so, at every delivery, leaves one. (The
     Lambda sweeper has no database connection: there a redelivery, ``visionq dlq redrive``, is
-    what finds and keeps such a row.) ``batch_notice_due``: whether a batch's own notice is
-    still to be claimed (``DynamoBatchStore.notice_due``); a poison member of such a batch is
-    announced at each sweep, for its announcement may have been lost and, the last member to end,
-    it alone would have set the batch's notice off.
+    what finds and keeps such a row.) ``batch_notices``: poison members of batches with a
+    webhook are announced again until this process has sent one announcement of each (see
+    ``BatchNotices``).
 
     The messages are left visible, so `visionq dlq list` sees them; a later sweep finds their
     jobs already FAILED and changes nothing.
@@ -109,16 +108,43 @@ async def sweep(
             if changed:
                 failed += 1
                 logger.warning("job FAILED: %s", POISON, extra={"job_id": job_id, "key": obj.key, "status": "FAILED"})
-            if (
-                job.notify
-                and announce is not None
-                and (changed or _unannounced(job) or await _batch_notice_due(job, batch_notice_due))
-            ):
-                try:
-                    await announce(job)
-                except Exception:  # the next sweep announces it again (_unannounced)
-                    logger.exception("could not announce a poison job's end", extra={"job_id": job_id})
+            if job.notify and announce is not None:
+                wanted = changed or _unannounced(job)
+                if not wanted and batch_notices is not None:
+                    wanted = await batch_notices.wanted(job)
+                if wanted:
+                    try:
+                        await announce(job)
+                    except Exception:  # the next sweep announces it again
+                        logger.exception("could not announce a poison job's end", extra={"job_id": job_id})
+                    else:
+                        if batch_notices is not None and job.batch_id is not None:
+                            batch_notices.sent.add(job_id)
     return failed
+
+
+@dataclass
+class BatchNotices:
+    """The sweep's memory of poison batch members it has announced.
+
+    A member's announcement may be lost (the notice queue down as the sweep failed the job); if it
+    was the last member to end, only its notice would have set the batch's own off. So a parked
+    member of a batch whose notice is still unclaimed (``due``: ``DynamoBatchStore.notice_due``) is
+    announced at each sweep until one announcement is sent from this process: once sent, the
+    notifier has it. (A new process announces each such member once more, one read each.)
+    """
+
+    due: Callable[[str], bool]
+    sent: set[str] = field(default_factory=set)  # job ids
+
+    async def wanted(self, job: Job) -> bool:
+        if job.batch_id is None or not _poison(job) or job.job_id in self.sent:
+            return False
+        try:
+            return await asyncio.to_thread(self.due, job.batch_id)
+        except Exception:  # a store outage: the next sweep asks again
+            logger.warning("could not read batch %s for its notice", job.batch_id, exc_info=True)
+            return False
 
 
 def _unannounced(job: Job) -> bool:
@@ -126,14 +152,8 @@ def _unannounced(job: Job) -> bool:
     failed, or its FAILED was written by a request whose answer was lost (the retry met its own
     write and was refused), or the notifier has not come to it yet. Announced again, every sweep
     until an attempt is recorded; the notifier makes one delivery of any number of them. (A batch
-    member's notice, for its batch: ``_batch_notice_due``.)"""
+    member's notice, for its batch: ``BatchNotices``.)"""
     return _poison(job) and job.webhook_url is not None and job.webhook is None
-
-
-async def _batch_notice_due(job: Job, due: Callable[[str], bool] | None) -> bool:
-    if due is None or job.batch_id is None or not _poison(job):
-        return False
-    return await asyncio.to_thread(due, job.batch_id)
 
 
 def _poison(job: Job) -> bool:

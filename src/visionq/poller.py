@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from visionq import dead_letters, metrics
 from visionq.config import WorkerSettings
 from visionq.core import Processor
+from visionq.dead_letters import BatchNotices
 from visionq.errors import TransientError, VisionqError
 from visionq.faults import Failpoints
 from visionq.stores.job_store import JobStore
@@ -102,7 +103,8 @@ class Poller:
         self.pipeline = pipeline
         self.jobs = jobs
         self.dead_letters = dead_letters
-        self.batch_notice_due = batch_notice_due  # for the sweep (dead_letters.sweep)
+        # For the sweep: poison members of batches whose notice is unclaimed are announced again.
+        self._batch_notices = BatchNotices(batch_notice_due) if batch_notice_due else None
         self.failpoints = failpoints or Failpoints()
         self.redelivered_in_hand = 0
         self._free_slots = pipeline.prefetch
@@ -113,6 +115,7 @@ class Poller:
         self._delete_wanted = asyncio.Event()
         self._draining = False
         self._messages: set[asyncio.Task[None]] = set()
+        self._late: list[Message] = []  # what polls open at the stop brought (_give_back_late)
         # Why the worker stopped by itself (a model stuck on a batch), for its command to say.
         self.stuck: str | None = None
 
@@ -137,6 +140,7 @@ class Poller:
                 for i in range(self.pipeline.receivers)
             ]
             await asyncio.wait(receivers)
+            await self._release_late()
             self._draining = True
             self._delete_wanted.set()
             await self._drain(self.settings.shutdown_grace_seconds)
@@ -185,21 +189,29 @@ class Poller:
                 self._accept(message)
 
     async def _give_back_late(self, receive: asyncio.Future[list[Message]]) -> None:
-        """A poll still open at the stop: let it answer (within its wait) and release what it
-        brings at once. Cancelled, what SQS handed it would stay hidden for the visibility timeout,
-        one receive counted on the way to the dead-letter queue."""
+        """A poll still open at the stop: let it answer, within its wait, and keep what it brings
+        to be released once every receiver has stopped (``_release_late``). Cancelled, what SQS
+        handed it would stay hidden for the visibility timeout."""
         try:
-            messages = await receive
+            messages = await asyncio.wait_for(asyncio.shield(receive), self.settings.poll_wait_seconds + 2)
+        except TimeoutError:  # SQS did not answer in the poll's time: whatever it holds returns later
+            receive.cancel()
+            return
         except TransientError:
             return
-        if messages:
-            logger.info("giving back %d messages received as the worker stops", len(messages))
-            try:
-                _log_failures("could not give back", await self.queue.release(messages, delay_seconds=0))
-            except TransientError as exc:
-                logger.warning(
-                    "could not give back messages received at the stop (they return after their timeout): %s", exc
-                )
+        self._late.extend(messages)
+
+    async def _release_late(self) -> None:
+        """Release at once what polls open at the stop brought; after every receiver of this worker
+        has stopped, so that none of them takes a message back (each receive is counted)."""
+        if not self._late:
+            return
+        late, self._late = self._late, []
+        logger.info("giving back %d messages received as the worker stopped", len(late))
+        try:
+            _log_failures("could not give back", await self.queue.release(late, delay_seconds=0))
+        except TransientError as exc:
+            logger.warning("could not give back what came at the stop (it returns after its timeout): %s", exc)
 
     def _accept(self, message: Message) -> None:
         held = self._held.get(message.message_id)
@@ -298,7 +310,7 @@ class Poller:
                     self.settings.upload_prefix,
                     announce=self.processor.announce,
                     discard=self.processor.results.discard,
-                    batch_notice_due=self.batch_notice_due,
+                    batch_notices=self._batch_notices,
                 )
             except VisionqError as exc:  # a store outage: the next sweep tries again
                 logger.warning("dead-letter sweep failed: %s", exc)

@@ -227,3 +227,7 @@ def test_the_scheduled_sweeper_fails_the_jobs_of_parked_messages_and_leaves_them
         QueueUrl=stack.dlq_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     assert int(parked["ApproximateNumberOfMessages"]) + int(parked["ApproximateNumberOfMessagesNotVisible"]) == 1
+
+
+def test_an_event_without_records_is_answered_empty(lambda_worker: LambdaWorker) -> None:
+    assert lambda_worker.handle({"Records": []}, FakeContext()) == {"batchItemFailures": []}

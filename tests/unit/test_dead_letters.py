@@ -74,15 +74,16 @@ def test_a_poison_job_whose_failure_was_written_by_a_retried_request_is_still_an
     assert announced == [job_id, job_id]
 
 
-def test_a_poison_batch_member_is_announced_at_each_sweep_until_its_batch_notice_is_claimed() -> None:
+def test_a_poison_batch_member_whose_announcement_was_lost_is_announced_again_once() -> None:
     """The sweep failed the member and its announcement was lost (the notice queue was down). If it
-    was the last member to end, only its notice would set the batch's off: it is sent again at each
-    sweep while the batch's notice is unclaimed."""
+    was the last member to end, only its notice would set the batch's off: the next sweep sends it
+    again while the batch's notice is unclaimed; once sent, not again (the notifier has it)."""
     jobs, results = MemoryJobStore(), MemoryResults()
     dlq, job_id = parked_job_with_a_row(jobs, results)
     jobs.jobs[job_id].batch_id, jobs.jobs[job_id].notify = "b1", True
     announced: list[str] = []
     outage = [TransientError("the notice queue is down")]  # the first announcement's fate
+    reads: list[str] = []
 
     async def announce(job: Job) -> None:
         if outage:
@@ -92,13 +93,36 @@ def test_a_poison_batch_member_is_announced_at_each_sweep_until_its_batch_notice
     claimed: set[str] = set()
 
     def notice_due(batch_id: str) -> bool:
+        reads.append(batch_id)
         return batch_id not in claimed
 
-    def sweep() -> int:
+    def sweep(notices: dead_letters.BatchNotices) -> int:
         dlq.inbox, dlq.released = [m for m, delay in dlq.released] or dlq.inbox, []
-        return asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, announce=announce, batch_notice_due=notice_due))
+        return asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, announce=announce, batch_notices=notices))
 
-    assert sweep() == 1 and announced == []  # failed, and its announcement lost
-    assert sweep() == 0 and announced == [job_id]
-    claimed.add("b1")  # the notifier claimed the batch's notice
-    assert sweep() == 0 and announced == [job_id]
+    notices = dead_letters.BatchNotices(notice_due)
+    assert sweep(notices) == 1 and announced == []  # failed, and its announcement lost
+    assert sweep(notices) == 0 and announced == [job_id]  # sent again: the batch's notice is unclaimed
+    assert sweep(notices) == 0 and announced == [job_id] and reads == ["b1"]  # sent once: no more reads
+    # A new process (a restarted worker) asks once more; a claimed notice needs nothing.
+    claimed.add("b1")
+    assert sweep(dead_letters.BatchNotices(notice_due)) == 0 and announced == [job_id]
+    claimed.clear()
+    assert sweep(dead_letters.BatchNotices(notice_due)) == 0 and announced == [job_id, job_id]
+
+
+def test_a_batch_that_cannot_be_read_does_not_stop_the_sweep() -> None:
+    jobs, results = MemoryJobStore(), MemoryResults()
+    dlq, job_id = parked_job_with_a_row(jobs, results)
+    jobs.jobs[job_id].batch_id, jobs.jobs[job_id].notify = "b1", True
+    jobs.mark_failed(job_id, JobError(dead_letters.POISON, "parked"))
+
+    def unreadable(batch_id: str) -> bool:
+        raise TransientError("DynamoDB is away")
+
+    async def announce(job: Job) -> None:
+        raise AssertionError("nothing to announce")
+
+    notices = dead_letters.BatchNotices(unreadable)
+    assert asyncio.run(dead_letters.sweep(dlq, jobs, PREFIX, announce=announce, batch_notices=notices)) == 0
+    assert [m.message_id for m, delay in dlq.released] == ["m1"]

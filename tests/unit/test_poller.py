@@ -178,6 +178,23 @@ def test_messages_a_long_poll_brings_after_the_stop_are_given_back_at_once_not_d
     assert queue.deleted == [] and rig.jobs.jobs == {} and rig.model.batches == []
 
 
+def test_a_long_poll_that_never_answers_holds_the_stop_no_longer_than_its_wait() -> None:
+    rig = Rig()  # poll_wait_seconds=1
+    rig.queue = queue = AnswerOnCue()
+    rig.poller.queue = queue
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        task = asyncio.create_task(rig.poller.run(stop))
+        await asyncio.wait_for(queue.polling.wait(), 5)
+        stop.set()
+        await asyncio.wait_for(task, 10)  # SQS never answers (queue.answer is never set): no hang
+
+    asyncio.run(main())
+    rig.processor.close()
+    assert queue.released == []
+
+
 def test_a_model_stuck_on_a_batch_stops_the_worker_and_gives_back_the_jobs_waiting_for_it() -> None:
     """A model in the worker's process that never returns (a device hang, a loop): the jobs queued
     behind its batch are not its fault and go back to the queue unfailed (they ended FAILED
