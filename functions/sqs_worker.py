@@ -90,11 +90,10 @@ class LambdaWorker:
 
     async def _invoke(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         left = context.get_remaining_time_in_millis() / 1000
-        started = time.monotonic()
         # The deadline falls before the answer, so that work still waiting for the model or in it
         # expires (and comes back) before the handler answers; only writes under way outlive it.
         margin = max(self.settings.lambda_margin_seconds, 2 * ANSWER_SECONDS)
-        deadline = started + max(0.0, left - margin)
+        deadline = time.monotonic() + max(0.0, left - margin)
         messages = [
             Message(
                 message_id=record.message_id,

@@ -17,7 +17,6 @@ same work: its new receipt handle is adopted, and it is not processed twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -208,10 +207,15 @@ class Poller:
             return
         late, self._late = self._late, []
         logger.info("giving back %d messages received as the worker stopped", len(late))
+        await self._release_now(late)
+
+    async def _release_now(self, messages: list[Message]) -> None:
+        """Make ``messages`` visible again at once (the stop's give-backs); if SQS is down or
+        refuses, they return after their visibility timeout."""
         try:
-            _log_failures("could not give back", await self.queue.release(late, delay_seconds=0))
+            _log_failures("could not give back", await self.queue.release(messages, delay_seconds=0))
         except TransientError as exc:
-            logger.warning("could not give back what came at the stop (it returns after its timeout): %s", exc)
+            logger.warning("could not give back %d messages (they return after their timeout): %s", len(messages), exc)
 
     def _accept(self, message: Message) -> None:
         held = self._held.get(message.message_id)
@@ -351,8 +355,7 @@ class Poller:
             # No lease may be extended after this release: it would hide the messages again.
             self._leases.cancel()
             logger.warning("shutdown grace of %.0fs passed; releasing %d messages", grace, len(unsettled))
-            with contextlib.suppress(TransientError):  # if SQS is down they return after their timeout
-                await self.queue.release(unsettled, delay_seconds=0)
+            await self._release_now(unsettled)
 
 
 def _log_failures(what: str, failed: list[EntryFailure]) -> None:

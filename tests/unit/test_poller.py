@@ -155,8 +155,8 @@ class AnswerOnCue(FakeQueue):
 
 
 def test_messages_a_long_poll_brings_after_the_stop_are_given_back_at_once_not_dropped() -> None:
-    """Cancelling the poll would leave them hidden for their visibility timeout, one receive
-    counted, on the way to the dead-letter queue; they are released instead, untouched."""
+    """Cancelling the poll would leave them hidden for their visibility timeout; they are released
+    at once instead, untouched."""
     rig = Rig()
     rig.queue = queue = AnswerOnCue()
     rig.poller.queue = queue
