@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run_bench import BenchStack, machine, make_images, throughput_run  # noqa: E402
 
 from visionq.images import ImageLimits, decode_image  # noqa: E402
+from visionq.models import pick_device  # noqa: E402
 from visionq.models.spec import ModelSpec  # noqa: E402
 
 TOKENS = 20  # generated per caption, fixed
@@ -80,7 +81,7 @@ def raw_captioner(weights: Path, images: list[bytes], repeats: int) -> dict[str,
     from visionq.models.blip import load_blip
 
     spec = ModelSpec(name="caption", family="blip", weights=str(weights), options=caption_options())
-    model = load_blip(spec, str(weights), device="cpu")
+    model = load_blip(spec, str(weights), device=pick_device(os.environ.get("VISIONQ_DEVICE")))  # as the worker does
     decoded = [decode_image(b, ImageLimits(), max_side=model.input_size).rgb for b in images]
     by_batch: dict[int, dict[str, float]] = {}
     for size in (1, 4, 8):
@@ -128,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     print("(a) raw captioner", flush=True)
     raw = raw_captioner(blip, images[:8], args.raw_repeats)
     report["raw_caption"] = raw
+
+    def save() -> None:  # after each phase: a run cut at its time limit keeps what it measured
+        (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+
+    save()
     batch = raw["best_batch"]
     (args.out / "state").mkdir(exist_ok=True)
     stack = BenchStack(args.out / "state")
@@ -142,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out / "worker-caption.log",
             {**env, "VISIONQ_MODELS_FILE": str(write_registry(args.out / "caption.toml", blip, "caption"))},
         )
-        print(f"  {caption.images_per_second:.3f} img/s", flush=True)
+        report["caption_pipeline"] = asdict(caption)
+        report["caption_pipeline_over_raw"] = caption.images_per_second / raw["images_per_second"]
+        save()
+        print(f"  {caption.images_per_second:.3f} img/s (steady {caption.steady_images_per_second:.3f})", flush=True)
         print("(c) detect pipeline", flush=True)
         detect = throughput_run(
             stack,
@@ -155,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                 "VISIONQ_MODELS_FILE": str(write_registry(args.out / "detect.toml", blip, "detect")),
             },
         )
-        print(f"  {detect.images_per_second:.3f} img/s", flush=True)
+        report["detect_pipeline"] = asdict(detect)
+        save()
+        print(f"  {detect.images_per_second:.3f} img/s (steady {detect.steady_images_per_second:.3f})", flush=True)
         print("(d) even mix in one worker", flush=True)
         n_mix = 2 * args.n_caption
         mix = throughput_run(
@@ -172,14 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
     harmonic = 2 / (1 / caption.images_per_second + 1 / detect.images_per_second)
     report.update(
-        caption_pipeline=asdict(caption),
-        detect_pipeline=asdict(detect),
         mix_pipeline=asdict(mix),
-        caption_pipeline_over_raw=caption.images_per_second / raw["images_per_second"],
         harmonic_mean_alone=harmonic,
         mix_over_harmonic_mean=mix.images_per_second / harmonic,
     )
-    (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    save()
     print(summary(report))
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visionq.errors import ConfigError
+from visionq.errors import ConfigError, ModelUnavailable
 from visionq.models.registry import Registry, load_models
 
 
@@ -56,3 +56,30 @@ def test_loading_them_imports_no_model_runtime(tmp_path: Path) -> None:
     (tmp_path / "m.toml").write_text('[models.null]\nfamily = "synthetic"\nweights = "null"\n')
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_synthetic_model_reports_the_device_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ceiling bench gives the null model a GPU so the worker hands it JPEGs to decode there
+    (VISIONQ_DEVICE_DECODE): a model that always said "cpu" had them decoded on the CPU instead."""
+    from visionq.models import synthetic
+
+    monkeypatch.setattr(synthetic, "cuda_usable", lambda device: True)  # as on a machine with a GPU
+    reg = registry(
+        tmp_path,
+        '[models.null]\nfamily = "synthetic"\nweights = "null"\n'
+        '[models.gpu]\nfamily = "synthetic"\nweights = "null"\ndevice = "cuda:0"\n',
+    )
+    loaded = load_models(reg)
+    assert loaded.get("null").device == "cpu"
+    assert loaded.get("gpu").device == "cuda:0"
+
+
+def test_a_synthetic_model_on_a_gpu_this_machine_lacks_is_refused_at_load(tmp_path: Path) -> None:
+    """As a real model is: before, its process died on every batch (a CUDA stream it could not make)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    reg = registry(tmp_path, '[models.gpu]\nfamily = "synthetic"\nweights = "null"\ndevice = "cuda:0"\n')
+    with pytest.raises(ModelUnavailable, match="model 'gpu': device 'cuda:0' cannot be used here"):
+        load_models(reg)

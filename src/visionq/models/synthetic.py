@@ -10,7 +10,9 @@ In a registry: ``family = "synthetic"``, ``weights = "null"`` or ``"delay"``, op
 For fault injection, ``crash_on_value``: an image whose first pixel's red value is this number
 kills the process running the model, as a native crash in a model's code would. For tests of the
 hand-over, ``label_from_pixel``: the box is labelled ``v<first red value>``, so which pixels the
-model saw shows in its answer.
+model saw shows in its answer. ``device`` (default "cpu"): the device it says it runs on; on
+"cuda:..." a worker with ``VISIONQ_DEVICE_DECODE`` hands it JPEGs and its process decodes them on
+that GPU, so the ceiling bench can measure the device decode with a model that costs nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from visionq.errors import ConfigError
+from visionq.errors import ConfigError, ModelUnavailable
 from visionq.models.spec import ModelSpec
 from visionq.outputs import Box, Detections
 
@@ -39,6 +41,7 @@ class SyntheticModel:
     side: int | None = 640
     crash_on_value: int | None = None
     label_from_pixel: bool = False
+    on: str = "cpu"
 
     @property
     def version(self) -> str:
@@ -50,7 +53,7 @@ class SyntheticModel:
 
     @property
     def device(self) -> str:
-        return "cpu"
+        return self.on
 
     @property
     def input_size(self) -> int | None:
@@ -71,10 +74,20 @@ class SyntheticModel:
         return Detections(width=width, height=height, items=(box,))
 
 
+def cuda_usable(device: str) -> bool:
+    import torch  # only for a model said to run on a GPU: the others never import it
+
+    return bool(torch.cuda.is_available())
+
+
 def load_synthetic(spec: ModelSpec) -> SyntheticModel:
     if spec.weights not in KINDS:
         raise ConfigError(f"model {spec.name!r}: synthetic weights must be one of {', '.join(KINDS)}")
     options = dict(spec.options)
+    device = str(options.get("device", "cpu"))
+    if device != "cpu" and not (device.startswith("cuda") and cuda_usable(device)):
+        # Refused as a real model is, at load: its process would die on every batch otherwise.
+        raise ModelUnavailable(f"model {spec.name!r}: device {device!r} cannot be used here (no CUDA device).")
     side = options.get("input_size", 640)
     return SyntheticModel(
         kind=spec.weights,
@@ -83,4 +96,5 @@ def load_synthetic(spec: ModelSpec) -> SyntheticModel:
         side=int(side) if side else None,
         crash_on_value=int(options["crash_on_value"]) if "crash_on_value" in options else None,
         label_from_pixel=bool(options.get("label_from_pixel", False)),
+        on=device,
     )
