@@ -5,6 +5,7 @@ same event changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -20,6 +21,7 @@ from tests.conftest import BUCKET, TABLE, Stack
 from tests.integration.fault_harness import jpeg, png
 from visionq.errors import TransientError
 from visionq.events import ObjectCreated
+from visionq.faults import Failpoints
 from visionq.local_stack import wait_until
 
 pytestmark = pytest.mark.integration
@@ -231,3 +233,42 @@ def test_the_scheduled_sweeper_fails_the_jobs_of_parked_messages_and_leaves_them
 
 def test_an_event_without_records_is_answered_empty(lambda_worker: LambdaWorker) -> None:
     assert lambda_worker.handle({"Records": []}, FakeContext()) == {"batchItemFailures": []}
+
+
+def test_the_deadline_stays_clear_of_the_answer_whatever_margin_is_set(
+    stack: Stack, shapes_detector: Any, draw_scene: Callable[..., Any]
+) -> None:
+    """VISIONQ_LAMBDA_MARGIN_SECONDS=0 would put the deadline at the invocation's end, past the
+    second kept for answering: the margin is at least two answer seconds, so with 1.5 s left
+    nothing starts and the message comes back."""
+    worker = LambdaWorker(stack.worker_settings(lambda_margin_seconds=0), model=shapes_detector)
+    try:
+        message, event = _upload_and_receive(stack, "uploads/lambda/floor.png", png(draw_scene(50_004)[0]))
+        response = worker.handle(event, FakeContext(millis=1_500))
+    finally:
+        worker.close()
+    assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
+    assert stack.sql("SELECT count(*) FROM results") == [(0,)]
+
+
+class WriteStageBug(Failpoints):
+    """A bug in the write stage itself (outside the store call's error handling): the stage dies."""
+
+    def hit(self, point: str) -> None:
+        if point == "after_inference":
+            raise RuntimeError("a bug in the write stage")
+
+
+def test_a_stage_that_dies_fails_the_invocation_and_leaves_no_message_running(
+    stack: Stack, lambda_worker: LambdaWorker, draw_scene: Callable[..., Any]
+) -> None:
+    """The stages run beside the messages' work: a stage's fault ends the invocation (every message
+    comes back; the handler rebuilds the container's worker), and no message's work is left
+    pending on the container's loop, waiting for a stage that is gone."""
+    _, event = _upload_and_receive(stack, "uploads/lambda/stage.png", png(draw_scene(50_005)[0]))
+    lambda_worker.processor.failpoints = WriteStageBug()
+    with pytest.raises(BaseExceptionGroup) as raised:
+        lambda_worker.handle(event, FakeContext())
+    assert raised.group_contains(RuntimeError, match="a bug in the write stage")
+    assert [task for task in asyncio.all_tasks(lambda_worker.loop) if not task.done()] == []
+    assert stack.sql("SELECT count(*) FROM results") == [(0,)]
