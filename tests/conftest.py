@@ -296,3 +296,20 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from tests.tls import self_signed_certificate
 
     return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def first_pick_taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The local stack's first pick of a free port is one that something else has bound since."""
+    import socket
+
+    from visionq import local_stack
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port: int = taken.getsockname()[1]
+        picks = iter([port])
+        real_free_port = local_stack.free_port
+        monkeypatch.setattr(local_stack, "free_port", lambda: next(picks, None) or real_free_port())
+        yield port

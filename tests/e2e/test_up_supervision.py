@@ -371,23 +371,6 @@ def test_supervise_backs_off_up_to_its_cap_and_starts_over_after_a_stable_run(
     assert not (tmp_path / "flaky.pid").exists() and not ready.exists()
 
 
-@pytest.fixture
-def first_pick_taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """The local stack's first pick of a free port is one that something else has bound since."""
-    import socket
-
-    from visionq import local_stack
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port: int = taken.getsockname()[1]
-        picks = iter([port])
-        real_free_port = local_stack.free_port
-        monkeypatch.setattr(local_stack, "free_port", lambda: next(picks, None) or real_free_port())
-        yield port
-
-
 def test_an_api_port_taken_between_the_pick_and_the_bind_is_picked_again(tmp_path: Path, first_pick_taken: int) -> None:
     """A port free when picked can be bound by anything else before the API binds it (CI once saw
     the API exit with status 3, "address already in use"): the stack picks another."""
