@@ -2,7 +2,7 @@
 # The GPU figures of issues 8 and 11 in one command on the `device` tool's machine (an H200 with
 # Python 3.12, torch, torchvision, transformers and no network). Prepare here, once per session:
 #     python3 bench/gpu/kit.py          # the wheels it lacks, into .whl/ (about 53 MB)
-# then call the tool's run with  command: bench/gpu/run.sh   carry: [".whl"]   timeout_s: 560
+# then call the tool's run with  command: bench/gpu/run.sh   carry: [".whl"]   timeout_s: 580
 # Figures of the first session lent a GPU: bench/gpu/results/2026-12-04/, bench/RESULTS.md run 23.
 # Everything it prints is also in $OUT/run.log; the reports come back as $OUT/*.json.
 #
@@ -10,7 +10,7 @@
 # next): the device decode's verdicts and speed; yolo11n (architecture, seeded) raw batched,
 # pipelined and naive; the worker's own ceiling with the JPEG decode off and on the device; BLIP
 # captioning (base-size architecture) raw and pipelined; the letterbox on the host or the device.
-# The limits add up to 545 s: under the tool's 600, and with a machine's start (1-2 min) inside a
+# The limits add up to 565 s: under the tool's 600, and with a machine's start (1-2 min) inside a
 # session's 900 s of device time. The models' weights are random (the hub cannot be reached there):
 # the compute is the same. First, a probe of where yolo11n's time goes (bench/gpu/probe.py).
 #
@@ -55,10 +55,10 @@ keep() {  # keep NAME FILE: a step's report back under $OUT
 }
 
 step machine 20 bash -c "nvidia-smi -L; $PY -c 'import sys, torch, torchvision, transformers; print(sys.version.split()[0], torch.__version__, torchvision.__version__, transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))'"
-step probe 60 "$PY" bench/gpu/probe.py  # where yolo11n's time goes in a predict call (run 1 of the H200 asked)
+step probe 90 "$PY" bench/gpu/probe.py  # where yolo11n's time goes in a predict call (run 1 of the H200 asked)
 step device_decode 45 "$PY" bench/device_decode_check.py --n "$N_DECODE" --out "$scratch/decode"
 keep device_decode "$scratch/decode/device_decode_check.json"
-step yolo11n 150 "$PY" bench/run_bench.py --n "$N_BENCH" --latency-n 10 --memory-n 0 --out "$scratch/yolo"
+step yolo11n 140 "$PY" bench/run_bench.py --n "$N_BENCH" --latency-n 10 --memory-n 0 --out "$scratch/yolo"
 keep yolo11n "$scratch/yolo/results.json"
 for mode in off on; do
   # The null model says it runs on the GPU, so that "on" decodes there (run 23's said "cpu").

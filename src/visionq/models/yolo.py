@@ -54,6 +54,8 @@ class UltralyticsModel:
         image_size: int | None = None,
         confidence: float = 0.25,
         top_k: int = 5,
+        square_input: bool = False,
+        warm_batches: int = 1,
     ) -> None:
         self._model = model
         self._version = version
@@ -63,6 +65,8 @@ class UltralyticsModel:
         self.image_size = image_size
         self.confidence = confidence
         self.top_k = top_k
+        self.square_input = square_input
+        self.warm_batches = max(1, warm_batches)
         self.half = device.startswith("cuda")  # fp16 on a GPU: twice the throughput, same boxes
         self._convert: Callable[[Any, np.ndarray], ModelOutput] = getattr(self, f"_{self.task}")
 
@@ -79,9 +83,14 @@ class UltralyticsModel:
         return self._device
 
     def warm_up(self) -> None:
-        """One throwaway pass: Ultralytics builds its predictor and fuses layers on the first call,
-        which would otherwise land on the first real job (seconds, on a CPU)."""
-        self.predict([np.full((480, 640, 3), 114, dtype=np.uint8)])
+        """Throwaway passes: Ultralytics builds its predictor and fuses layers on the first call,
+        which would otherwise land on the first real job (seconds, on a CPU). With ``warm_batches``
+        (a GPU's default), each batch size up to it once: the first call at each input shape took
+        about 1.2 s on an H200 (bench/RESULTS.md, run 23), and with ``square_input`` a batch's size
+        alone makes its shape."""
+        blank = np.full((480, 640, 3), 114, dtype=np.uint8)
+        for size in range(1, self.warm_batches + 1):
+            self.predict([blank] * size)
 
     @property
     def input_size(self) -> int:
@@ -105,6 +114,7 @@ class UltralyticsModel:
             conf=self.confidence,
             device=self.device,
             quantize=16 if self.half else None,
+            rect=not self.square_input,  # Ultralytics' default (True): a batch of one shape, not padded square
             verbose=False,
         )
 
@@ -263,6 +273,15 @@ def _boxes(boxes: Any, names: Any) -> list[Box]:
     ]
 
 
+def input_defaults(device: str) -> dict[str, Any]:
+    """The input-shape options' defaults on ``device``. On a GPU: every batch padded square and
+    batch sizes 1-8 (the worker's default batch there) run once at load, so no job meets a shape's
+    first call (about 1.2 s each on an H200, bench/RESULTS.md run 23). On a CPU: Ultralytics' own
+    (a batch of one shape padded only to the stride; square would cost compute) and one pass."""
+    gpu = device.startswith("cuda")
+    return {"square_input": gpu, "warm_batches": 8 if gpu else 1}
+
+
 def load_ultralytics(
     spec: ModelSpec, weights: str, *, device: str | None = None, seed: int = 0
 ) -> UltralyticsModel | Replicas:
@@ -300,6 +319,7 @@ def load_ultralytics(
     # An architecture yaml has no weights file to export: it stays on PyTorch.
     backend = "torch" if untrained else choose_backend(str(spec.option("backend", "auto")), device)
     image_size = spec.option("image_size") or _trained_size(model)
+    shapes = input_defaults(device)
 
     def wrapped(network: Any) -> UltralyticsModel:
         return UltralyticsModel(
@@ -310,6 +330,8 @@ def load_ultralytics(
             image_size=image_size,
             confidence=float(spec.option("confidence", 0.25)),
             top_k=int(spec.option("top_k", 5)),
+            square_input=bool(spec.option("square_input", shapes["square_input"])),
+            warm_batches=int(spec.option("warm_batches", shapes["warm_batches"])),
         )
 
     loaded: UltralyticsModel | Replicas
