@@ -299,17 +299,35 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def first_pick_taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """The local stack's first pick of a free port is one that something else has bound since."""
+def first_pick_taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], int]]:
+    """``take(by)``: the first free port that the local stack's ``by`` picks (a qualified name:
+    "MotoServer.start", "EmbeddedPostgres.start", "LocalStack._start_api", "LocalStack.worker_child")
+    is one that something else has bound since; returns that port. Other pickers are left alone."""
     import socket
+    import sys
 
     from visionq import local_stack
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port: int = taken.getsockname()[1]
-        picks = iter([port])
-        real_free_port = local_stack.free_port
-        monkeypatch.setattr(local_stack, "free_port", lambda: next(picks, None) or real_free_port())
-        yield port
+    real_free_port = local_stack.free_port
+    taken: dict[str, socket.socket] = {}
+    given: set[str] = set()  # the pickers already handed their taken port
+
+    def picked() -> int:
+        by = sys._getframe(1).f_code.co_qualname
+        if by in taken and by not in given:
+            given.add(by)
+            port: int = taken[by].getsockname()[1]
+            return port
+        return real_free_port()
+
+    def take(by: str) -> int:
+        sock = taken[by] = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port: int = sock.getsockname()[1]
+        return port
+
+    monkeypatch.setattr(local_stack, "free_port", picked)
+    yield take
+    for sock in taken.values():
+        sock.close()

@@ -371,30 +371,36 @@ def test_supervise_backs_off_up_to_its_cap_and_starts_over_after_a_stable_run(
     assert not (tmp_path / "flaky.pid").exists() and not ready.exists()
 
 
-def test_an_api_port_taken_between_the_pick_and_the_bind_is_picked_again(tmp_path: Path, first_pick_taken: int) -> None:
+def test_an_api_port_taken_between_the_pick_and_the_bind_is_picked_again(
+    tmp_path: Path, first_pick_taken: Callable[[str], int]
+) -> None:
     """A port free when picked can be bound by anything else before the API binds it (CI once saw
     the API exit with status 3, "address already in use"): the stack picks another."""
     from visionq.local_stack import LocalStack
 
+    taken = first_pick_taken("LocalStack._start_api")
     stack = LocalStack(state_dir=tmp_path, model="unused")
     try:
         stack.start(with_worker=False)
         url = stack.env["API_URL"]
-        assert not url.endswith(f":{first_pick_taken}"), url
+        assert not url.endswith(f":{taken}"), url
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
         assert "address already in use" in (tmp_path / "api.log").read_text().lower()
     finally:
         stack.stop()
 
 
-def test_a_worker_metrics_port_taken_before_the_bind_is_picked_again(tmp_path: Path, first_pick_taken: int) -> None:
+def test_a_worker_metrics_port_taken_before_the_bind_is_picked_again(
+    tmp_path: Path, first_pick_taken: Callable[[str], int]
+) -> None:
     from visionq.local_stack import LocalStack
 
+    taken = first_pick_taken("LocalStack.worker_child")
     stack = LocalStack(state_dir=tmp_path, model=str(SHAPES_WEIGHTS.resolve()))
     try:
         stack.start(with_api=False)
         [url] = stack.env["VISIONQ_METRICS_URLS"].split(",")
-        assert f":{first_pick_taken}/" not in url, url
+        assert f":{taken}/" not in url, url
         assert "visionq_messages_received" in httpx.get(url, timeout=5).text  # this worker's own metrics
         assert "address already in use" in (tmp_path / "worker.log").read_text().lower()
     finally:
