@@ -270,7 +270,10 @@ class WorkerProcess:
             [sys.executable, "-m", "visionq", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb")
         )
         self.ps = psutil.Process(self.proc.pid)
-        started = lambda: "worker started" in log.read_text()  # noqa: E731
+
+        def started() -> bool:
+            return "worker started" in log.read_text()
+
         wait_until(lambda: started() or self.proc.poll() is not None, timeout=180, interval=0.02, what="worker start")
         if not started():  # it refused to start: its last line says why
             lines = log.read_text().strip().splitlines()

@@ -88,6 +88,10 @@ async def sweep(
     The messages are left visible, so `visionq dlq list` sees them; a later sweep finds their
     jobs already FAILED and changes nothing.
     """
+
+    async def wanted(job: Job) -> bool:  # a batch member's announcement, lost, not sent since
+        return batch_notices is not None and await batch_notices.wanted(job)
+
     failed = 0
     for letter in await peek(dlq, upload_prefix, release=True):
         error = JobError(
@@ -108,18 +112,14 @@ async def sweep(
             if changed:
                 failed += 1
                 logger.warning("job FAILED: %s", POISON, extra={"job_id": job_id, "key": obj.key, "status": "FAILED"})
-            if job.notify and announce is not None:
-                wanted = changed or _unannounced(job)
-                if not wanted and batch_notices is not None:
-                    wanted = await batch_notices.wanted(job)
-                if wanted:
-                    try:
-                        await announce(job)
-                    except Exception:  # the next sweep announces it again
-                        logger.exception("could not announce a poison job's end", extra={"job_id": job_id})
-                    else:
-                        if batch_notices is not None and job.batch_id is not None:
-                            batch_notices.sent.add(job_id)
+            if job.notify and announce is not None and (changed or _unannounced(job) or await wanted(job)):
+                try:
+                    await announce(job)
+                except Exception:  # the next sweep announces it again
+                    logger.exception("could not announce a poison job's end", extra={"job_id": job_id})
+                else:
+                    if batch_notices is not None:
+                        batch_notices.announced(job)
     return failed
 
 
@@ -138,6 +138,7 @@ class BatchNotices:
     sent: set[str] = field(default_factory=set)  # job ids
 
     async def wanted(self, job: Job) -> bool:
+        """Whether ``job``, a batch member, is to be announced again."""
         if job.batch_id is None or not _poison(job) or job.job_id in self.sent:
             return False
         try:
@@ -145,6 +146,10 @@ class BatchNotices:
         except Exception:  # a store outage: the next sweep asks again
             logger.warning("could not read batch %s for its notice", job.batch_id, exc_info=True)
             return False
+
+    def announced(self, job: Job) -> None:
+        if job.batch_id is not None:
+            self.sent.add(job.job_id)
 
 
 def _unannounced(job: Job) -> bool:

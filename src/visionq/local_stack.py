@@ -44,6 +44,34 @@ LOCAL_AWS_CREDENTIALS = {
 PORT_PICKS = 3
 
 
+def start_on_a_port(
+    given: int,
+    spawn: Callable[[int], subprocess.Popen[bytes]],
+    ready: Callable[[int], bool],
+    *,
+    what: str,
+    log: Path | None,
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """A local server, started by ``spawn(port)`` and up once ``ready(port)``, on ``given`` or, if
+    0, on a free port picked now: one that something binds between the pick and the server's bind
+    (the server exits before it is ready) is picked again, PORT_PICKS times at most."""
+    for attempt in range(PORT_PICKS):
+        port = given or free_port()
+        proc = spawn(port)
+        try:
+            wait_until(functools.partial(_ended_or, proc, functools.partial(ready, port)), timeout=60, what=what)
+        except BaseException:  # not up in time: none of its caller's to stop
+            stop_process(proc)
+            raise
+        # Alive once it answered: an answer from a server that took the port would be another's.
+        if proc.poll() is None:
+            return port, proc
+        if given or attempt == PORT_PICKS - 1:
+            raise RuntimeError(f"{what} exited with {proc.returncode} (its log: {log})")
+        logger.info("port %d was taken before %s could bind it; picking another", port, what)
+    raise AssertionError("unreachable")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -100,27 +128,24 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> MotoServer:
+        self.port, self.proc = start_on_a_port(
+            self.port,
+            self._spawn,
+            lambda port: _answers(f"http://127.0.0.1:{port}/moto-api/data.json"),
+            what="the moto server",
+            log=self.log_path,
+        )
+        return self
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
         module = "moto.server" if self.stock else "visionq.moto_server"
-        given = self.port
-        for attempt in range(PORT_PICKS):
-            self.port = given or free_port()
-            out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-            self.proc = proc = subprocess.Popen(
-                [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **LOCAL_AWS_CREDENTIALS},
-                preexec_fn=away_from_model(),
-            )
-            url = f"{self.endpoint}/moto-api/data.json"
-            wait_until(functools.partial(_ended_or_answers, proc, url), timeout=60, what="the moto server")
-            # Alive once it answered: an answer from a server that took the port would be another's.
-            if proc.poll() is None:
-                return self
-            if given or attempt == PORT_PICKS - 1:
-                raise RuntimeError(f"the moto server exited with {proc.returncode} (its log: {self.log_path})")
-            logger.info("port %d was taken before the moto server could bind it; picking another", self.port)
-        raise AssertionError("unreachable")
+        return subprocess.Popen(
+            [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=self.log_path.open("ab") if self.log_path else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **LOCAL_AWS_CREDENTIALS},
+            preexec_fn=away_from_model(),
+        )
 
     def reset(self) -> None:
         """Forget every resource (between tests)."""
@@ -171,31 +196,21 @@ class EmbeddedPostgres:
                 capture_output=True,
                 user=self._user,
             )
-        given = self.port
-        for attempt in range(PORT_PICKS):
-            self.port = given or free_port()
-            self._spawn(bin_dir)
-            wait_until(self._ended_or_accepts, timeout=60, what="PostgreSQL")
-            assert self.proc is not None
-            if self.proc.poll() is None:
-                break
-            if given or attempt == PORT_PICKS - 1:
-                raise RuntimeError(
-                    f"PostgreSQL exited with {self.proc.returncode}; see {self.data_dir.parent / 'postgres.log'}"
-                )
-            logger.info("port %d was taken before PostgreSQL could bind it; picking another", self.port)
+        log = self.data_dir.parent / "postgres.log"
+        self.port, self.proc = start_on_a_port(
+            self.port, functools.partial(self._spawn, bin_dir, log), self._accepts, what="PostgreSQL", log=log
+        )
         self._ensure_database()
         return self
 
-    def _spawn(self, bin_dir: Path) -> None:
-        log = (self.data_dir.parent / "postgres.log").open("ab")
-        self.proc = subprocess.Popen(
+    def _spawn(self, bin_dir: Path, log: Path, port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 str(bin_dir / "postgres"),
                 "-D",
                 str(self.data_dir),
                 "-p",
-                str(self.port),
+                str(port),
                 "-h",
                 "127.0.0.1",
                 "-k",
@@ -208,7 +223,7 @@ class EmbeddedPostgres:
                 "-c",
                 "full_page_writes=off",
             ],
-            stdout=log,
+            stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             user=self._user,
             preexec_fn=away_from_model(),
@@ -236,13 +251,10 @@ class EmbeddedPostgres:
             os.chown(path, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
 
-    def _ended_or_accepts(self) -> bool:
+    def _accepts(self, port: int) -> bool:
         import psycopg
 
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            return True
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", connect_timeout=2):
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=2):
             return True
 
     def _ensure_database(self) -> None:
@@ -286,8 +298,12 @@ def _startup_error(log: Path, offset: int = 0) -> str | None:
     return None
 
 
-def _ended_or_answers(proc: subprocess.Popen[bytes], url: str) -> bool:
-    return proc.poll() is not None or httpx.get(url, timeout=1).status_code == 200
+def _answers(url: str) -> bool:
+    return httpx.get(url, timeout=1).status_code == 200
+
+
+def _ended_or(proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> bool:
+    return proc.poll() is not None or ready()
 
 
 def _died_on_a_taken_port(s: Supervised) -> bool:
@@ -448,8 +464,8 @@ class LocalStack:
             api = self.add_child(Child("api", visionq_argv("api", "--host", "127.0.0.1", "--port", str(port))))
             assert api.proc is not None
             proc = api.proc
-            health = f"{self.env['API_URL']}/healthz"
-            wait_until(functools.partial(_ended_or_answers, proc, health), timeout=60, what="the HTTP API")
+            healthy = functools.partial(_answers, f"{self.env['API_URL']}/healthz")
+            wait_until(functools.partial(_ended_or, proc, healthy), timeout=60, what="the HTTP API")
             if proc.poll() is None:
                 return
             if self.api_port is None and attempt < PORT_PICKS - 1 and _port_was_taken(api.log, api.log_offset):

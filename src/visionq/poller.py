@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from visionq import dead_letters, metrics
@@ -88,7 +87,7 @@ class Poller:
         pipeline: Pipeline,
         jobs: JobStore | None = None,
         dead_letters: Queue | None = None,
-        batch_notice_due: Callable[[str], bool] | None = None,
+        batch_notices: BatchNotices | None = None,
         failpoints: Failpoints | None = None,
         sampler: metrics.QueueSampler | None = None,
         emf: metrics.EmfReporter | None = None,
@@ -103,7 +102,7 @@ class Poller:
         self.jobs = jobs
         self.dead_letters = dead_letters
         # For the sweep: poison members of batches whose notice is unclaimed are announced again.
-        self._batch_notices = BatchNotices(batch_notice_due) if batch_notice_due else None
+        self._batch_notices = batch_notices
         self.failpoints = failpoints or Failpoints()
         self.redelivered_in_hand = 0
         self._free_slots = pipeline.prefetch

@@ -137,6 +137,7 @@ async def _serve(
     from aiobotocore.session import get_session
 
     from visionq.aws import aio_client_kwargs, count_requests, job_table_client
+    from visionq.dead_letters import BatchNotices
     from visionq.stores.batch_store import DynamoBatchStore
     from visionq.stores.job_store import DynamoJobStore
     from visionq.stores.result_store import PostgresResultStore
@@ -196,7 +197,7 @@ async def _serve(
             pipeline=pipeline,
             jobs=jobs,
             dead_letters=SqsQueue(queue_calls, settings.dlq_url) if settings.dlq_url else None,
-            batch_notice_due=DynamoBatchStore(dynamodb, settings.jobs_table).notice_due,
+            batch_notices=BatchNotices(DynamoBatchStore(dynamodb, settings.jobs_table).notice_due),
             failpoints=failpoints,
             sampler=_queue_sampler(settings, sqs),
             emf=metrics.EmfReporter() if metrics.emf_enabled() else None,

@@ -63,7 +63,7 @@ def test_a_synthetic_model_reports_the_device_it_is_given(tmp_path: Path, monkey
     (VISIONQ_DEVICE_DECODE): a model that always said "cpu" had them decoded on the CPU instead."""
     from visionq.models import synthetic
 
-    monkeypatch.setattr(synthetic, "cuda_usable", lambda device: True)  # as on a machine with a GPU
+    monkeypatch.setattr(synthetic, "cuda_usable", lambda: True)  # as on a machine with a GPU
     reg = registry(
         tmp_path,
         '[models.null]\nfamily = "synthetic"\nweights = "null"\n'

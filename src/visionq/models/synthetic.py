@@ -74,7 +74,7 @@ class SyntheticModel:
         return Detections(width=width, height=height, items=(box,))
 
 
-def cuda_usable(device: str) -> bool:
+def cuda_usable() -> bool:
     import torch  # only for a model said to run on a GPU: the others never import it
 
     return bool(torch.cuda.is_available())
@@ -85,7 +85,7 @@ def load_synthetic(spec: ModelSpec) -> SyntheticModel:
         raise ConfigError(f"model {spec.name!r}: synthetic weights must be one of {', '.join(KINDS)}")
     options = dict(spec.options)
     device = str(options.get("device", "cpu"))
-    if device != "cpu" and not (device.startswith("cuda") and cuda_usable(device)):
+    if device != "cpu" and not (device.startswith("cuda") and cuda_usable()):
         # Refused as a real model is, at load: its process would die on every batch otherwise.
         raise ModelUnavailable(f"model {spec.name!r}: device {device!r} cannot be used here (no CUDA device).")
     side = options.get("input_size", 640)
