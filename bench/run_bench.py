@@ -68,6 +68,9 @@ class RunFigures:
     steady_images_per_second: float = 0.0
     steady_cpu_ms_per_image: float = 0.0
     steady_emulator_cpu_ms_per_image: float = 0.0
+    # The same by emulator process ("s3+sqs", "dynamodb"; "all" when one serves all three): one
+    # process uses one core, so the busiest bounds what the emulator can carry.
+    steady_emulator_cpu_ms_per_image_by_server: dict[str, float] = field(default_factory=dict)
     # The steady worker CPU per image by where it was spent: the worker's main thread (its event
     # loop), each named pool's threads (store, infer, decode: visionq.thread_pools), other threads,
     # and its child processes (decode processes, a model process).
@@ -197,16 +200,34 @@ def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> 
 
 
 class BenchStack:
-    def __init__(self, state: Path, *, stock_emulator: bool = False) -> None:
+    """The local stack as `visionq up` runs it: moto for S3 and SQS, moto for DynamoDB apart (or,
+    with ``one_emulator``, one moto for all three), embedded PostgreSQL."""
+
+    def __init__(self, state: Path, *, stock_emulator: bool = False, one_emulator: bool = False) -> None:
         os.environ.update(LOCAL_AWS_CREDENTIALS)
         self.moto = MotoServer(log_path=state / "moto.log", stock=stock_emulator).start()
+        self.moto_dynamodb = self.moto
+        if not one_emulator:
+            self.moto_dynamodb = MotoServer(log_path=state / "moto-dynamodb.log", stock=stock_emulator).start()
         self.pg = EmbeddedPostgres(state / "pgdata").start()
-        aws = AwsSettings(aws_endpoint_url=self.moto.endpoint, aws_region="us-east-1")
+        aws = AwsSettings(
+            aws_endpoint_url=self.moto.endpoint,
+            aws_endpoint_url_dynamodb=self.moto_dynamodb.endpoint,
+            aws_region="us-east-1",
+        )
         self.s3, self.sqs, self.dynamodb = (boto3_client(s, aws) for s in ("s3", "sqs", "dynamodb"))
         self.queue_url = ""
 
+    @property
+    def emulators(self) -> list[MotoServer]:
+        return [self.moto] if self.moto_dynamodb is self.moto else [self.moto, self.moto_dynamodb]
+
+    def emulator_names(self) -> list[str]:
+        return ["all"] if self.moto_dynamodb is self.moto else ["s3+sqs", "dynamodb"]
+
     def reset(self) -> None:
-        self.moto.reset()
+        for emulator in self.emulators:
+            emulator.reset()
         resources = bootstrap_aws(NAMES, s3=self.s3, sqs=self.sqs, dynamodb=self.dynamodb)
         self.queue_url = resources.queue_url
         bootstrap_database(self.pg.url)
@@ -241,15 +262,17 @@ class BenchStack:
         return [float(r[0]) for r in rows]
 
     def services(self) -> list[psutil.Process]:
+        """PostgreSQL's process, then the emulators' (S3 and SQS; DynamoDB, when apart)."""
         procs = []
-        for server in (self.moto, self.pg):
+        for server in (self.pg, *self.emulators):
             assert server.proc is not None
             proc = psutil.Process(server.proc.pid)
             procs.append(proc)
         return procs
 
     def stop(self) -> None:
-        self.moto.stop()
+        for emulator in self.emulators:
+            emulator.stop()
         self.pg.stop()
 
 
@@ -258,6 +281,7 @@ class WorkerProcess:
         env = {
             **os.environ,
             "AWS_ENDPOINT_URL": stack.moto.endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB": stack.moto_dynamodb.endpoint,
             "DATABASE_URL": stack.pg.url,
             "VISIONQ_QUEUE_URL": stack.queue_url,
             "VISIONQ_JOBS_TABLE": NAMES.jobs_table,
@@ -318,8 +342,8 @@ def throughput_run(
     services_cpu0 = [cpu_seconds(p) for p in services]
     started, cpu0 = time.perf_counter(), cpu_seconds(worker.ps)
     n = len(images)
-    # fraction -> (time, committed, worker CPU, emulator CPU, worker CPU by thread)
-    marks: dict[float, tuple[float, int, float, float, dict[str, float]]] = {}
+    # fraction -> (time, committed, worker CPU, each emulator's CPU, worker CPU by thread)
+    marks: dict[float, tuple[float, int, float, list[float], dict[str, float]]] = {}
     deadline = time.monotonic() + 3600
     while (done := stack.committed()) < n:
         for fraction in (0.2, 0.9):
@@ -328,7 +352,7 @@ def throughput_run(
                     time.perf_counter(),
                     done,
                     cpu_seconds(worker.ps),
-                    cpu_seconds(services[0]),
+                    [cpu_seconds(p) for p in services[1:]],
                     cpu_seconds_by_thread(worker.ps),
                 )
         if time.monotonic() > deadline:
@@ -350,7 +374,11 @@ def throughput_run(
             steady = {
                 "steady_images_per_second": (d1 - d0) / (t1 - t0),
                 "steady_cpu_ms_per_image": (w1 - w0) * 1000 / (d1 - d0),
-                "steady_emulator_cpu_ms_per_image": (e1 - e0) * 1000 / (d1 - d0),
+                "steady_emulator_cpu_ms_per_image": (sum(e1) - sum(e0)) * 1000 / (d1 - d0),
+                "steady_emulator_cpu_ms_per_image_by_server": {
+                    name: round((b - a) * 1000 / (d1 - d0), 2)
+                    for name, a, b in zip(stack.emulator_names(), e0, e1, strict=True)
+                },
                 "steady_cpu_ms_per_image_by_thread": {
                     group: round((seconds - s0.get(group, 0.0)) * 1000 / (d1 - d0), 2)
                     for group, seconds in sorted(s1.items())
@@ -368,8 +396,8 @@ def throughput_run(
         aws_requests=requests,
         aws_requests_per_image=sum(requests.values()) / n,
         peak_rss_mb=peak,
-        emulator_cpu_ms_per_image=services_cpu[0] * 1000 / n,
-        postgres_cpu_ms_per_image=services_cpu[1] * 1000 / n,
+        emulator_cpu_ms_per_image=sum(services_cpu[1:]) * 1000 / n,
+        postgres_cpu_ms_per_image=services_cpu[0] * 1000 / n,
         worker_stats=stats,
     )
 
@@ -438,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-n", type=int, default=30)
     parser.add_argument("--memory-n", type=int, default=0, help="images for the memory soak (0: skip)")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--one-emulator", action="store_true", help="one moto server for S3, SQS and DynamoDB (not DynamoDB apart)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args(argv)
 
@@ -452,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "backend": os.environ.get("VISIONQ_BACKEND", "auto"),
         "n": args.n,
+        "emulator_servers": "one for S3, SQS and DynamoDB" if args.one_emulator else "S3 and SQS; DynamoDB apart",
     }
     print(f"images: making {args.n}", flush=True)
     images = make_images(args.n)
@@ -466,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "results.json").write_text(json.dumps(report, indent=2))
 
     save()
-    stack = BenchStack(state)
+    stack = BenchStack(state, one_emulator=args.one_emulator)
     try:
         env = {"VISIONQ_MAX_BATCH": str(batch)}
         print("(b) pipeline", flush=True)

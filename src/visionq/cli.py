@@ -143,6 +143,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         for key in (
             "API_URL",
             "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_DYNAMODB",
             "DATABASE_URL",
             "VISIONQ_BUCKET",
             "VISIONQ_QUEUE_URL",

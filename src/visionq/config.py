@@ -62,6 +62,11 @@ class AwsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
 
     aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
+    # botocore's per-service variables for the services visionq uses, as fields so that an env file
+    # gives them too (the local stack's `local.env` puts DynamoDB on an emulator process of its own).
+    aws_endpoint_url_s3: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL_S3")
+    aws_endpoint_url_sqs: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL_SQS")
+    aws_endpoint_url_dynamodb: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL_DYNAMODB")
     aws_region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
     # Credentials that come with the settings (the local stack's env file for operator commands);
     # unset: boto3's own chain (environment, profile, instance or task role).
@@ -73,7 +78,8 @@ class AwsSettings(BaseSettings):
         e.g. ``AWS_ENDPOINT_URL_S3``) if set, else ``AWS_ENDPOINT_URL``, else AWS itself. Lets one
         stack mix endpoints: LocalStack for S3 and SQS with moto's DynamoDB, or presigned URLs
         signed for the host's name of a container."""
-        specific = os.environ.get(f"AWS_ENDPOINT_URL_{service.upper().replace('-', '_')}")
+        variable = f"AWS_ENDPOINT_URL_{service.upper().replace('-', '_')}"
+        specific = getattr(self, variable.lower(), None) or os.environ.get(variable)
         return specific or self.aws_endpoint_url
 
     def credentials(self) -> dict[str, str]:

@@ -105,7 +105,10 @@ def run_demo(*, model: str, images: list[Path], out_dir: Path, state_dir: Path) 
     try:
         stack.start()
         env = stack.env
-        print(f"stack up in {time.monotonic() - started:.1f}s: API {env['API_URL']}, AWS {env['AWS_ENDPOINT_URL']}")
+        print(
+            f"stack up in {time.monotonic() - started:.1f}s: API {env['API_URL']}, "
+            f"AWS {env['AWS_ENDPOINT_URL']} (DynamoDB {env['AWS_ENDPOINT_URL_DYNAMODB']})"
+        )
         client = VisionqClient(env["API_URL"], env["VISIONQ_API_KEY"])
         submitted = [client.submit_file(path) for path in plan.images]
         print(f"submitted {len(submitted)} image(s); waiting for the worker...")

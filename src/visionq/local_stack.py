@@ -2,6 +2,10 @@
 
 Each runs in a process of its own (so the emulator never competes with the worker for one
 interpreter) and is reached the way the cloud would be: AWS over HTTP, PostgreSQL over TCP.
+DynamoDB has a moto server of its own (``AWS_ENDPOINT_URL_DYNAMODB``): the job store's two
+conditional writes per image were about 85 % of one server's CPU, and one Python process uses one
+core, so apart the two carry more images per second (bench/RESULTS.md run 24). S3 and SQS share
+one: S3's object-created notifications reach SQS inside moto's process.
 
 The API and the workers are supervised children (``Child``): one that dies is started again
 after a delay that doubles while it keeps dying, so a crashed worker never takes the emulator's
@@ -388,7 +392,8 @@ class LocalStack:
     database_url: str | None = None  # a server of the user's; else the embedded one
     worker_env: dict[str, str] = field(default_factory=dict)
     workers: int = 1  # one: "worker" (worker.log); more: "worker-1", "worker-2", ...
-    moto: MotoServer | None = None
+    moto: MotoServer | None = None  # S3 and SQS
+    moto_dynamodb: MotoServer | None = None
     postgres: EmbeddedPostgres | None = None
     env: dict[str, str] = field(default_factory=dict)
     restart_delay: float = RESTART_DELAY
@@ -414,11 +419,16 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.moto = MotoServer(log_path=self.state_dir / "moto.log").start()
+            self.moto_dynamodb = MotoServer(log_path=self.state_dir / "moto-dynamodb.log").start()
             if self.database_url is None:
                 self.postgres = EmbeddedPostgres(self.state_dir / "pgdata").start()
                 self.database_url = self.postgres.url
             names = StackNames(bucket="visionq-uploads", queue="visionq-jobs", jobs_table="visionq-jobs")
-            aws = AwsSettings(aws_endpoint_url=self.moto.endpoint, aws_region="us-east-1")
+            aws = AwsSettings(
+                aws_endpoint_url=self.moto.endpoint,
+                aws_endpoint_url_dynamodb=self.moto_dynamodb.endpoint,
+                aws_region="us-east-1",
+            )
             for key, value in LOCAL_AWS_CREDENTIALS.items():
                 os.environ.setdefault(key, value)  # the emulator accepts any credentials
             resources = bootstrap_aws(
@@ -428,6 +438,7 @@ class LocalStack:
             api_key, _ = ApiKeyStore(boto3_client("dynamodb", aws), names.jobs_table).create("local")
             self.env = {
                 "AWS_ENDPOINT_URL": self.moto.endpoint,
+                "AWS_ENDPOINT_URL_DYNAMODB": self.moto_dynamodb.endpoint,
                 **LOCAL_AWS_CREDENTIALS,
                 "DATABASE_URL": self.database_url,
                 "VISIONQ_BUCKET": resources.bucket,
@@ -543,7 +554,11 @@ class LocalStack:
         exited."""
         if self._stopping:
             return
-        for name, service in (("the AWS emulator (moto)", self.moto), ("PostgreSQL", self.postgres)):
+        for name, service in (
+            ("the AWS emulator (moto: S3, SQS)", self.moto),
+            ("the AWS emulator (moto: DynamoDB)", self.moto_dynamodb),
+            ("PostgreSQL", self.postgres),
+        ):
             if service is not None and service.proc is not None and service.proc.poll() is not None:
                 raise ServiceDied(
                     f"{name} {describe_exit(service.proc.returncode)}; the stack cannot go on without it "
@@ -609,7 +624,7 @@ class LocalStack:
             if s.child.ready_file is not None:
                 s.child.ready_file.unlink(missing_ok=True)
         self.supervised.clear()
-        for service in (self.moto, self.postgres):
+        for service in (self.moto, self.moto_dynamodb, self.postgres):
             if service is not None:
                 service.stop()
 

@@ -15,6 +15,11 @@ same answer computed again:
   Both only for trees at most 64 levels deep: a list of actions nests one level per action, and
   pickle meets Python's recursion limit at another depth than deepcopy does, so a deeper tree is
   parsed and copied as moto does, and fails (or not) where moto's own copy fails.
+- **Three of the validator's ten passes only check the expression** (one SET / REMOVE / ADD
+  clause each, no path updated twice, no key updated): their verdict depends on the expression,
+  its names and the table's key, never on the values or the item. A verdict "passed" is kept per
+  (expression, names, key attributes), and a call that repeats all three skips those passes; a
+  failing check is not kept, so it fails again as moto fails it.
 - **Each of the validator's ten passes over the tree builds its table of node types again at
   every node**, twice. Each pass now builds it once: the tables are fixed (each maps node classes
   to the pass's own methods). And the passes, like ``find_clauses``, check every node against
@@ -40,6 +45,7 @@ logger = logging.getLogger("visionq.moto_server")
 Setter = Callable[[Any, str, Any], None]
 
 KEPT_PARSES = 256  # distinct update expressions whose parse is kept (the job store sends a few)
+KEPT_VERDICTS = 4096  # (expression, names, key) whose checks passed; forgotten all at once beyond
 SHALLOW_DEPTH = 64  # deeper trees are parsed and copied as moto does (its copy's recursion limit)
 
 
@@ -64,6 +70,7 @@ def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
         or expression is None
         or function is None
         or getattr(validators, "deepcopy", None) is not copy.deepcopy
+        or not _checks_first(validators)
     ):
         logger.warning("moto's DynamoDB is not as this fix expects; updates are parsed and copied as before")
         return False
@@ -89,6 +96,7 @@ def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
             return parse(expression)
         tree = pickle.loads(blob)  # noqa: S301 - bytes this process pickled itself
         shallow[id(tree)] = tree
+        tree._visionq_source = expression  # kept by the validator's copy: its verdicts' key
         return tree
 
     set_attribute(parser, "make", staticmethod(make))
@@ -133,11 +141,66 @@ def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
                 clauses.extend(child.find_clauses(clause_types))
         return clauses
 
+    checks = tuple(getattr(validators, name) for name in _CHECKS)
+    passed: dict[tuple[Any, ...], None] = {}
+
+    def validate(self: Any) -> Any:
+        # moto's Validator.validate, without the checks a call with the same verdict key passed.
+        n = self.node_to_validate
+        source = getattr(n, "_visionq_source", None)
+        key = None
+        if source is not None:
+            names = tuple(sorted((self.expression_attribute_names or {}).items()))
+            key = (source, names, tuple(self.table.table_key_attrs))
+        known = key is not None and key in passed
+        unchecked = sum(type(p) in checks for p in self.processors)
+        for processor in self.processors:
+            is_check = type(processor) in checks
+            if is_check and known:
+                continue
+            n = processor.traverse(n)
+            if is_check and key is not None:
+                unchecked -= 1
+                if unchecked == 0:  # every check passed (one that fails raises)
+                    if len(passed) >= KEPT_VERDICTS:
+                        passed.clear()
+                    passed[key] = None
+        return n
+
+    set_attribute(validators.UpdateExpressionValidator, "validate", validate)
     set_attribute(traverser, "nodes_to_be_processed", nodes_to_be_processed)
     set_attribute(traverser, "process", process)
     set_attribute(traverser, "traverse_node_recursively", traverse_node_recursively)
     set_attribute(node_class, "find_clauses", find_clauses)
     return True
+
+
+# The passes that only check the expression, its names and the table's key (they return the tree
+# as it is, or raise).
+_CHECKS = ("ActionCountValidator", "OverlappingPathsValidator", "UpdateHashRangeKeyValidator")
+
+
+def _checks_first(validators: Any) -> bool:
+    """moto's update validator as this change expects it: the three checks exist, validate() is
+    the base class's loop over ``processors``."""
+    update_validator = getattr(validators, "UpdateExpressionValidator", None)
+    base = getattr(validators, "Validator", None)
+    return (
+        update_validator is not None
+        and base is not None
+        and all(isinstance(getattr(validators, name, None), type) for name in _CHECKS)
+        and update_validator.validate is base.validate
+        and "self.processors" in _source(base.validate)
+    )
+
+
+def _source(function: Any) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
 
 
 def _table(traverser: Any) -> dict[type, Callable[[Any], Any]]:
@@ -178,3 +241,61 @@ def _is_a(kind: type, classes: Any) -> bool:
     if key not in _IS_A:
         _IS_A[key] = issubclass(kind, classes)
     return _IS_A[key]
+
+
+# An AttributeValue whose members are all strings or flags is already in its wire form: moto keeps
+# items as DynamoDB JSON (numbers as strings). Blobs (B, BS) go through moto's base64 step.
+_PLAIN_MEMBERS: dict[str, Callable[[Any], bool]] = {
+    "S": lambda v: type(v) is str,
+    "N": lambda v: type(v) is str,
+    "BOOL": lambda v: type(v) is bool,
+    "NULL": lambda v: type(v) is bool,
+    "SS": lambda v: type(v) is list and all(type(s) is str for s in v),
+    "NS": lambda v: type(v) is list and all(type(s) is str for s in v),
+}
+
+
+def _wire_form(value: Any, depth: int = 0) -> bool:
+    """Whether the AttributeValue ``value`` would be serialized as it is (its only member plain,
+    or a map or list of such values)."""
+    if type(value) is not dict or len(value) != 1 or depth > SHALLOW_DEPTH:
+        return False
+    [(member, inner)] = value.items()
+    if member == "M":
+        return type(inner) is dict and all(type(k) is str and _wire_form(v, depth + 1) for k, v in inner.items())
+    if member == "L":
+        return type(inner) is list and all(_wire_form(v, depth + 1) for v in inner)
+    plain = _PLAIN_MEMBERS.get(member)
+    return plain is not None and plain(inner)
+
+
+def speed_up_dynamodb_responses(set_attribute: Setter = setattr) -> bool:
+    """moto's JSON responses with the items' attribute values written as they are kept.
+
+    moto's response serializer walks the AttributeValue shape's ten members for every attribute of
+    every item it returns (each looked up under its name and under a snake_case alias), about a
+    fifth of the emulator's DynamoDB time under the job store's writes, which return the whole
+    item. A value that is already in its wire form (strings, numbers as strings, flags, sets of
+    those, maps and lists of them) is written as it is; any other, and any response with a
+    transformer, goes through moto's serializer. False where moto's serializer is not as expected."""
+    from moto.core import serialize
+
+    json_serializer = getattr(serialize, "BaseJSONSerializer", None)
+    original = getattr(json_serializer, "_serialize_type_structure", None)
+    if original is None or not callable(getattr(json_serializer, "_default_serialize", None)):
+        logger.warning("moto's JSON serializer is not as this fix expects; responses are serialized as before")
+        return False
+
+    def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
+        if (
+            key
+            and shape.name == "AttributeValue"
+            and not getattr(self._value_picker, "response_transformers", True)
+            and _wire_form(value)
+        ):
+            self._default_serialize(serialized, value, shape, key)
+            return
+        original(self, serialized, value, shape, key)
+
+    set_attribute(json_serializer, "_serialize_type_structure", serialize_structure)
+    return True

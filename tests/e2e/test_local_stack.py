@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psutil
 import pytest
 from dotenv import dotenv_values
@@ -21,6 +22,7 @@ from visionq.local_stack import wait_until
 pytestmark = pytest.mark.e2e
 
 VISIONQ = [sys.executable, "-m", "visionq"]
+LOCAL_CLIENT = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def _env() -> dict[str, str]:
@@ -46,12 +48,26 @@ def test_up_submit_and_stop_leave_nothing_behind(tmp_path: Path, draw_scene: Cal
         for key in (
             "API_URL",
             "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_DYNAMODB",
             "DATABASE_URL",
             "VISIONQ_BUCKET",
             "VISIONQ_QUEUE_URL",
             "VISIONQ_JOBS_TABLE",
         ):
             assert values.get(key), key
+        # DynamoDB on an emulator process of its own; S3 and SQS share the other.
+        assert values["AWS_ENDPOINT_URL_DYNAMODB"] != values["AWS_ENDPOINT_URL"]
+        ddb = boto3.client("dynamodb", endpoint_url=values["AWS_ENDPOINT_URL_DYNAMODB"], **LOCAL_CLIENT)
+        assert values["VISIONQ_JOBS_TABLE"] in ddb.list_tables()["TableNames"]
+        assert (
+            boto3.client("dynamodb", endpoint_url=values["AWS_ENDPOINT_URL"], **LOCAL_CLIENT).list_tables()[
+                "TableNames"
+            ]
+            == []
+        )
+        # An operator command finds it from local.env alone (the stack's key, in DynamoDB).
+        keys = subprocess.run([*VISIONQ, "keys", "list"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+        assert keys.returncode == 0 and " local" in keys.stdout, keys.stdout + keys.stderr
         image, truth = draw_scene(10_100, (320, 240))
         image.save(tmp_path / "shapes.png")
         (tmp_path / "folder").mkdir()
@@ -80,7 +96,7 @@ def test_up_submit_and_stop_leave_nothing_behind(tmp_path: Path, draw_scene: Cal
         assert "images: 2 succeeded, 0 failed" in stats.stdout, stats.stdout
         assert "/v1/batches" in stats.stdout, stats.stdout
         children = psutil.Process(up.pid).children(recursive=True)
-        assert len(children) >= 3  # emulator, database, API, worker
+        assert len(children) >= 4  # two emulators, database, API, worker
     finally:
         up.send_signal(signal.SIGTERM)
         output, _ = up.communicate(timeout=120)

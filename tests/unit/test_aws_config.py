@@ -26,7 +26,7 @@ from visionq.aws import (
     boto3_client,
     client_config,
 )
-from visionq.config import AwsSettings
+from visionq.config import AwsSettings, LocalEnvSettings
 
 SQS_LONGEST_POLL = 20  # seconds: the most WaitTimeSeconds SQS accepts
 
@@ -160,3 +160,16 @@ def test_a_per_service_endpoint_wins_over_the_global_one(monkeypatch: pytest.Mon
     assert boto3_client("dynamodb", settings).meta.endpoint_url == "http://moto.test:5000"
     assert aio_client_kwargs("s3", settings)["endpoint_url"] == "http://localstack.test:4566"
     assert client_config(settings).s3 == {"addressing_style": "path"}
+
+
+def test_a_per_service_endpoint_comes_from_an_env_file_too(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local stack's `local.env` puts DynamoDB on an emulator of its own; the operator commands
+    read their settings from that file, not from the environment."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"):
+        monkeypatch.delenv(name, raising=False)
+    env_file = tmp_path / "local.env"
+    env_file.write_text("AWS_ENDPOINT_URL=http://127.0.0.1:5001\nAWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:5002\n")
+    settings = LocalEnvSettings(_env_file=env_file)  # type: ignore[call-arg]
+    assert boto3_client("dynamodb", settings).meta.endpoint_url == "http://127.0.0.1:5002"
+    assert boto3_client("sqs", settings).meta.endpoint_url == "http://127.0.0.1:5001"
+    assert aio_client_kwargs("dynamodb", settings)["endpoint_url"] == "http://127.0.0.1:5002"

@@ -51,6 +51,13 @@ UPDATES: list[tuple[str, str | None, dict[str, str], dict[str, Any]]] = [
     ("SET n = s + :one", None, {}, {":one": {"N": "1"}}),  # a string plus a number
     ("SET nope.deeper = :v", None, {}, {":v": {"S": "a"}}),  # a path into nothing
     ("SET = :v", None, {}, {":v": {"S": "a"}}),  # not an expression
+    # One expression, its checks passed with some names, then failed with others: a kept verdict
+    # is the expression's with those names only.
+    ("SET #a = :v", None, {"#a": "s"}, {":v": {"S": "ok"}}),
+    ("SET #a = :v", None, {"#a": "pk"}, {":v": {"S": "no"}}),  # the key, by its name
+    ("SET #a = :v, #b = :w", None, {"#a": "s", "#b": "n"}, {":v": {"S": "a"}, ":w": {"N": "3"}}),
+    ("SET #a = :v, #b = :w", None, {"#a": "s", "#b": "s"}, {":v": {"S": "a"}, ":w": {"N": "3"}}),  # one path twice
+    ("SET #a = :v, #b = :w", None, {"#a": "s", "#b": "n"}, {":v": {"S": "b"}}),  # checks kept; a value missing
     # A list of actions nests one level per action: deep trees are parsed and copied as moto does,
     # and fail where moto fails (its copy's recursion limit), or not at all.
     (", ".join(f"SET a{i} = :v" if i == 0 else f"a{i} = :v" for i in range(80)), None, {}, {":v": {"S": "d"}}),
@@ -66,6 +73,18 @@ UPDATES: list[tuple[str, str | None, dict[str, str], dict[str, Any]]] = [
 ]
 
 
+def _client_with_table() -> Any:
+    """A client of the in-process moto (inside ``mock_aws``) with table "t", keyed by "pk"."""
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return client
+
+
 def _outcomes(apply: Callable[[], None] | None, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Each update sent twice in a row (the second from what the cache keeps), on a fresh table:
     the item after it, or the error's code and message."""
@@ -73,13 +92,7 @@ def _outcomes(apply: Callable[[], None] | None, monkeypatch: pytest.MonkeyPatch)
         if apply is not None:
             assert speed_up_dynamodb_updates(patch.setattr) is True
         with mock_aws():
-            client = boto3.client("dynamodb", region_name="us-east-1")
-            client.create_table(
-                TableName="t",
-                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
+            client = _client_with_table()
             outcomes = []
             for i, (update, condition, names, values) in enumerate(UPDATES * 2):
                 key = "b" if i % len(UPDATES) == len(UPDATES) - 1 else "a"
@@ -147,6 +160,49 @@ def test_the_validators_copy_is_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert validators.deepcopy({"plain": [1]}) == {"plain": [1]}  # anything else: deepcopy's
 
 
+def test_the_checks_run_once_per_expression_names_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    counts = {"actions": 0, "overlaps": 0}
+    count_actions = validators.ActionCountValidator.verify_action_counts
+    count_overlaps = validators.OverlappingPathsValidator.check_for_overlapping_paths
+
+    def actions(self: Any, node: Any) -> Any:
+        counts["actions"] += 1
+        return count_actions(self, node)
+
+    def overlaps(self: Any, node: Any) -> Any:
+        counts["overlaps"] += 1
+        return count_overlaps(self, node)
+
+    monkeypatch.setattr(validators.ActionCountValidator, "verify_action_counts", actions)
+    monkeypatch.setattr(validators.OverlappingPathsValidator, "check_for_overlapping_paths", overlaps)
+    assert speed_up_dynamodb_updates(monkeypatch.setattr) is True
+    with mock_aws():
+        client = _client_with_table()
+
+        def update(names: dict[str, str], value: str) -> None:
+            client.update_item(
+                TableName="t",
+                Key={"pk": {"S": "a"}},
+                UpdateExpression="SET #a = :v",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={":v": {"S": value}},
+            )
+
+        update({"#a": "s"}, "1")  # creates the item: validated twice, checked once
+        once = dict(counts)
+        assert once["actions"] > 0 and once["overlaps"] > 0  # (each check runs at every node it matches)
+        for value in ("2", "3"):
+            update({"#a": "s"}, value)
+        assert counts == once
+        update({"#a": "t"}, "4")  # other names: checked again
+        assert counts == {name: 2 * n for name, n in once.items()}
+        assert client.get_item(TableName="t", Key={"pk": {"S": "a"}})["Item"] == {
+            "pk": {"S": "a"},
+            "s": {"S": "3"},
+            "t": {"S": "4"},
+        }
+
+
 def test_the_job_stores_writes_go_through(monkeypatch: pytest.MonkeyPatch) -> None:
     """The job store's own claim and result writes, as the pipeline sends them, with the changes."""
     from infra.bootstrap import ensure_jobs_table
@@ -172,3 +228,83 @@ def _shape(node: Any) -> Any:
     if children is None:
         return (type(node).__name__, node) if not hasattr(node, "type") else (node.type,)
     return (type(node).__name__, tuple(_shape(child) for child in children))
+
+
+# Every kind of attribute value: plain ones (written as kept) and blobs (moto's base64), nested.
+ITEM = {
+    "pk": {"S": "a"},
+    "n": {"N": "12.5"},
+    "s": {"S": 'text with "quotes" and ünïcode'},
+    "empty": {"S": ""},
+    "yes": {"BOOL": True},
+    "no": {"BOOL": False},
+    "nothing": {"NULL": True},
+    "ss": {"SS": ["p", "q"]},
+    "ns": {"NS": ["1", "2.5"]},
+    "b": {"B": b"\x00\xffbytes"},
+    "bs": {"BS": [b"one", b"two"]},
+    "m": {"M": {"kid": {"S": "y"}, "deep": {"M": {"k": {"N": "5"}, "blob": {"B": b"\x01"}}}}},
+    "l": {"L": [{"N": "1"}, {"S": "two"}, {"L": [{"BOOL": True}]}, {"M": {}}, {"B": b"\x02"}]},
+}
+
+
+def _responses(apply: Callable[[pytest.MonkeyPatch], bool] | None, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What a client reads back of ITEM through each kind of response that returns items."""
+    with monkeypatch.context() as patch:
+        if apply is not None:
+            assert apply(patch) is True
+        with mock_aws():
+            client = _client_with_table()
+            client.put_item(TableName="t", Item=ITEM)
+            key = {"pk": {"S": "a"}}
+            out: list[Any] = [
+                client.get_item(TableName="t", Key=key)["Item"],
+                client.update_item(
+                    TableName="t",
+                    Key=key,
+                    UpdateExpression="SET extra = :v",
+                    ExpressionAttributeValues={":v": {"M": {"x": {"B": b"\x03"}, "y": {"NS": ["7"]}}}},
+                    ReturnValues="ALL_NEW",
+                )["Attributes"],
+                client.query(
+                    TableName="t", KeyConditionExpression="pk = :a", ExpressionAttributeValues={":a": {"S": "a"}}
+                )["Items"],
+                client.scan(TableName="t")["Items"],
+                client.batch_get_item(RequestItems={"t": {"Keys": [key]}})["Responses"],
+                client.get_item(TableName="t", Key=key, ProjectionExpression="s, m.deep")["Item"],
+            ]
+            try:
+                client.put_item(TableName="t", Item=ITEM, ConditionExpression="attribute_not_exists(pk)")
+            except ClientError as exc:
+                out.append(exc.response["Error"]["Code"])
+            return out
+
+
+def test_every_item_reads_back_the_same_with_and_without_the_response_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    from visionq.moto_dynamodb import speed_up_dynamodb_responses
+
+    stock = _responses(None, monkeypatch)
+    changed = _responses(lambda patch: speed_up_dynamodb_responses(patch.setattr), monkeypatch)
+    assert changed == stock
+    assert stock[0] == ITEM  # not vacuous: every kind of value came back as it was put
+    assert stock[1]["extra"] == {"M": {"x": {"B": b"\x03"}, "y": {"NS": ["7"]}}}
+
+
+def test_plain_values_skip_the_serializers_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.core import serialize
+
+    from visionq.moto_dynamodb import speed_up_dynamodb_responses
+
+    picks = {"n": 0}
+    pick = serialize.AttributePicker.__call__
+
+    def counted(self: Any, context: Any) -> Any:
+        picks["n"] += 1
+        return pick(self, context)
+
+    monkeypatch.setattr(serialize.AttributePicker, "__call__", counted)
+    _responses(None, monkeypatch)
+    stock = picks["n"]
+    picks["n"] = 0
+    _responses(lambda patch: speed_up_dynamodb_responses(patch.setattr), monkeypatch)
+    assert 0 < picks["n"] < stock / 2, (picks["n"], stock)
