@@ -36,6 +36,7 @@ import copy
 import functools
 import logging
 import pickle
+import re
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -298,4 +299,55 @@ def speed_up_dynamodb_responses(set_attribute: Setter = setattr) -> bool:
         original(self, serialized, value, shape, key)
 
     set_attribute(json_serializer, "_serialize_type_structure", serialize_structure)
+    return True
+
+
+KEPT_CONDITIONS = 1024  # (condition, names, the values it names) whose parse is kept; all forgotten beyond
+_PLACEHOLDER = re.compile(r":[A-Za-z0-9_]+")
+
+
+def speed_up_dynamodb_conditions(set_attribute: Setter = setattr) -> bool:
+    """moto's condition expressions parsed once per (expression, names, the values it names).
+
+    Each conditional write's condition was parsed twice per call (the handler, to find the names
+    and values it uses; then the backend, to evaluate it): about a tenth of the emulator's
+    DynamoDB time under the job store's writes, whose conditions name only the job states. The
+    parse (an operator tree that holds the values it names, and is only read afterwards) is kept
+    with the names and values it found, which a kept parse hands to its parser as a parse would. A
+    condition that fails to parse is never kept. False where moto's parser is not as expected."""
+    from moto.dynamodb import comparisons
+
+    parser_class = getattr(comparisons, "ConditionExpressionParser", None)
+    parse = getattr(parser_class, "parse", None)
+    if parse is None or not all(
+        name in _source(getattr(parser_class, "__init__", None))
+        for name in ("condition_expression", "expression_attribute_values", "expr_attr_values_found")
+    ):
+        logger.warning("moto's condition parser is not as this fix expects; conditions are parsed as before")
+        return False
+    kept: dict[tuple[Any, ...], tuple[Any, list[str], list[str]]] = {}
+
+    def kept_parse(self: Any) -> Any:
+        expression = self.condition_expression
+        if not isinstance(expression, str) or not expression:
+            return parse(self)
+        values = self.expression_attribute_values or {}
+        key = (
+            expression,
+            repr(sorted((self.expression_attribute_names or {}).items())),
+            repr([(p, values[p]) for p in sorted(set(_PLACEHOLDER.findall(expression))) if p in values]),
+        )
+        if key not in kept:
+            names_before, values_before = len(self.expr_attr_names_found), len(self.expr_attr_values_found)
+            op = parse(self)  # one that raises is not kept
+            if len(kept) >= KEPT_CONDITIONS:
+                kept.clear()
+            kept[key] = (op, self.expr_attr_names_found[names_before:], self.expr_attr_values_found[values_before:])
+            return op
+        op, names_found, values_found = kept[key]
+        self.expr_attr_names_found.extend(names_found)
+        self.expr_attr_values_found.extend(values_found)
+        return op
+
+    set_attribute(parser_class, "parse", kept_parse)
     return True

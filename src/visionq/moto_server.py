@@ -51,7 +51,11 @@ import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from visionq.moto_dynamodb import speed_up_dynamodb_responses, speed_up_dynamodb_updates
+from visionq.moto_dynamodb import (
+    speed_up_dynamodb_conditions,
+    speed_up_dynamodb_responses,
+    speed_up_dynamodb_updates,
+)
 
 logger = logging.getLogger("visionq.moto_server")
 
@@ -261,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     speed_up_dispatch()
     speed_up_dynamodb_updates()
     speed_up_dynamodb_responses()
+    speed_up_dynamodb_conditions()
     quiet_request_log()
     args = argv if argv is not None else sys.argv[1:]
     if os.environ.get("VISIONQ_EMULATOR_SERVER", "uvicorn") != "werkzeug":

@@ -14,8 +14,14 @@ from moto import mock_aws
 from moto.dynamodb.parsing import expressions, validators
 
 from visionq.jobs import ObjectVersion
-from visionq.moto_dynamodb import speed_up_dynamodb_updates
+from visionq.moto_dynamodb import (
+    speed_up_dynamodb_conditions,
+    speed_up_dynamodb_responses,
+    speed_up_dynamodb_updates,
+)
 from visionq.stores.job_store import DynamoJobStore
+
+ALL_CHANGES = (speed_up_dynamodb_updates, speed_up_dynamodb_responses, speed_up_dynamodb_conditions)
 
 START = {
     "pk": {"S": "a"},
@@ -58,6 +64,12 @@ UPDATES: list[tuple[str, str | None, dict[str, str], dict[str, Any]]] = [
     ("SET #a = :v, #b = :w", None, {"#a": "s", "#b": "n"}, {":v": {"S": "a"}, ":w": {"N": "3"}}),
     ("SET #a = :v, #b = :w", None, {"#a": "s", "#b": "s"}, {":v": {"S": "a"}, ":w": {"N": "3"}}),  # one path twice
     ("SET #a = :v, #b = :w", None, {"#a": "s", "#b": "n"}, {":v": {"S": "b"}}),  # checks kept; a value missing
+    # One condition met, then not met with other values or names, then naming a value not given.
+    ("SET s = :v", "n = :want", {}, {":v": {"S": "met"}, ":want": {"N": "1"}}),
+    ("SET s = :v", "n = :want", {}, {":v": {"S": "met"}, ":want": {"N": "2"}}),
+    ("SET s = :v", "#k = :want", {"#k": "n"}, {":v": {"S": "met"}, ":want": {"N": "1"}}),
+    ("SET s = :v", "#k = :want", {"#k": "s"}, {":v": {"S": "met"}, ":want": {"N": "1"}}),
+    ("SET s = :v", "n = :want", {}, {":v": {"S": "met"}}),
     # A list of actions nests one level per action: deep trees are parsed and copied as moto does,
     # and fail where moto fails (its copy's recursion limit), or not at all.
     (", ".join(f"SET a{i} = :v" if i == 0 else f"a{i} = :v" for i in range(80)), None, {}, {":v": {"S": "d"}}),
@@ -90,7 +102,7 @@ def _outcomes(apply: Callable[[], None] | None, monkeypatch: pytest.MonkeyPatch)
     the item after it, or the error's code and message."""
     with monkeypatch.context() as patch:
         if apply is not None:
-            assert speed_up_dynamodb_updates(patch.setattr) is True
+            assert all(change(patch.setattr) for change in ALL_CHANGES)
         with mock_aws():
             client = _client_with_table()
             outcomes = []
@@ -281,8 +293,6 @@ def _responses(apply: Callable[[pytest.MonkeyPatch], bool] | None, monkeypatch: 
 
 
 def test_every_item_reads_back_the_same_with_and_without_the_response_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    from visionq.moto_dynamodb import speed_up_dynamodb_responses
-
     stock = _responses(None, monkeypatch)
     changed = _responses(lambda patch: speed_up_dynamodb_responses(patch.setattr), monkeypatch)
     assert changed == stock
@@ -292,8 +302,6 @@ def test_every_item_reads_back_the_same_with_and_without_the_response_change(mon
 
 def test_plain_values_skip_the_serializers_walk(monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.core import serialize
-
-    from visionq.moto_dynamodb import speed_up_dynamodb_responses
 
     picks = {"n": 0}
     pick = serialize.AttributePicker.__call__
@@ -308,3 +316,40 @@ def test_plain_values_skip_the_serializers_walk(monkeypatch: pytest.MonkeyPatch)
     picks["n"] = 0
     _responses(lambda patch: speed_up_dynamodb_responses(patch.setattr), monkeypatch)
     assert 0 < picks["n"] < stock / 2, (picks["n"], stock)
+
+
+def test_a_condition_is_parsed_once_per_expression_names_and_the_values_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moto.dynamodb import comparisons
+
+    parses = []
+    lex = comparisons.ConditionExpressionParser._lex_condition_expression
+
+    def counted(self: Any) -> Any:
+        parses.append(self.condition_expression)
+        return lex(self)
+
+    monkeypatch.setattr(comparisons.ConditionExpressionParser, "_lex_condition_expression", counted)
+    assert speed_up_dynamodb_conditions(monkeypatch.setattr) is True
+    with mock_aws():
+        client = _client_with_table()
+
+        def update(now: str, want: str) -> None:
+            client.update_item(
+                TableName="t",
+                Key={"pk": {"S": "a"}},
+                UpdateExpression="SET s = :now",
+                ConditionExpression="attribute_not_exists(pk) OR s <> :want",
+                ExpressionAttributeValues={":now": {"S": now}, ":want": {"S": want}},
+            )
+
+        update("1", "x")
+        once = len(parses)
+        assert once > 0
+        update("2", "x")  # another value, but not one the condition names
+        update("3", "x")
+        assert len(parses) == once
+        with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+            update("4", "3")  # a value the condition names: parsed again, and not met
+        assert len(parses) == 2 * once
