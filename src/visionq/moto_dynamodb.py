@@ -36,7 +36,6 @@ import copy
 import functools
 import logging
 import pickle
-import re
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -143,16 +142,16 @@ def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
         return clauses
 
     checks = tuple(getattr(validators, name) for name in _CHECKS)
-    passed: dict[tuple[Any, ...], None] = {}
+    passed: dict[tuple[str, str, str], None] = {}
 
     def validate(self: Any) -> Any:
         # moto's Validator.validate, without the checks a call with the same verdict key passed.
         n = self.node_to_validate
         source = getattr(n, "_visionq_source", None)
         key = None
-        if source is not None:
-            names = tuple(sorted((self.expression_attribute_names or {}).items()))
-            key = (source, names, tuple(self.table.table_key_attrs))
+        if source is not None and isinstance(self.expression_attribute_names or {}, dict):
+            names = repr(sorted((self.expression_attribute_names or {}).items()))  # a str: hashable whatever was sent
+            key = (source, names, repr(self.table.table_key_attrs))
         known = key is not None and key in passed
         unchecked = sum(type(p) in checks for p in self.processors)
         for processor in self.processors:
@@ -303,7 +302,6 @@ def speed_up_dynamodb_responses(set_attribute: Setter = setattr) -> bool:
 
 
 KEPT_CONDITIONS = 1024  # (condition, names, the values it names) whose parse is kept; all forgotten beyond
-_PLACEHOLDER = re.compile(r":[A-Za-z0-9_]+")
 
 
 def speed_up_dynamodb_conditions(set_attribute: Setter = setattr) -> bool:
@@ -332,10 +330,15 @@ def speed_up_dynamodb_conditions(set_attribute: Setter = setattr) -> bool:
         if not isinstance(expression, str) or not expression:
             return parse(self)
         values = self.expression_attribute_values or {}
+        names = self.expression_attribute_names or {}
+        if not isinstance(values, dict) or not isinstance(names, dict):
+            return parse(self)  # moto's own answer to what is malformed
         key = (
             expression,
-            repr(sorted((self.expression_attribute_names or {}).items())),
-            repr([(p, values[p]) for p in sorted(set(_PLACEHOLDER.findall(expression))) if p in values]),
+            repr(sorted(names.items())),
+            # Every value whose placeholder appears in the text (":p1" also where ":p10" does): at
+            # worst a value it does not name, so a parse kept for other values is never used.
+            repr(sorted((p, v) for p, v in values.items() if isinstance(p, str) and p in expression)),
         )
         if key not in kept:
             names_before, values_before = len(self.expr_attr_names_found), len(self.expr_attr_values_found)
