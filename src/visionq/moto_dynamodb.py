@@ -1,5 +1,7 @@
 """moto's DynamoDB ``UpdateItem`` without the work it repeats on every call (the local emulator only;
-``moto_server.py`` applies it).
+``moto_server.py`` applies these changes): ``speed_up_dynamodb_updates`` below, then its responses
+(``speed_up_dynamodb_responses``) and conditions (``speed_up_dynamodb_conditions``), bench/RESULTS.md
+run 24.
 
 Every job costs the emulator two conditional ``UpdateItem`` calls (the claim, the result), and
 they were most of its CPU: a py-spy profile of the moto server under the job store's calls put
