@@ -38,7 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run_bench import BenchStack, machine, make_images, throughput_run  # noqa: E402
+from run_bench import (  # noqa: E402
+    BenchStack,
+    add_emulator_layout_option,
+    emulator_layout,
+    machine,
+    make_images,
+    throughput_run,
+)
 
 from visionq.local_stack import free_port  # noqa: E402
 
@@ -129,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stock-emulator", action="store_true", help="moto's own server, without moto_server.py's changes"
     )
-    parser.add_argument(
-        "--one-emulator", action="store_true", help="one moto server for S3, SQS and DynamoDB (not DynamoDB apart)"
-    )
+    add_emulator_layout_option(parser)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     state = args.out / "state"
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     images = make_images(args.n)
     report["mean_jpeg_kb"] = round(sum(map(len, images)) / len(images) / 1024, 1)
     report["emulator"] = "moto.server (stock)" if args.stock_emulator else "visionq.moto_server"
-    report["emulator_servers"] = "one for S3, SQS and DynamoDB" if args.one_emulator else "S3 and SQS; DynamoDB apart"
+    report["emulator_servers"] = emulator_layout(args.one_emulator)
     stack = BenchStack(state, stock_emulator=args.stock_emulator, one_emulator=args.one_emulator)
     runs = {
         "null_pipeline": {"VISIONQ_SERVE_MODELS": "null", "VISIONQ_MAX_BATCH": "8"},

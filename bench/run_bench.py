@@ -199,6 +199,16 @@ def raw_model(model: str, images: list[bytes], max_batch: int, repeats: int) -> 
     }
 
 
+def add_emulator_layout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--one-emulator", action="store_true", help="one moto server for S3, SQS and DynamoDB (not DynamoDB apart)"
+    )
+
+
+def emulator_layout(one_emulator: bool) -> str:
+    return "one for S3, SQS and DynamoDB" if one_emulator else "S3 and SQS; DynamoDB apart"
+
+
 class BenchStack:
     """The local stack as `visionq up` runs it: moto for S3 and SQS, moto for DynamoDB apart (or,
     with ``one_emulator``, one moto for all three), embedded PostgreSQL."""
@@ -219,14 +229,14 @@ class BenchStack:
         self.queue_url = ""
 
     @property
-    def emulators(self) -> list[MotoServer]:
-        return [self.moto] if self.moto_dynamodb is self.moto else [self.moto, self.moto_dynamodb]
-
-    def emulator_names(self) -> list[str]:
-        return ["all"] if self.moto_dynamodb is self.moto else ["s3+sqs", "dynamodb"]
+    def emulators(self) -> dict[str, MotoServer]:
+        """Each emulator process by what it serves."""
+        if self.moto_dynamodb is self.moto:
+            return {"all": self.moto}
+        return {"s3+sqs": self.moto, "dynamodb": self.moto_dynamodb}
 
     def reset(self) -> None:
-        for emulator in self.emulators:
+        for emulator in self.emulators.values():
             emulator.reset()
         resources = bootstrap_aws(NAMES, s3=self.s3, sqs=self.sqs, dynamodb=self.dynamodb)
         self.queue_url = resources.queue_url
@@ -264,14 +274,14 @@ class BenchStack:
     def services(self) -> list[psutil.Process]:
         """PostgreSQL's process, then the emulators' (S3 and SQS; DynamoDB, when apart)."""
         procs = []
-        for server in (self.pg, *self.emulators):
+        for server in (self.pg, *self.emulators.values()):
             assert server.proc is not None
             proc = psutil.Process(server.proc.pid)
             procs.append(proc)
         return procs
 
     def stop(self) -> None:
-        for emulator in self.emulators:
+        for emulator in self.emulators.values():
             emulator.stop()
         self.pg.stop()
 
@@ -377,7 +387,7 @@ def throughput_run(
                 "steady_emulator_cpu_ms_per_image": (sum(e1) - sum(e0)) * 1000 / (d1 - d0),
                 "steady_emulator_cpu_ms_per_image_by_server": {
                     name: round((b - a) * 1000 / (d1 - d0), 2)
-                    for name, a, b in zip(stack.emulator_names(), e0, e1, strict=True)
+                    for name, a, b in zip(stack.emulators, e0, e1, strict=True)
                 },
                 "steady_cpu_ms_per_image_by_thread": {
                     group: round((seconds - s0.get(group, 0.0)) * 1000 / (d1 - d0), 2)
@@ -466,9 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-n", type=int, default=30)
     parser.add_argument("--memory-n", type=int, default=0, help="images for the memory soak (0: skip)")
     parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument(
-        "--one-emulator", action="store_true", help="one moto server for S3, SQS and DynamoDB (not DynamoDB apart)"
-    )
+    add_emulator_layout_option(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args(argv)
 
@@ -483,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "backend": os.environ.get("VISIONQ_BACKEND", "auto"),
         "n": args.n,
-        "emulator_servers": "one for S3, SQS and DynamoDB" if args.one_emulator else "S3 and SQS; DynamoDB apart",
+        "emulator_servers": emulator_layout(args.one_emulator),
     }
     print(f"images: making {args.n}", flush=True)
     images = make_images(args.n)

@@ -554,11 +554,7 @@ class LocalStack:
         exited."""
         if self._stopping:
             return
-        for name, service in (
-            ("the AWS emulator (moto: S3, SQS)", self.moto),
-            ("the AWS emulator (moto: DynamoDB)", self.moto_dynamodb),
-            ("PostgreSQL", self.postgres),
-        ):
+        for name, service in self._services().items():
             if service is not None and service.proc is not None and service.proc.poll() is not None:
                 raise ServiceDied(
                     f"{name} {describe_exit(service.proc.returncode)}; the stack cannot go on without it "
@@ -624,9 +620,17 @@ class LocalStack:
             if s.child.ready_file is not None:
                 s.child.ready_file.unlink(missing_ok=True)
         self.supervised.clear()
-        for service in (self.moto, self.moto_dynamodb, self.postgres):
+        for service in self._services().values():
             if service is not None:
                 service.stop()
+
+    def _services(self) -> dict[str, MotoServer | EmbeddedPostgres | None]:
+        """The servers the stack cannot go on without, by the name a message gives them."""
+        return {
+            "the AWS emulator (moto: S3, SQS)": self.moto,
+            "the AWS emulator (moto: DynamoDB)": self.moto_dynamodb,
+            "PostgreSQL": self.postgres,
+        }
 
     def _launch(self, s: Supervised) -> None:
         if s.child.ready_file is not None:

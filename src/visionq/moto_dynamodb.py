@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import pickle
 import weakref
@@ -72,7 +73,7 @@ def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
         or expression is None
         or function is None
         or getattr(validators, "deepcopy", None) is not copy.deepcopy
-        or not _checks_first(validators)
+        or not _validator_as_expected(validators)
     ):
         logger.warning("moto's DynamoDB is not as this fix expects; updates are parsed and copied as before")
         return False
@@ -155,18 +156,14 @@ def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
             names = repr(sorted((self.expression_attribute_names or {}).items()))  # a str: hashable whatever was sent
             key = (source, names, repr(self.table.table_key_attrs))
         known = key is not None and key in passed
-        unchecked = sum(type(p) in checks for p in self.processors)
         for processor in self.processors:
-            is_check = type(processor) in checks
-            if is_check and known:
+            if known and type(processor) in checks:
                 continue
             n = processor.traverse(n)
-            if is_check and key is not None:
-                unchecked -= 1
-                if unchecked == 0:  # every check passed (one that fails raises)
-                    if len(passed) >= KEPT_VERDICTS:
-                        passed.clear()
-                    passed[key] = None
+        if key is not None and not known:  # every pass passed (one that fails raises), the checks too
+            if len(passed) >= KEPT_VERDICTS:
+                passed.clear()
+            passed[key] = None
         return n
 
     set_attribute(validators.UpdateExpressionValidator, "validate", validate)
@@ -182,7 +179,7 @@ def speed_up_dynamodb_updates(set_attribute: Setter = setattr) -> bool:
 _CHECKS = ("ActionCountValidator", "OverlappingPathsValidator", "UpdateHashRangeKeyValidator")
 
 
-def _checks_first(validators: Any) -> bool:
+def _validator_as_expected(validators: Any) -> bool:
     """moto's update validator as this change expects it: the three checks exist, validate() is
     the base class's loop over ``processors``."""
     update_validator = getattr(validators, "UpdateExpressionValidator", None)
@@ -197,8 +194,6 @@ def _checks_first(validators: Any) -> bool:
 
 
 def _source(function: Any) -> str:
-    import inspect
-
     try:
         return inspect.getsource(function)
     except (OSError, TypeError):
