@@ -412,6 +412,16 @@ def throughput_run(
     )
 
 
+def rates(figures: RunFigures) -> str:
+    """The whole run's rate, the steady one beside it, and the mean batch the model was given."""
+    steady = figures.steady_images_per_second
+    batches = figures.worker_stats.get("batches", 0)
+    return (
+        f"{figures.images_per_second:.2f} img/s (steady {f'{steady:.2f}' if steady else 'n/a: too few images'}"
+        f"{f'; {figures.images / batches:.2f} images a batch' if batches else ''})"
+    )
+
+
 def latency_run(stack: BenchStack, images: list[bytes], model: str, interval: float, log: Path) -> dict[str, Any]:
     stack.reset()
     worker = WorkerProcess(stack, model, log, {})
@@ -515,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         report["pipeline"] = asdict(pipeline)
         report["pipeline_over_raw"] = pipeline.images_per_second / raw["images_per_second"]
         save()
-        print(f"  {pipeline.images_per_second:.2f} img/s (steady {pipeline.steady_images_per_second:.2f})", flush=True)
+        print(f"  {rates(pipeline)}", flush=True)
         if not args.skip_naive:
             print("(c) naive", flush=True)
             naive = throughput_run(
@@ -527,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                 {"VISIONQ_NAIVE": "1"},
             )
             report["naive"] = asdict(naive)
-            print(f"  {naive.images_per_second:.2f} img/s (steady {naive.steady_images_per_second:.2f})", flush=True)
+            print(f"  {rates(naive)}", flush=True)
             report["pipeline_over_naive"] = pipeline.images_per_second / naive.images_per_second
         report["cpu_ceiling"] = cpu_ceiling(report["pipeline"], raw["images_per_second"])
         save()

@@ -183,7 +183,8 @@ class WorkerSettings(AwsSettings):
     # None: 8 on a GPU; 1 on a CPU, where batching was measured to lose (bench/RESULTS.md).
     max_batch: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_MAX_BATCH")
     max_wait_ms: float = Field(default=20.0, ge=0, validation_alias="VISIONQ_MAX_WAIT_MS")
-    prefetch: int = Field(default=32, ge=1, validation_alias="VISIONQ_PREFETCH")  # messages held at once
+    # Messages held at once. None: 32, or more for big batches (poller.default_prefetch).
+    prefetch: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_PREFETCH")
     receivers: int = Field(default=2, ge=1, validation_alias="VISIONQ_RECEIVERS")  # concurrent long-polls
     decode_workers: int = Field(default=2, ge=1, validation_alias="VISIONQ_DECODE_WORKERS")
     # Decode in this many processes of their own (decode_pool.py): an image that crashes the decoder
