@@ -413,12 +413,16 @@ def throughput_run(
 
 
 def rates(figures: RunFigures) -> str:
-    """The whole run's rate, the steady one beside it, and the mean batch the model was given."""
+    """The whole run's rate, the steady one beside it, the mean batch the model was given, and of
+    the worker's wait for its model per image, what the model's process spent in ``predict``."""
     steady = figures.steady_images_per_second
-    batches = figures.worker_stats.get("batches", 0)
+    stats, n = figures.worker_stats, figures.images
+    batches = stats.get("batches", 0)
+    waited, in_predict = stats.get("model_seconds", 0.0), stats.get("model_process_seconds", 0.0)
+    split = f"; model {waited * 1000 / n:.2f} ms/img, {in_predict * 1000 / n:.2f} of it in predict"
     return (
         f"{figures.images_per_second:.2f} img/s (steady {f'{steady:.2f}' if steady else 'n/a: too few images'}"
-        f"{f'; {figures.images / batches:.2f} images a batch' if batches else ''})"
+        f"{f'; {n / batches:.2f} images a batch' if batches else ''}{split if in_predict else ''})"
     )
 
 

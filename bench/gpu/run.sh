@@ -41,7 +41,7 @@ if [ -n "${GPU_RUN_SMALL:-}" ]; then
   GPU_RUN_STEPS=${GPU_RUN_STEPS:-machine probe device_decode yolo11n ceiling captioning letterbox}
   MODEL_DEVICE=cpu  # the null model refuses a GPU the machine lacks
 else
-  N_BENCH=400 N_CEILING=600 N_CAPTION=${N_CAPTION:-160} N_DETECT=${N_DETECT:-96} N_DECODE=80
+  N_BENCH=400 N_CEILING=600 N_CAPTION=${N_CAPTION:-320} N_DETECT=${N_DETECT:-96} N_DECODE=80
   RAW_REPEATS=${RAW_REPEATS:-8} CAPTION_LIMIT=${CAPTION_LIMIT:-150} N_LETTERBOX=128 MODEL_DEVICE=cuda:0
 fi
 scratch=$(mktemp -d)

@@ -46,6 +46,9 @@ class ProcessingStats:
     batches: int = 0
     batched_images: int = 0
     model_seconds: float = 0.0
+    # Of model_seconds, the time the models in processes of their own spent in ``predict``, as they
+    # report it (set by the driver; models/own_process.py): the rest is the hand-over.
+    model_process_seconds: float = 0.0
     aws_requests: dict[str, int] = field(default_factory=dict)  # by "service.Operation", set by the driver
 
 

@@ -219,5 +219,8 @@ async def _serve(
             metrics.stop_serving(metrics_server)
             processor.close()
             processor.stats.aws_requests = dict(sorted(requests.items()))
+            processor.stats.model_process_seconds = sum(
+                getattr(model, "predict_seconds", 0.0) for model in processor.models.models.values()
+            )
             logger.info("worker totals", extra={"stats": vars(processor.stats)})
     return processor.stats

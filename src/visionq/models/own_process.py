@@ -47,6 +47,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
@@ -155,8 +156,9 @@ def _serve(
         kind, payload = batch
         if kind in ("images", "prepared"):
             try:
+                started = time.perf_counter()
                 outputs = model.predict(payload) if kind == "images" else letterboxing.predict_prepared(payload)
-                batch = ("ok", list(outputs))
+                batch = ("ok", (list(outputs), time.perf_counter() - started))
             except Exception as exc:  # noqa: BLE001 - the worker decides what a failed batch means
                 _exit_if_device_fault(exc)
                 batch = ("error", repr(exc))
@@ -316,6 +318,9 @@ class ModelProcess:
         self._died_decoding: tuple[int, int | None] | None = None
         self._sent = self._received = 0  # batches sent to / answers read from the current process
         self.starts = 0  # processes started: 1, plus one after each death (for the log and the tests)
+        # Time its process spent in ``predict``, as it reports it per batch: of the time the worker
+        # waits for a batch, the rest is the hand-over (the pipe, the decode, the answer's trip).
+        self.predict_seconds = 0.0
         self._closed = False
         self._start()
         side = self.input_size
@@ -452,7 +457,10 @@ class ModelProcess:
             raise ImageRejected(message, code=code)
         if kind != "ok":
             raise ModelFailed(str(payload))
-        outputs: list[ModelOutput] = payload
+        outputs: list[ModelOutput]
+        outputs, seconds = payload
+        with self._lock:
+            self.predict_seconds += seconds
         return outputs
 
     def _answer(self, conn: Connection, generation: int, ticket: int, count: int) -> tuple[str, Any]:
