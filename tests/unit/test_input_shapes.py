@@ -61,3 +61,26 @@ def test_warm_batches_runs_each_batch_size_once_at_load(monkeypatch: pytest.Monk
 def test_a_gpu_gets_square_input_and_eight_warm_batch_sizes_by_default() -> None:
     assert input_defaults("cuda:0") == {"square_input": True, "warm_batches": 8}
     assert input_defaults("cpu") == {"square_input": False, "warm_batches": 1}
+
+
+def test_a_gpu_warms_every_batch_size_the_worker_may_hand_the_model() -> None:
+    """VISIONQ_MAX_BATCH=32 on a GPU: batches of 9-32 would each stall on their first call."""
+    assert input_defaults("cuda:0", 32) == {"square_input": True, "warm_batches": 32}
+    assert input_defaults("cpu", 32) == {"square_input": False, "warm_batches": 1}
+
+
+def test_the_loader_takes_its_defaults_for_the_batch_the_worker_hands_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import visionq.models.yolo as yolo
+
+    asked: list[tuple[str, int | None]] = []
+
+    def recording(device: str, max_batch: int | None = None) -> dict[str, Any]:
+        asked.append((device, max_batch))
+        return input_defaults(device, max_batch)
+
+    monkeypatch.setattr(yolo, "input_defaults", recording)
+    spec = ModelSpec(
+        name="shapes", family="ultralytics", weights=str(WEIGHTS_PATH), options={"backend": "torch"}, max_batch=16
+    )
+    load_ultralytics(spec, str(WEIGHTS_PATH), device="cpu")
+    assert asked == [("cpu", 16)]

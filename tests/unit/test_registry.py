@@ -96,6 +96,35 @@ def _loader(broken: set[str]) -> Any:
     return load
 
 
+def test_each_model_is_told_the_largest_batch_the_worker_hands_it(tmp_path: Path) -> None:
+    """A GPU's warm-up runs every batch size up to it (models/yolo.py, input_defaults)."""
+    told: dict[str, int | None] = {}
+
+    def load(spec: ModelSpec, weights: str, device: str | None) -> Model:
+        told[spec.name] = spec.max_batch
+        return FakeModel()
+
+    load_models(_registry(tmp_path), loader=load, max_batch=16)
+    assert told == {"detect": 16, "caption": 16}
+    load_models(_registry(tmp_path), loader=load)
+    assert told == {"detect": None, "caption": None}
+
+
+def test_a_worker_tells_its_models_the_batch_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.fakes import settings
+    from visionq.models import registry
+
+    told: list[int | None] = []
+
+    def load(spec: ModelSpec, weights: str, device: str | None) -> Model:
+        told.append(spec.max_batch)
+        return FakeModel()
+
+    monkeypatch.setattr(registry, "_load_family", load)
+    registry.load_served_models(settings(max_batch=16, model="yolo11n.pt"))
+    assert told == [16]
+
+
 def test_a_worker_serving_one_model_refuses_to_start_when_it_cannot_load(tmp_path: Path) -> None:
     registry = _registry(tmp_path)
     with pytest.raises(ModelUnavailable, match="model 'caption': the weights 's3://models/blip/' are corrupt"):

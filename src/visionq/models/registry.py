@@ -30,7 +30,7 @@ import re
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -224,14 +224,16 @@ def load_models(
     device: str | None = None,
     resolve: Callable[[str], str] = lambda weights: weights,
     loader: Loader = _load_family,
+    max_batch: int | None = None,
 ) -> LoadedModels:
-    """Load ``names`` (default: every registered model) once each. A worker serving one model
-    refuses to start when it cannot load it (ModelUnavailable, one sentence); a worker serving
-    several keeps the others and records why that one is unavailable."""
+    """Load ``names`` (default: every registered model) once each, each told the largest batch it
+    will be handed (``max_batch``; None: its device's default). A worker serving one model refuses
+    to start when it cannot load it (ModelUnavailable, one sentence); a worker serving several
+    keeps the others and records why that one is unavailable."""
     wanted = list(names) if names is not None else registry.names
     loaded = LoadedModels(registry=registry)
     for name in wanted:
-        spec = registry.spec(name)
+        spec = replace(registry.spec(name), max_batch=max_batch)
         try:
             started = time.perf_counter()
             loaded.models[name] = loader(spec, resolve(spec.weights), device)
@@ -263,7 +265,9 @@ def load_served_models(settings: Any) -> LoadedModels:
             device_letterbox=settings.device_letterbox,
         )
     resolve = _weights_resolver(settings)
-    return load_models(registry, names=names, device=settings.device, resolve=resolve, loader=loader)
+    return load_models(
+        registry, names=names, device=settings.device, resolve=resolve, loader=loader, max_batch=settings.max_batch
+    )
 
 
 def _weights_resolver(settings: Any) -> Callable[[str], str]:

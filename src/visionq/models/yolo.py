@@ -273,13 +273,14 @@ def _boxes(boxes: Any, names: Any) -> list[Box]:
     ]
 
 
-def input_defaults(device: str) -> dict[str, Any]:
-    """The input-shape options' defaults on ``device``. On a GPU: every batch padded square and
-    batch sizes 1-8 (the worker's default batch there) run once at load, so no job meets a shape's
-    first call (about 1.2 s each on an H200, bench/RESULTS.md run 23). On a CPU: Ultralytics' own
-    (a batch of one shape padded only to the stride; square would cost compute) and one pass."""
+def input_defaults(device: str, max_batch: int | None = None) -> dict[str, Any]:
+    """The input-shape options' defaults on ``device``. On a GPU: every batch padded square, and
+    each batch size the worker may hand the model (``max_batch``; 8, its default there) run once at
+    load, so no job meets a shape's first call (up to 1.96 s each on an H200, and at most 11 ms
+    with these defaults: bench/RESULTS.md, runs 23 and 25). On a CPU: Ultralytics' own (a batch of
+    one shape padded only to the stride; square would cost compute) and one pass."""
     gpu = device.startswith("cuda")
-    return {"square_input": gpu, "warm_batches": 8 if gpu else 1}
+    return {"square_input": gpu, "warm_batches": (max_batch or 8) if gpu else 1}
 
 
 def load_ultralytics(
@@ -319,7 +320,7 @@ def load_ultralytics(
     # An architecture yaml has no weights file to export: it stays on PyTorch.
     backend = "torch" if untrained else choose_backend(str(spec.option("backend", "auto")), device)
     image_size = spec.option("image_size") or _trained_size(model)
-    shapes = input_defaults(device)
+    shapes = input_defaults(device, spec.max_batch)
 
     def wrapped(network: Any) -> UltralyticsModel:
         return UltralyticsModel(
