@@ -76,7 +76,7 @@ keep() {  # keep NAME FILE: a step's report back under $OUT
   [ -f "$2" ] && cp "$2" "$OUT/$1.json"
 }
 
-step machine 20 bash -c "nvidia-smi -L; $PY -c 'import sys, torch, torchvision, transformers; print(sys.version.split()[0], torch.__version__, torchvision.__version__, transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))'"
+step machine 20 bash -c "nvidia-smi -L; df -h /dev/shm | tail -1; $PY -c 'import sys, torch, torchvision, transformers; print(sys.version.split()[0], torch.__version__, torchvision.__version__, transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))'"
 step probe 90 "$PY" bench/gpu/probe.py  # where yolo11n's time goes in a predict call (run 1 of the H200 asked)
 step device_decode 30 "$PY" bench/device_decode_check.py --n "$N_DECODE" --out "$scratch/decode"
 keep device_decode "$scratch/decode/device_decode_check.json"

@@ -187,6 +187,33 @@ def test_the_process_reports_the_time_its_model_spent_on_each_batch() -> None:
     assert 3 * 0.06 <= model.predict_seconds <= waited
 
 
+@pytest.mark.parametrize(("free_images", "in_shared_memory"), [(9, 2), (3, 0)])
+def test_with_little_shared_memory_free_the_frames_that_do_not_fit_are_pickled(
+    monkeypatch: pytest.MonkeyPatch, free_images: int, in_shared_memory: int
+) -> None:
+    """A segment larger than what /dev/shm holds kills the process that writes past it (SIGBUS;
+    a container's default is 64 MiB). The room is cut to half of what is free, and the answers stay
+    the same: 9 images' worth free leaves 2 a batch in shared memory; 3 leave less than one each."""
+    one = 64 * 64 * 3
+    monkeypatch.setattr(own_process, "free_shared_memory", lambda path=own_process.SHARED_MEMORY: free_images * one)
+    model = ModelProcess(labelled(delay_ms=1, input_size=64), "delay", None, batch_room=4)
+    try:
+        sent: list[Any] = []
+        send = model._frames
+
+        def recorded(images: Any, region: int | None) -> Any:
+            frames = send(images, region)
+            sent.append(frames)
+            return frames
+
+        monkeypatch.setattr(model, "_frames", recorded)
+        answers = [labels(model.predict([image(v, 64) for v in range(first, first + 3)])) for first in (10, 20)]
+    finally:
+        model.close()
+    assert answers == [["v10", "v11", "v12"], ["v20", "v21", "v22"]]
+    assert [sum(isinstance(frame, tuple) for frame in frames) for frames in sent] == [in_shared_memory] * 2
+
+
 def test_a_crash_with_two_batches_in_flight_fails_only_the_batch_that_caused_it() -> None:
     """The batch queued behind the one that killed the process did not kill it: it runs again on
     a fresh process and succeeds; the guilty batch fails as a crash on a fresh process."""

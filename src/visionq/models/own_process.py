@@ -252,6 +252,27 @@ def _decoded(
         decoding.value = 0
 
 
+SHARED_MEMORY = "/dev/shm"  # noqa: S108 - only its free space is read
+
+
+def free_shared_memory(path: str = SHARED_MEMORY) -> int | None:
+    """Bytes free in the machine's shared memory (a tmpfs); None where it cannot be told."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def shared_room(wanted: int) -> int:
+    """``wanted`` bytes of shared memory for a model's frames, or half of what is free where that is
+    less (a container's default is 64 MiB; VISIONQ_MAX_BATCH=32 at 640 px wants 79 MiB): a process
+    that writes into a segment past what the tmpfs holds is killed (SIGBUS), and the decode
+    processes' slots need room too. Frames that do not fit are pickled down the pipe instead."""
+    free = free_shared_memory()
+    return wanted if free is None else min(wanted, free // 2)
+
+
 def _crash_on_marker(jpegs: list[bytes]) -> None:
     """Fault injection (faults.py, VISIONQ_CRASH_DECODER_ON): a JPEG holding the marker kills the
     process as a native crash in the device's decoder would."""
@@ -325,11 +346,22 @@ class ModelProcess:
         self._start()
         side = self.input_size
         # Per batch in flight, room for a batch of images at the model's input size; beyond, pickled.
-        self._room = batch_room * side * side * 3 if side else 0
+        wanted = self.batches_in_flight * batch_room * side * side * 3 if side else 0
+        size = shared_room(wanted)
+        if size < wanted:
+            logger.warning(
+                "too little shared memory is free for model %s (%.0f MiB wanted): its frames beyond %.0f MiB a "
+                "batch are pickled, a copy each (give a container more: Docker's --shm-size, ECS SharedMemorySize)",
+                spec.name,
+                wanted / 2**20,
+                size / self.batches_in_flight / 2**20,
+            )
+        room = size // self.batches_in_flight
+        self._room = room if side and room >= side * side * 3 else 0  # less than one image: all pickled
         self._segment = (
-            shared_memory.SharedMemory(create=True, size=self.batches_in_flight * self._room) if side else None
+            shared_memory.SharedMemory(create=True, size=self.batches_in_flight * self._room) if self._room else None
         )
-        self._regions = list(range(self.batches_in_flight)) if side else []
+        self._regions = list(range(self.batches_in_flight)) if self._room else []
 
     def _start(self) -> None:
         ours, theirs = self._context.Pipe()
