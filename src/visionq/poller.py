@@ -27,6 +27,7 @@ from visionq.core import Processor
 from visionq.dead_letters import BatchNotices
 from visionq.errors import TransientError, VisionqError
 from visionq.faults import Failpoints
+from visionq.models import GPU_BATCH
 from visionq.stores.job_store import JobStore
 from visionq.stores.queue import EntryFailure, Message, Queue
 from visionq.waiting import wait_event
@@ -78,7 +79,7 @@ def default_prefetch(max_batch: int) -> int:
 
 def default_max_batch(settings: WorkerSettings, device: str) -> int:
     """8 on a GPU; 1 on a CPU, where batching was measured to lose (bench/RESULTS.md)."""
-    return settings.max_batch or (8 if device.startswith("cuda") else 1)
+    return settings.max_batch or (GPU_BATCH if device.startswith("cuda") else 1)
 
 
 @dataclass

@@ -15,6 +15,10 @@ from visionq.outputs import ModelOutput
 if TYPE_CHECKING:  # numpy is a worker dependency; the API imports this package without it
     import numpy as np
 
+# The largest batch a worker hands its models on a GPU unless VISIONQ_MAX_BATCH says otherwise (on a
+# CPU it is 1: batching was measured to lose there, bench/RESULTS.md).
+GPU_BATCH = 8
+
 
 class Model(Protocol):
     @property

@@ -16,7 +16,7 @@ import cv2  # opencv-python, an Ultralytics dependency
 import numpy as np
 
 from visionq.errors import ModelUnavailable
-from visionq.models import pick_device
+from visionq.models import GPU_BATCH, pick_device
 from visionq.models.digest import weights_digest
 from visionq.models.letterbox import Prepared, geometry, letterboxed, shape_only
 from visionq.models.onnx_export import choose_backend, onnx_sessions, onnx_weights, set_onnx_threads
@@ -280,7 +280,7 @@ def input_defaults(device: str, max_batch: int | None = None) -> dict[str, Any]:
     with these defaults: bench/RESULTS.md, runs 23 and 25). On a CPU: Ultralytics' own (a batch of
     one shape padded only to the stride; square would cost compute) and one pass."""
     gpu = device.startswith("cuda")
-    return {"square_input": gpu, "warm_batches": (max_batch or 8) if gpu else 1}
+    return {"square_input": gpu, "warm_batches": (max_batch or GPU_BATCH) if gpu else 1}
 
 
 def load_ultralytics(
