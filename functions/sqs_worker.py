@@ -11,7 +11,11 @@ remaining time, less a margin, is every message's deadline, and work not finishe
 back rather than failed (on_expiry=RETRY). A result write under way at the deadline is waited for,
 but never past the invocation's last second (``ANSWER_SECONDS``): the handler answers then, naming
 what still runs, rather than be killed with every message of the event coming back.
-Lambda has no GPU: this flavour is for CPU models.
+Lambda has no GPU: this flavour is for CPU models. Images are decoded in processes of their own,
+as in the poller's worker (decode_pool.py; their pixels come back through a socket, Lambda having
+no /dev/shm): an image that crashes the decoder fails its job (``decoder_crashed``) instead of
+killing the runtime, which would send every record of the event back, again at each delivery,
+until the innocent ones reached the dead-letter queue. The model runs in the runtime's process.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from visionq import metrics
 from visionq.config import WorkerSettings, load_settings
 from visionq.core import Processor
+from visionq.faults import Failpoints
 from visionq.models import Model
 from visionq.poller import default_max_batch
 from visionq.stores.queue import Message
@@ -82,6 +87,7 @@ class LambdaWorker:
             models=models,
             max_batch=default_max_batch(settings, models.device),
             max_wait=settings.max_wait_ms / 1000,
+            failpoints=Failpoints.from_env(),  # the fault-injection suite's, off unless set
             announce=announce,
         )
 

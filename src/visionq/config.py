@@ -188,9 +188,9 @@ class WorkerSettings(AwsSettings):
     receivers: int = Field(default=2, ge=1, validation_alias="VISIONQ_RECEIVERS")  # concurrent long-polls
     decode_workers: int = Field(default=2, ge=1, validation_alias="VISIONQ_DECODE_WORKERS")
     # Decode in this many processes of their own (decode_pool.py): an image that crashes the decoder
-    # fails its job (decoder_crashed) instead of killing the worker. 0: in threads (decode_workers).
-    # Unset: one per core this process may run on (at least decode_workers), but threads on Lambda
-    # (no /dev/shm for process pools there).
+    # fails its job (decoder_crashed) instead of killing the worker (on Lambda: the runtime, which
+    # would send every record of the event back). 0: in threads (decode_workers). Unset: one per
+    # core this process may run on (at least decode_workers).
     decode_processes: int | None = Field(default=None, ge=0, validation_alias="VISIONQ_DECODE_PROCESSES")
     # A decode process that has spent this long on one image is killed; the image is tried once
     # more alone, then its job fails (decode_timeout). A 50 MP JPEG decodes in about a second.
@@ -200,8 +200,6 @@ class WorkerSettings(AwsSettings):
     def decode_processes_wanted(self) -> int:
         if self.decode_processes is not None:
             return self.decode_processes
-        if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-            return 0
         return max(self.decode_workers, len(os.sched_getaffinity(0)))
 
     torch_threads: int | None = Field(default=None, ge=1, validation_alias="VISIONQ_TORCH_THREADS")

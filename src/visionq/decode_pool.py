@@ -20,7 +20,8 @@ process pool, used before, woke a manager thread and a feeder thread and pickled
 to 2.0 ms of the worker's CPU per image, bench/RESULTS.md run 13.) A process decodes one image at
 a time; the worker keeps up to two waiting on it, so it goes from one straight to the next.
 
-The decoded pixels come back through shared memory: each decode in flight holds a slot of a
+The decoded pixels come back through shared memory where there is some (not on AWS Lambda: there
+they come back pickled, through the socket): each decode in flight holds a slot of a
 segment the worker made (sized for the models' input, ``slot_side``), the process writes the pixels
 there, and the worker copies them out (one memcpy; pickling them cost 1.4 ms more per 640 px
 image, run 11). A slot is reused only once no process can still write into it: a decode whose
@@ -400,6 +401,19 @@ class _Slots:
         self.segment.unlink()
 
 
+def _shared_slots(count: int, slot_bytes: int) -> _Slots | None:
+    """The slots, or None where no shared memory can be made (AWS Lambda has no /dev/shm): the
+    pixels then come back pickled, through the socket, which costs the worker more CPU per image
+    (bench/RESULTS.md run 11) but keeps the decoder's crashes out of its process."""
+    try:
+        return _Slots(count, slot_bytes)
+    except OSError as exc:
+        logger.info(
+            "no shared memory here (%s): decoded pixels come back through the decode processes' sockets", exc
+        )
+        return None
+
+
 class DecodePool:
     def __init__(
         self,
@@ -415,7 +429,7 @@ class DecodePool:
         on one image (None: no limit). The markers: fault injection (``faults.Failpoints``)."""
         self.processes = processes
         # A slot per decode a process can hold: one being written while the next waits.
-        self._slots = _Slots(WAITING_PER_PROCESS * processes, slot_side * slot_side * 3) if slot_side else None
+        self._slots = _shared_slots(WAITING_PER_PROCESS * processes, slot_side * slot_side * 3) if slot_side else None
         self._markers = _Markers(
             crash=crash_marker.encode() if crash_marker else None, hang=hang_marker.encode() if hang_marker else None
         )

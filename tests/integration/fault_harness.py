@@ -105,9 +105,9 @@ class Supervisor:
 # --- inputs ---------------------------------------------------------------------------------------
 
 
-def png(image: Image.Image) -> bytes:
+def png(image: Image.Image, **options: Any) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, "PNG")
+    image.save(buf, "PNG", **options)
     return buf.getvalue()
 
 

@@ -15,16 +15,20 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
+from PIL.PngImagePlugin import PngInfo
 
 from functions.sqs_worker import LambdaWorker
 from tests.conftest import BUCKET, TABLE, Stack
 from tests.integration.fault_harness import jpeg, png
+from tests.unit.fakes import no_shared_memory
 from visionq.errors import TransientError
 from visionq.events import ObjectCreated
 from visionq.faults import Failpoints
 from visionq.local_stack import wait_until
 
 pytestmark = pytest.mark.integration
+
+POISON = "visionq-poison-for-the-decoder"  # a decode process given an object holding it aborts
 
 
 class FakeContext:
@@ -88,20 +92,9 @@ def test_only_the_messages_that_must_come_back_are_reported(
         "uploads/lambda/truncated.jpg": whole[: len(whole) // 2],
         "uploads/lambda/flaky.png": png(image),
     }
-    for key, data in objects.items():
-        stack.s3.put_object(Bucket=BUCKET, Key=key, Body=io.BytesIO(data))
-    received: list[dict[str, Any]] = []
-    while len(received) < len(objects):
-        batch = stack.sqs.receive_message(
-            QueueUrl=stack.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=2, MessageSystemAttributeNames=["All"]
-        )
-        received.extend(batch.get("Messages", []))
-    by_key = {unquote_plus(json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"]): m for m in received}
-    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    malformed = {**received[0], "MessageId": "not-an-s3-event", "Body": "{this is not json"}
-    event = {"Records": [sqs_record(m, arn) for m in [*by_key.values(), malformed]]}
+    by_key = _upload_all_and_receive(stack, objects)
+    malformed = {**by_key["uploads/lambda/good.png"], "MessageId": "not-an-s3-event", "Body": "{this is not json"}
+    event = _event(stack, [*by_key.values(), malformed])
 
     response = lambda_worker.handle(event, FakeContext())
 
@@ -176,16 +169,62 @@ def test_an_invocation_answers_in_time_while_a_result_write_hangs_and_its_messag
     assert stack.sql("SELECT count(*) FROM results") == [(1,)]
 
 
+def test_an_image_that_crashes_the_decoder_fails_alone_and_the_runtime_lives(
+    stack: Stack, shapes_detector: Any, draw_scene: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Lambda (no /dev/shm) decoding runs in processes of its own too: an image that crashes the
+    decoder ends its job FAILED decoder_crashed, its batch-mates succeed, and the invocation answers
+    with nothing to retry. Decoded in the runtime's own process, the crash would kill the runtime,
+    and every record of the event would come back with one more receive, towards the dead-letter
+    queue, again at each delivery."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "visionq-worker")
+    monkeypatch.setenv("VISIONQ_CRASH_DECODER_ON", POISON)
+    no_shared_memory(monkeypatch)
+    objects = {f"uploads/lambda/{i}.png": png(draw_scene(50_010 + i, (320, 240))[0]) for i in range(3)}
+    poisoned = PngInfo()
+    poisoned.add_text("Comment", POISON)
+    objects["uploads/lambda/1.png"] = png(draw_scene(50_011, (320, 240))[0], pnginfo=poisoned)
+    event = _event(stack, list(_upload_all_and_receive(stack, objects).values()))
+    worker = LambdaWorker(stack.worker_settings(max_attempts=5), model=shapes_detector)
+    try:
+        response = worker.handle(event, FakeContext())
+        again = worker.handle(event, FakeContext())  # a redelivery, in the same warm container
+    finally:
+        worker.close()
+
+    assert response == again == {"batchItemFailures": []}
+    jobs = _jobs_by_key(stack)
+    poison = jobs["uploads/lambda/1.png"]
+    assert (poison["status"], poison["error_code"]) == ("FAILED", "decoder_crashed")
+    assert [jobs[f"uploads/lambda/{i}.png"]["status"] for i in (0, 2)] == ["SUCCEEDED", "SUCCEEDED"]
+    assert stack.sql("SELECT key FROM results ORDER BY key") == [("uploads/lambda/0.png",), ("uploads/lambda/2.png",)]
+
+
 def _upload_and_receive(stack: Stack, key: str, data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """Upload one object; its S3 notification as SQS hands it out, and as the one record of an event."""
-    stack.s3.put_object(Bucket=BUCKET, Key=key, Body=data)
-    [message] = stack.sqs.receive_message(
-        QueueUrl=stack.queue_url, WaitTimeSeconds=5, MessageSystemAttributeNames=["All"]
-    )["Messages"]
+    message = _upload_all_and_receive(stack, {key: data})[key]
+    return message, _event(stack, [message])
+
+
+def _upload_all_and_receive(stack: Stack, objects: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """Upload the objects; their S3 notifications as SQS hands them out, by key."""
+    for key, data in objects.items():
+        stack.s3.put_object(Bucket=BUCKET, Key=key, Body=io.BytesIO(data))
+    received: list[dict[str, Any]] = []
+    while len(received) < len(objects):
+        batch = stack.sqs.receive_message(
+            QueueUrl=stack.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=2, MessageSystemAttributeNames=["All"]
+        )
+        received.extend(batch.get("Messages", []))
+    return {unquote_plus(json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"]): m for m in received}
+
+
+def _event(stack: Stack, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The messages as the records of one event, as the event source mapping hands them over."""
     arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
-    return message, {"Records": [sqs_record(message, arn)]}
+    return {"Records": [sqs_record(m, arn) for m in messages]}
 
 
 def _jobs_by_key(stack: Stack) -> dict[str, dict[str, Any]]:

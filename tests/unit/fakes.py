@@ -7,15 +7,18 @@ The job store applies the very transition table the DynamoDB store turns into co
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import json
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from visionq.config import WorkerSettings
@@ -335,3 +338,15 @@ def settings(**overrides: Any) -> WorkerSettings:
     }
     values.update(overrides)
     return WorkerSettings(**values)
+
+
+def no_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on AWS Lambda, which has no /dev/shm: a new segment cannot be made (shm_open: ENOSYS)."""
+    original = shared_memory.SharedMemory
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        if kwargs.get("create"):
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shared_memory, "SharedMemory", refuse)

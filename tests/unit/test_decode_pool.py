@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.unit.fakes import no_shared_memory
 from visionq.decode_pool import DecodePool
 from visionq.errors import ImageRejected
-from visionq.images import ImageLimits
+from visionq.images import DecodedImage, ImageLimits
 
 LIMITS = ImageLimits(max_bytes=10_000_000, max_pixels=50_000_000)
 MARKER = "visionq-test-crash-the-decoder"
@@ -34,11 +35,35 @@ def png(value: int, *, crash: bool = False, hang: bool = False) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(params=[None, 64], ids=["pickled", "shared-memory"])
-def pool(request: pytest.FixtureRequest) -> Iterator[DecodePool]:
-    decode_pool = DecodePool(2, crash_marker=MARKER, slot_side=request.param)
+@pytest.fixture(params=["pickled", "shared-memory", "no-dev-shm"])
+def pool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[DecodePool]:
+    if request.param == "no-dev-shm":
+        no_shared_memory(monkeypatch)
+    decode_pool = DecodePool(2, crash_marker=MARKER, slot_side=None if request.param == "pickled" else 64)
     yield decode_pool
     decode_pool.close()
+
+
+def test_without_shared_memory_the_pixels_come_back_through_the_socket(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    no_shared_memory(monkeypatch)
+    with caplog.at_level("INFO", logger="visionq.decode_pool"):
+        pool = DecodePool(2, slot_side=64)
+    try:
+        assert pool._slots is None
+        images = asyncio.run(_decoded_all(pool, range(10)))
+    finally:
+        pool.close()
+    assert [(int(image.rgb[-1, -1, 2]), image.rgb.shape) for image in images] == [(v, (48, 64, 3)) for v in range(10)]
+    assert [r.getMessage() for r in caplog.records if "shared memory" in r.getMessage()] == [
+        "no shared memory here ([Errno 38] Function not implemented): decoded pixels come back through"
+        " the decode processes' sockets"
+    ]
+
+
+async def _decoded_all(pool: DecodePool, values: range) -> list[DecodedImage]:
+    return list(await asyncio.gather(*(pool.decode(png(v), LIMITS, max_side=64) for v in values)))
 
 
 def test_many_images_through_few_slots_each_keep_their_own_pixels() -> None:
