@@ -134,5 +134,6 @@ def through_processes(
         pickled.close()
     return figures
 
+
 if __name__ == "__main__":
     main()

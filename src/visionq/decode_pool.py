@@ -408,9 +408,7 @@ def _shared_slots(count: int, slot_bytes: int) -> _Slots | None:
     try:
         return _Slots(count, slot_bytes)
     except OSError as exc:
-        logger.info(
-            "no shared memory here (%s): decoded pixels come back through the decode processes' sockets", exc
-        )
+        logger.info("no shared memory here (%s): decoded pixels come back through the decode processes' sockets", exc)
         return None
 
 
