@@ -9,21 +9,23 @@
 # Steps, each with a time limit, in the order they matter (a step that fails does not stop the
 # next; what a step cut at its limit leaves running is killed before the next): the device
 # decode's verdicts and speed; yolo11n (architecture, seeded) raw batched, pipelined and naive;
-# the worker's own ceiling with the JPEG decode off and on the device; BLIP captioning (base-size
-# architecture) raw and pipelined. The models' weights are random (the hub cannot be reached
-# there): the compute is the same. The limits add up to 520 s, under the tool's 600. Run 25's
+# yolo11n and BLIP in a process of their own fed at full speed against the same models in the
+# bench's process (bench/model_process.py); BLIP captioning (base-size architecture) raw and
+# pipelined. The models' weights are random (the hub cannot be reached there): the compute is the
+# same. The limits add up to 480 s, under the tool's 600. Run 25's
 # machine started in about 30 s, so a second call fits in a session's 900 s while the machine is
 # warm (30 s), for example the captioning step again with more images:
 #     GPU_RUN_STEPS="captioning" N_CAPTION=240 CAPTION_LIMIT=200 bench/gpu/run.sh   (timeout_s: 230)
-# Two steps run only when named, their figures taken in runs 23 and 25: `probe` (where yolo11n's
-# time goes in a predict call, and each input shape's first call) and `letterbox` (the network's
-# input made on the host or on the device).
+# Three steps run only when named, their figures taken in runs 23 and 25: `probe` (where yolo11n's
+# time goes in a predict call, and each input shape's first call), `ceiling` (the worker's own CPU
+# per image with the null model, the JPEG decode off and on the device) and `letterbox` (the
+# network's input made on the host or on the device).
 #
 # Here, as a dry run of the script itself on the CPU (small N, the project's .venv, no kit):
 #     GPU_RUN_PYTHON=.venv/bin/python GPU_RUN_SMALL=1 OUT=/tmp/gpu-dry bench/gpu/run.sh
 # GPU_RUN_STEPS="yolo11n ceiling" runs only the steps it names (machine, probe, device_decode,
-# yolo11n, ceiling, captioning, letterbox); N_CAPTION, N_DETECT, RAW_REPEATS and CAPTION_LIMIT
-# override the captioning step's sizes.
+# yolo11n, ceiling, model_process, captioning, letterbox); N_CAPTION, N_DETECT, RAW_REPEATS and
+# CAPTION_LIMIT override the captioning step's sizes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -36,13 +38,14 @@ if [ -z "${GPU_RUN_PYTHON:-}" ]; then
 fi
 export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 VISIONQ_MODEL_PROCESS=1
 if [ -n "${GPU_RUN_SMALL:-}" ]; then
-  N_BENCH=40 N_CEILING=60 N_CAPTION=2 N_DETECT=4 N_DECODE=8 RAW_REPEATS=1 N_LETTERBOX=16
+  N_BENCH=40 N_CEILING=60 N_CAPTION=2 N_DETECT=4 N_DECODE=8 RAW_REPEATS=1 N_LETTERBOX=16 N_MP_DETECT=8 N_MP_CAPTION=4
   CAPTION_LIMIT=600  # BLIP base on a CPU: about 0.35 images/s
-  GPU_RUN_STEPS=${GPU_RUN_STEPS:-machine probe device_decode yolo11n ceiling captioning letterbox}
+  GPU_RUN_STEPS=${GPU_RUN_STEPS:-machine probe device_decode yolo11n ceiling model_process captioning letterbox}
   MODEL_DEVICE=cpu  # the null model refuses a GPU the machine lacks
 else
   N_BENCH=400 N_CEILING=600 N_CAPTION=${N_CAPTION:-320} N_DETECT=${N_DETECT:-96} N_DECODE=80
   RAW_REPEATS=${RAW_REPEATS:-8} CAPTION_LIMIT=${CAPTION_LIMIT:-150} N_LETTERBOX=128 MODEL_DEVICE=cuda:0
+  N_MP_DETECT=640 N_MP_CAPTION=160
 fi
 scratch=$(mktemp -d)
 
@@ -64,7 +67,7 @@ reap() {  # reap TAG: kill what a step left running. A step cut at its limit lea
 step() {  # step NAME SECONDS COMMAND...: run when GPU_RUN_STEPS, or else the default list, names it
   local name=$1 limit=$2 rc
   shift 2
-  local steps=${GPU_RUN_STEPS:-machine device_decode yolo11n ceiling captioning}
+  local steps=${GPU_RUN_STEPS:-machine device_decode yolo11n model_process captioning}
   [[ " $steps " == *" ${name%_decode_*} "* ]] || return 0
   echo "== $name ($(date -u +%T), at most ${limit}s): $*"
   GPU_RUN_STEP=$name timeout "$limit" "$@" 2>&1 | stamp_phases
@@ -88,6 +91,13 @@ for mode in off on; do
     --env VISIONQ_MODEL_PROCESS=1 --env "VISIONQ_DEVICE_DECODE=$mode" --out "$scratch/ceiling_$mode"
   keep "ceiling_decode_$mode" "$scratch/ceiling_$mode/ceiling.json"
 done
+# The model in its own process fed at full speed against the same model in the bench's process,
+# with no emulator to bound it: is the hand-over (the pipe, the decode on the device beside the
+# forward pass) what made run 25's caption pipeline 0.69 x its raw model, or the pipeline's batches?
+step model_process 100 bash -c "$PY bench/model_process.py --n $N_MP_DETECT --out $scratch/mp_detect.json \
+  && $PY bench/model_process.py --caption --n $N_MP_CAPTION --out $scratch/mp_caption.json"
+keep model_process_detect "$scratch/mp_detect.json"
+keep model_process_caption "$scratch/mp_caption.json"
 step captioning "$CAPTION_LIMIT" "$PY" bench/models_bench.py --n-caption "$N_CAPTION" --n-detect "$N_DETECT" \
   --raw-repeats "$RAW_REPEATS" --out "$scratch/models"
 keep captioning "$scratch/models/results.json"
