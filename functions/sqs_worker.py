@@ -86,6 +86,7 @@ class LambdaWorker:
             results=PostgresResultStore(settings.database_url),
             models=models,
             max_batch=default_max_batch(settings, models.device),
+            model_batches=models.own_batches,
             max_wait=settings.max_wait_ms / 1000,
             failpoints=Failpoints.from_env(),  # the fault-injection suite's, off unless set
             announce=announce,

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -66,6 +66,7 @@ class Processor:
         models: LoadedModels,
         max_batch: int,
         max_wait: float,
+        model_batches: Mapping[str, int] | None = None,
         failpoints: Failpoints | None = None,
         announce: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
@@ -118,9 +119,13 @@ class Processor:
             settings=settings, jobs=jobs, results=results, calls=self._calls, stats=self.stats, announce=announce
         )
         self._preparing = 0
-        # Batches are formed per model (each model's infer loop runs as many as it takes at once).
+        # Batches are formed per model (each model's infer loop runs as many as it takes at once),
+        # each up to its own size where its registry entry sets one (``model_batches``), else ``max_batch``.
+        sizes = model_batches or {}
         self._batchers: dict[str, MicroBatcher[WorkItem]] = {
-            name: MicroBatcher(max_batch=max_batch, max_wait=max_wait, more_coming=lambda: self._preparing > 0)
+            name: MicroBatcher(
+                max_batch=sizes.get(name, max_batch), max_wait=max_wait, more_coming=lambda: self._preparing > 0
+            )
             for name in models.models
         }
         self._to_write: asyncio.Queue[list[tuple[WorkItem, ModelOutput]]] = asyncio.Queue(maxsize=2)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from visionq import dead_letters, metrics
@@ -44,6 +45,9 @@ class Pipeline:
     max_wait: float  # seconds
     prefetch: int
     receivers: int
+    # The models whose registry entry sets a batch of their own (LoadedModels.own_batches): name ->
+    # batch; the others get max_batch.
+    model_batches: Mapping[str, int] = field(default_factory=dict)
     # Requests are billed (and cost the emulator CPU): poll only when room for several messages
     # has freed up, and let settled messages linger briefly so deletes go ten at a time. Results
     # are committed before this wait, so it delays no answer, only the delete.
@@ -54,15 +58,19 @@ class Pipeline:
         self.min_receive = max(1, min(10, self.prefetch // 3))
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings, device: str) -> Pipeline:
+    def from_settings(
+        cls, settings: WorkerSettings, device: str, model_batches: Mapping[str, int] | None = None
+    ) -> Pipeline:
         if settings.naive:
             return cls(max_batch=1, max_wait=0.0, prefetch=1, receivers=1)
         max_batch = default_max_batch(settings, device)
+        largest = max([max_batch, *(model_batches or {}).values()])
         return cls(
             max_batch=max_batch,
             max_wait=settings.max_wait_ms / 1000,
-            prefetch=max(settings.prefetch or default_prefetch(max_batch), max_batch),
+            prefetch=max(settings.prefetch or default_prefetch(largest), largest),
             receivers=settings.receivers,
+            model_batches=dict(model_batches or {}),
             delete_linger=0.5,
         )
 

@@ -176,7 +176,7 @@ async def _serve(
         # proxy). The reader and the wires count what they send, the reader its reads through the
         # SDK too; the S3 client otherwise only presigns.
         count_requests(sqs, requests)
-        pipeline = Pipeline.from_settings(settings, models.device)
+        pipeline = Pipeline.from_settings(settings, models.device, models.own_batches)
         failpoints = Failpoints.from_env()
         jobs = DynamoJobStore(dynamodb, settings.jobs_table)
         processor = Processor(
@@ -186,6 +186,7 @@ async def _serve(
             results=PostgresResultStore(settings.database_url),
             models=models,
             max_batch=pipeline.max_batch,
+            model_batches=pipeline.model_batches,
             max_wait=pipeline.max_wait,
             failpoints=failpoints,
             announce=announcer(SqsQueue(queue_calls, settings.notify_queue_url)) if settings.notify_queue_url else None,

@@ -45,6 +45,7 @@ class Harness:
         max_wait: float = 0.0,
         model: FakeModel | None = None,
         models: LoadedModels | None = None,
+        model_batches: dict[str, int] | None = None,
         stores: tuple[MemoryJobStore, MemoryObjects, MemoryResults] | None = None,
         **overrides: Any,
     ):
@@ -57,6 +58,7 @@ class Harness:
             results=self.results,
             models=models or LoadedModels.of(self.model),
             max_batch=max_batch,
+            model_batches=model_batches,
             max_wait=max_wait,
         )
 

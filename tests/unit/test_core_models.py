@@ -9,30 +9,39 @@ from dataclasses import replace
 
 from tests.unit.fakes import FakeCaptioner, FakeModel, message, png
 from tests.unit.test_core import Harness
+from visionq.events import ObjectCreated
 from visionq.jobs import Job, JobStatus, direct_upload_job_id, utc_now_iso
 from visionq.models.registry import LoadedModels
 from visionq.work_items import Outcome
 
 
-def _two_models(**overrides: object) -> tuple[Harness, FakeModel, FakeCaptioner]:
+def _two_models(
+    model_batches: dict[str, int] | None = None, **overrides: object
+) -> tuple[Harness, FakeModel, FakeCaptioner]:
     detector, captioner = FakeModel(), FakeCaptioner()
     models = LoadedModels.named({"detect": detector, "caption": captioner})
-    return Harness(models=models, max_batch=4, max_wait=0.2, **overrides), detector, captioner
+    harness = Harness(models=models, max_batch=4, max_wait=0.2, model_batches=model_batches, **overrides)
+    return harness, detector, captioner
 
 
-def test_jobs_of_two_models_interleaved_each_get_their_own_model_and_output_kind() -> None:
-    h, detector, captioner = _two_models()
+def _interleaved(h: Harness, n: int) -> list[ObjectCreated]:
+    """``n`` direct uploads, every other one for the captioner, processed at once (all DONE)."""
     # Direct uploads pick their model by key: <prefix>models/<name>/...; other keys get the default.
     objs = [
         h.objects.put(f"uploads/models/caption/{i}.png" if i % 2 else f"uploads/cam/{i}.png", png(10 + i))
-        for i in range(6)
+        for i in range(n)
     ]
 
     async def body() -> list[Outcome]:
         return list(await asyncio.gather(*(h.process(message(o, message_id=f"m{i}")) for i, o in enumerate(objs))))
 
-    assert h.run(body) == [Outcome.DONE] * 6
-    for i, obj in enumerate(objs):
+    assert h.run(body) == [Outcome.DONE] * n
+    return objs
+
+
+def test_jobs_of_two_models_interleaved_each_get_their_own_model_and_output_kind() -> None:
+    h, detector, captioner = _two_models()
+    for i, obj in enumerate(_interleaved(h, 6)):
         job = h.jobs.jobs[h.job_of(obj)]
         assert job.status is JobStatus.SUCCEEDED
         assert job.result is not None
@@ -47,6 +56,14 @@ def test_jobs_of_two_models_interleaved_each_get_their_own_model_and_output_kind
     # Each image was decoded no larger than its own model's input (the captioner's is 16 px).
     assert all(max(size) <= 16 for batch in captioner.batches for size in batch)
     assert all(max(size) == 32 for batch in detector.batches for size in batch)
+
+
+def test_each_model_gets_batches_of_its_own_size() -> None:
+    """The captioner's batch is its own (its registry entry's max_batch), the detector's the worker's."""
+    h, detector, captioner = _two_models(model_batches={"caption": 1})
+    _interleaved(h, 16)
+    assert [len(b) for b in captioner.batches] == [1] * 8
+    assert max(len(b) for b in detector.batches) > 1 and all(len(b) <= 4 for b in detector.batches)
 
 
 def test_a_job_created_through_the_api_keeps_the_model_it_asked_for() -> None:

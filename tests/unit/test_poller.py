@@ -249,6 +249,16 @@ class LaunchBoundModel(FakeModel):
             return super()._predict(images)
 
 
+def test_the_default_prefetch_makes_room_for_the_largest_batch_of_any_model() -> None:
+    pipeline = Pipeline.from_settings(settings(max_batch=8), "cuda:0", {"caption": 32})
+    assert (pipeline.max_batch, pipeline.model_batches, pipeline.prefetch) == (8, {"caption": 32}, 3 * 32 + 20)
+    # A prefetch set by hand is kept, but never under a batch some model may be handed.
+    assert Pipeline.from_settings(settings(max_batch=8, prefetch=20), "cuda:0", {"caption": 32}).prefetch == 32
+    # Naive: one message at a time, whatever a model's entry says.
+    naive = Pipeline.from_settings(settings(naive=True), "cuda:0", {"caption": 32})
+    assert (naive.max_batch, naive.model_batches, naive.prefetch) == (1, {}, 1)
+
+
 def test_a_busy_model_gets_full_batches_from_the_default_prefetch() -> None:
     """Run 25 on a GPU: with 32 messages held, a model with a batch running, one queued behind it
     and one being written left a batch being formed too few messages, so batches of 8 went out with

@@ -110,6 +110,30 @@ def test_each_model_is_told_the_largest_batch_the_worker_hands_it(tmp_path: Path
     assert told == {"detect": None, "caption": None}
 
 
+def test_a_model_may_set_its_own_batch_which_wins_over_the_workers(tmp_path: Path) -> None:
+    """A captioner whose call costs about the same at any size on a GPU wants larger batches than a
+    detector beside it: its entry's ``max_batch`` is its own; the worker's is the others'."""
+    registry = _registry(tmp_path, REGISTRY + "max_batch = 32\n")  # the caption entry's
+    assert registry.spec("caption").max_batch == 32 and "max_batch" not in registry.spec("caption").options
+    told: dict[str, int | None] = {}
+
+    def load(spec: ModelSpec, weights: str, device: str | None) -> Model:
+        told[spec.name] = spec.max_batch
+        return FakeModel()
+
+    loaded = load_models(registry, loader=load, max_batch=8)
+    assert told == {"detect": 8, "caption": 32}
+    assert loaded.own_batches == {"caption": 32}
+    load_models(registry, loader=load)
+    assert told == {"detect": None, "caption": 32}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "'8'", "2.5", "true"])
+def test_a_models_batch_must_be_a_positive_whole_number(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="model 'a': max_batch must be a whole number of at least 1"):
+        _registry(tmp_path, f"[models.a]\nweights = 'w'\nmax_batch = {value}\n")
+
+
 def test_a_worker_tells_its_models_the_batch_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.unit.fakes import settings
     from visionq.models import registry

@@ -612,7 +612,7 @@ def process_loader(
             device,
             torch_threads=torch_threads,
             cpus=cpus,
-            batch_room=batch_room,
+            batch_room=spec.max_batch or batch_room,  # its own batch, where its entry sets one
             answer_timeout=answer_timeout,
             device_decode=device_decode,
             device_letterbox=device_letterbox,

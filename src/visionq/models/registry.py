@@ -1,7 +1,8 @@
 """The registry of named models: which models exist, how each is loaded, which one a job gets.
 
 One TOML file (``VISIONQ_MODELS_FILE``) names them; every key of an entry other than ``family``,
-``weights`` and ``task`` is an option of that family::
+``weights``, ``task`` and ``max_batch`` (the largest batch the model is handed, its own instead of
+the worker's ``VISIONQ_MAX_BATCH``) is an option of that family::
 
     default = "detect"
 
@@ -15,6 +16,7 @@ One TOML file (``VISIONQ_MODELS_FILE``) names them; every key of an entry other 
     weights = "s3://my-models/blip-base/"
     max_new_tokens = 30
     num_beams = 3
+    max_batch = 32                  # its own batch size (a GPU's generation costs about the same at any)
 
 Without a file there is one model, ``default``, an Ultralytics model from ``VISIONQ_MODEL``.
 
@@ -114,14 +116,18 @@ def _spec(name: str, entry: Any, path: Path) -> ModelSpec:
     family = str(entry.get("family", "ultralytics"))
     if family not in FAMILIES:
         raise ConfigError(f"{path}: model {name!r} has family {family!r}; one of {', '.join(FAMILIES)}")
-    options = {k: v for k, v in entry.items() if k not in ("family", "weights", "task")}
+    options = {k: v for k, v in entry.items() if k not in ("family", "weights", "task", "max_batch")}
     task = entry.get("task")
+    max_batch = entry.get("max_batch")
+    if max_batch is not None and (type(max_batch) is not int or max_batch < 1):
+        raise ConfigError(f"{path}: model {name!r}: max_batch must be a whole number of at least 1, not {max_batch!r}")
     return ModelSpec(
         name=name,
         family=family,
         weights=str(entry["weights"]),
         task=str(task) if task else None,
         options=MappingProxyType(options),
+        max_batch=max_batch,
     )
 
 
@@ -196,6 +202,13 @@ class LoadedModels:
                     logger.exception("model %s did not stop cleanly", name)
 
     @property
+    def own_batches(self) -> dict[str, int]:
+        """The served models whose registry entry sets their own ``max_batch``: name -> that batch
+        (the others take the worker's, ``VISIONQ_MAX_BATCH`` or the device's default)."""
+        sizes = {name: self.registry.spec(name).max_batch for name in self.models}
+        return {name: size for name, size in sizes.items() if size is not None}
+
+    @property
     def largest_input_size(self) -> int | None:
         """The longest side any served model decodes images to; None when none has a size."""
         return max((m.input_size for m in self.models.values() if m.input_size), default=None)
@@ -227,13 +240,15 @@ def load_models(
     max_batch: int | None = None,
 ) -> LoadedModels:
     """Load ``names`` (default: every registered model) once each, each told the largest batch it
-    will be handed (``max_batch``; None: its device's default). A worker serving one model refuses
+    will be handed: its registry entry's own, else ``max_batch`` (None: its device's default). A
+    worker serving one model refuses
     to start when it cannot load it (ModelUnavailable, one sentence); a worker serving several
     keeps the others and records why that one is unavailable."""
     wanted = list(names) if names is not None else registry.names
     loaded = LoadedModels(registry=registry)
     for name in wanted:
-        spec = replace(registry.spec(name), max_batch=max_batch)
+        spec = registry.spec(name)
+        spec = replace(spec, max_batch=spec.max_batch or max_batch)
         try:
             started = time.perf_counter()
             loaded.models[name] = loader(spec, resolve(spec.weights), device)

@@ -23,8 +23,9 @@ class ModelSpec:
     weights: str
     task: str | None = None  # None: what the weights say (Ultralytics), or the family's only task
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    # The largest batch the worker hands it (VISIONQ_MAX_BATCH, set by the worker when it loads
-    # the model); None: the device's default. A GPU's warm-up runs every batch size up to it.
+    # The largest batch the worker hands it: the registry entry's own ``max_batch``, else the
+    # worker's VISIONQ_MAX_BATCH (set when it loads the model); None: the device's default. A GPU's
+    # warm-up runs every batch size up to it.
     max_batch: int | None = None
 
     def option(self, name: str, default: Any = None) -> Any:
