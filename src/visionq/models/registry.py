@@ -241,9 +241,8 @@ def load_models(
 ) -> LoadedModels:
     """Load ``names`` (default: every registered model) once each, each told the largest batch it
     will be handed: its registry entry's own, else ``max_batch`` (None: its device's default). A
-    worker serving one model refuses
-    to start when it cannot load it (ModelUnavailable, one sentence); a worker serving several
-    keeps the others and records why that one is unavailable."""
+    worker serving one model refuses to start when it cannot load it (ModelUnavailable, one
+    sentence); a worker serving several keeps the others and records why that one is unavailable."""
     wanted = list(names) if names is not None else registry.names
     loaded = LoadedModels(registry=registry)
     for name in wanted:
