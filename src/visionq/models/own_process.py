@@ -58,7 +58,7 @@ import numpy as np
 from visionq.child_process import end_process
 from visionq.errors import ImageRejected, ModelUnavailable, TransientError
 from visionq.images import EncodedJpeg
-from visionq.models import Model
+from visionq.models import GPU_BATCH, Model
 from visionq.models.letterbox import Prepared, handed_over, letterbox_here
 from visionq.models.spec import ModelSpec
 from visionq.outputs import ModelOutput
@@ -295,7 +295,7 @@ class ModelProcess:
         *,
         torch_threads: int | None = None,
         cpus: frozenset[int] | None = None,
-        batch_room: int = 8,
+        batch_room: int = GPU_BATCH,
         answer_timeout: float = 600.0,
         device_decode: bool = True,
         device_letterbox: str = "auto",
@@ -598,7 +598,6 @@ def process_loader(
     *,
     torch_threads: int | None,
     cpus: frozenset[int] | None,
-    batch_room: int,
     answer_timeout: float,
     device_decode: bool = True,
     device_letterbox: str = "auto",
@@ -612,7 +611,8 @@ def process_loader(
             device,
             torch_threads=torch_threads,
             cpus=cpus,
-            batch_room=spec.max_batch or batch_room,  # its own batch, where its entry sets one
+            # The largest batch it is handed: its entry's, else the worker's (load_models set it).
+            batch_room=spec.max_batch or GPU_BATCH,
             answer_timeout=answer_timeout,
             device_decode=device_decode,
             device_letterbox=device_letterbox,

@@ -40,7 +40,7 @@ from typing import Any
 from visionq import metrics
 from visionq.errors import ConfigError, ModelUnavailable, PermanentError
 from visionq.jobs import MODELS_SEGMENT
-from visionq.models import GPU_BATCH, Model, pick_device
+from visionq.models import Model, pick_device
 from visionq.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -273,7 +273,6 @@ def load_served_models(settings: Any) -> LoadedModels:
         loader = process_loader(
             torch_threads=settings.torch_threads,
             cpus=cpus[0] if cpus else None,
-            batch_room=settings.max_batch or GPU_BATCH,
             answer_timeout=settings.job_deadline_seconds,
             device_decode=settings.device_decode != "off",
             device_letterbox=settings.device_letterbox,
