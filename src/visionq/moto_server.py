@@ -32,6 +32,9 @@ co-located emulator the pipeline's bottleneck and inflated the worker's own CPU 
   and the patterns do not change while the server runs, so the answer for a host is kept.
 - **DynamoDB updates without repeated work** (``moto_dynamodb.py``): each update expression parsed
   once, the validator's copy of it made by pickle, its passes' tables built once per pass.
+- **DynamoDB's single-item calls are answered in the event loop** (``moto_inline.py``): moto's
+  DynamoDB handler called directly, without the hand-off to a pool thread and Flask's routing
+  (0.79 x the DynamoDB process's CPU per job; bench/RESULTS.md, run 27).
 - **A log line per request** (werkzeug's access log: 8 % of the emulator's CPU), and uvicorn's,
   are off unless ``VISIONQ_EMULATOR_LOG_REQUESTS=1``.
 
@@ -56,6 +59,7 @@ from visionq.moto_dynamodb import (
     speed_up_dynamodb_responses,
     speed_up_dynamodb_updates,
 )
+from visionq.moto_inline import InlineDynamoDB
 
 logger = logging.getLogger("visionq.moto_server")
 
@@ -222,10 +226,13 @@ def serve_keeping_connections(host: str, port: int) -> None:
     uvicorn_wsgi.build_environ = _as_werkzeug_builds(uvicorn_wsgi.build_environ)
     os.environ.setdefault("MOTO_PORT", str(port))  # as moto.server sets it (presigned URLs use it)
     app = DomainDispatcherApplication(create_backend_app)
+    # Threads for the WSGI calls, made as needed: SQS long polls hold one each for up to 20 s
+    # (two per worker, one per notifier), and werkzeug's server had no cap at all.
+    served = uvicorn_wsgi.WSGIMiddleware(app, workers=256)  # type: ignore[attr-defined]
+    if os.environ.get("VISIONQ_EMULATOR_INLINE_DYNAMODB", "1") != "0":
+        served = InlineDynamoDB(served, uvicorn_wsgi.build_environ)
     uvicorn.run(
-        # Threads for the WSGI calls, made as needed: SQS long polls hold one each for up to 20 s
-        # (two per worker, one per notifier), and werkzeug's server had no cap at all.
-        uvicorn_wsgi.WSGIMiddleware(app, workers=256),  # type: ignore[attr-defined]
+        served,
         host=host,
         port=port,
         log_level="warning",

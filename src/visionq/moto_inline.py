@@ -1,0 +1,118 @@
+"""DynamoDB's single-item calls answered in the emulator's event loop (``moto_server.py`` serves it).
+
+Under uvicorn, each request to moto's WSGI application crosses from the event loop to a pool
+thread and back (a task, the hand-off, a wake-up of the loop through its self-pipe for each piece
+of the answer), then passes through moto's host dispatcher, Flask's routing and request context
+and flask-cors before it reaches moto's DynamoDB handler. Without that path the job store's calls
+(two ``UpdateItem`` per job) cost the DynamoDB process 0.79 x its CPU per job, and that process is
+what bounds the local stack on a GPU host (bench/RESULTS.md, runs 25 and 27).
+
+Here a call that moto would give to its DynamoDB handler anyway (a signed ``POST /`` for the
+``dynamodb`` service whose ``X-Amz-Target`` names one of the single-item actions below) goes to
+that handler directly, in the loop's thread, with the request object moto's Flask application
+makes from the same environ, and its answer is built as Flask builds it (werkzeug's response from
+the handler's status, headers and body, plus flask-cors's headers). tests/integration/
+test_emulator_http.py sends the same calls both ways and compares the answers.
+
+One difference, for the better: moto's DynamoDB takes no lock, so two conditional writes to one
+item in two pool threads could both pass their conditions, given a switch of the GIL between one's
+check and its write. In the loop's thread each single-item call runs to its end before another
+begins: atomic among themselves, as DynamoDB makes each write.
+
+Only single-item actions: in the loop's thread a call holds up the process's other connections
+until it ends, and a Scan, a Query or a batch may walk a whole table; those, the other services,
+and a request from a browser (an ``Origin`` header, which flask-cors answers per origin) go the
+usual way. ``VISIONQ_EMULATOR_INLINE_DYNAMODB=0`` sends everything the usual way.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, cast
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+BuildEnviron = Callable[[Any, Any, io.BytesIO], MutableMapping[str, Any]]
+
+INLINE_ACTIONS = frozenset({"GetItem", "PutItem", "UpdateItem", "DeleteItem"})
+TARGET_PREFIX = b"DynamoDB_20120810."
+# What flask-cors adds, with moto's settings (every origin, always), to an answer for a request
+# without an Origin header.
+CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),)
+
+
+def takes_inline(scope: Any) -> bool:
+    """Whether moto would route this request to its DynamoDB handler and it is one handled here."""
+    if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") != "/":
+        return False
+    target = authorization = b""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-amz-target":
+            target = value
+        elif name == b"authorization":
+            authorization = value
+        elif name == b"origin":
+            return False
+    if not target.startswith(TARGET_PREFIX) or target[len(TARGET_PREFIX) :].decode("latin-1") not in INLINE_ACTIONS:
+        return False
+    # The service is read from the signature's credential scope, as moto's dispatcher reads it
+    # ("AWS4-HMAC-SHA256 Credential=KEY/DATE/REGION/SERVICE/aws4_request, ...").
+    try:
+        _, _, _, service, _ = authorization.split(b",")[0].split()[1].split(b"/")
+    except (IndexError, ValueError):  # unsigned, or signed otherwise: moto's dispatcher decides
+        return False
+    return service.lower() == b"dynamodb"
+
+
+class InlineDynamoDB:
+    """ASGI: the calls ``takes_inline`` accepts answered here, the rest passed to ``app``."""
+
+    def __init__(self, app: ASGIApp, build_environ: BuildEnviron) -> None:
+        from moto.core.request import Request
+        from moto.dynamodb.responses import DynamoHandler
+
+        class BackendRequest(Request):
+            from_wsgi_server = True  # as moto's Flask application's request class
+
+        self.app = app
+        self.build_environ = build_environ
+        self.request_class = BackendRequest
+        self.handler = DynamoHandler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not takes_inline(scope):
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        body = message.get("body", b"")
+        while message.get("more_body", False):
+            message = await receive()
+            body += message.get("body", b"")
+        # What moto raises (a body that is not JSON) goes to uvicorn, as from the WSGI application:
+        # it logs it and answers 500, closing the connection.
+        status, headers, content = self.answer(self.build_environ(scope, message, io.BytesIO(body)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    def answer(self, environ: MutableMapping[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """moto's answer, as its Flask view (``convert_to_flask_response``) and flask-cors make it."""
+        from botocore.exceptions import ClientError
+        from moto.moto_api import recorder
+        from werkzeug.wrappers import Response
+
+        request = self.request_class(environ)
+        try:
+            recorder._record_request(request)
+            result = self.handler.dispatch(request, request.raw_url, dict(request.headers))
+        except ClientError as exc:
+            result = 400, {}, exc.response["Error"]["Message"]
+        status, headers, content = result if len(result) == 3 else (200, {}, result)
+        response = Response(response=content, status=status, headers=headers)
+        for name, value in CORS_HEADERS:
+            response.headers.setdefault(name, value)
+        chunks, status_line, header_list = response.get_wsgi_response(cast(dict[str, Any], environ))
+        return (
+            int(status_line.split(" ", 1)[0]),
+            [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in header_list],
+            b"".join(chunks),
+        )
