@@ -11,8 +11,10 @@ import pytest
 from moto import mock_aws
 from moto.sqs.models import Queue, SQSBackend, sqs_backends
 
+from tests.unit.test_moto_dynamodb import _client_with_table
 from visionq.moto_server import (
     COUNTS,
+    speed_up_action_lookup,
     speed_up_dispatch,
     speed_up_sqs_attributes,
     speed_up_sqs_receive,
@@ -86,6 +88,33 @@ def test_the_cached_dispatch_answers_as_moto_does(monkeypatch: pytest.MonkeyPatc
     assert speed_up_dispatch() is True
     assert [app.get_backend_for_host(host) for host in hosts] == expected
     assert [app.get_backend_for_host(host) for host in hosts] == expected  # and again, from the cache
+
+
+def test_each_handlers_methods_are_listed_once_and_as_moto_lists_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.core import responses, utils
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.sqs.responses import SQSResponse
+
+    listed: list[object] = []
+
+    def counted(clazz: object) -> list[str]:
+        listed.append(clazz)
+        return utils.method_names_from_class(clazz)
+
+    monkeypatch.setattr(responses, "method_names_from_class", counted)
+    assert speed_up_action_lookup() is True
+    lookup = responses.method_names_from_class  # type: ignore[attr-defined]
+    for _ in range(3):
+        assert lookup(DynamoHandler) == utils.method_names_from_class(DynamoHandler)
+        assert lookup(SQSResponse) == utils.method_names_from_class(SQSResponse)
+    assert "update_item" in lookup(DynamoHandler)
+    assert listed == [DynamoHandler, SQSResponse]
+
+    with mock_aws():  # moto's handlers answer through it
+        client = _client_with_table()
+        client.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        assert client.get_item(TableName="t", Key={"pk": {"S": "a"}})["Item"] == {"pk": {"S": "a"}}
+    assert listed == [DynamoHandler, SQSResponse]
 
 
 # --- sends and attribute reads that walked the whole queue ---------------------------------------
