@@ -60,7 +60,7 @@ from visionq.moto_dynamodb import (
     speed_up_dynamodb_responses,
     speed_up_dynamodb_updates,
 )
-from visionq.moto_inline import InlineDynamoDB
+from visionq.moto_inline import inline_dynamodb
 
 logger = logging.getLogger("visionq.moto_server")
 
@@ -257,7 +257,7 @@ def serve_keeping_connections(host: str, port: int) -> None:
     # (two per worker, one per notifier), and werkzeug's server had no cap at all.
     served = uvicorn_wsgi.WSGIMiddleware(app, workers=256)  # type: ignore[attr-defined]
     if os.environ.get("VISIONQ_EMULATOR_INLINE_DYNAMODB", "1") != "0":
-        served = InlineDynamoDB(served, uvicorn_wsgi.build_environ)
+        served = inline_dynamodb(served, uvicorn_wsgi.build_environ)
     uvicorn.run(
         served,
         host=host,

@@ -15,7 +15,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from visionq.moto_inline import InlineDynamoDB, takes_inline
+from visionq.moto_inline import InlineDynamoDB, inline_dynamodb, takes_inline
 
 
 def scope_of(action: str, *, service: str = "dynamodb", path: str = "/", method: str = "POST", **extra: str) -> Any:
@@ -81,3 +81,17 @@ def test_the_rest_reaches_the_application_with_its_body_unread() -> None:
     assert reached == [
         ("POST", {"type": "http.request", "body": json.dumps({"TableName": "t"}).encode(), "more_body": False})
     ]
+
+
+def test_where_moto_is_not_as_expected_everything_takes_the_usual_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.responses import DynamoHandler
+
+    async def application(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    def build(scope: Any, message: Any, body: io.BytesIO) -> Any:
+        return {}
+
+    assert isinstance(inline_dynamodb(application, build), InlineDynamoDB)
+    monkeypatch.setattr(DynamoHandler, "dispatch", None)  # a moto that answers another way
+    assert inline_dynamodb(application, build) is application
