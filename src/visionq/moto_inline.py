@@ -91,8 +91,12 @@ class InlineDynamoDB:
     """ASGI: the calls ``takes_inline`` accepts answered here, the rest passed to ``app``."""
 
     def __init__(self, app: ASGIApp, build_environ: BuildEnviron) -> None:
+        # What each call needs, looked up once here rather than on every call.
+        from botocore.exceptions import ClientError
         from moto.core.request import Request
         from moto.dynamodb.responses import DynamoHandler
+        from moto.moto_api import recorder
+        from werkzeug.wrappers import Response
 
         class BackendRequest(Request):
             from_wsgi_server = True  # as moto's Flask application's request class
@@ -101,6 +105,9 @@ class InlineDynamoDB:
         self.build_environ = build_environ
         self.request_class = BackendRequest
         self.handler = DynamoHandler
+        self.record = recorder._record_request
+        self.client_error = ClientError
+        self.response_class = Response
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if not takes_inline(scope):
@@ -119,18 +126,14 @@ class InlineDynamoDB:
 
     def answer(self, environ: MutableMapping[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """moto's answer, as its Flask view (``convert_to_flask_response``) and flask-cors make it."""
-        from botocore.exceptions import ClientError
-        from moto.moto_api import recorder
-        from werkzeug.wrappers import Response
-
         request = self.request_class(environ)
         try:
-            recorder._record_request(request)
+            self.record(request)
             result = self.handler.dispatch(request, request.raw_url, dict(request.headers))
-        except ClientError as exc:
+        except self.client_error as exc:
             result = 400, {}, exc.response["Error"]["Message"]
         status, headers, content = result if len(result) == 3 else (200, {}, result)
-        response = Response(response=content, status=status, headers=headers)
+        response = self.response_class(response=content, status=status, headers=headers)
         for name, value in CORS_HEADERS:
             response.headers.setdefault(name, value)
         chunks, status_line, header_list = response.get_wsgi_response(cast(dict[str, Any], environ))
