@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="distinct JPEGs (the bench's, from Ultralytics' samples)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-side", type=int, default=640)
+    parser.add_argument("--megapixels", type=float, default=None, help="each JPEG resized to this many MP first")
     args = parser.parse_args()
 
     import cv2
@@ -43,7 +44,7 @@ def main() -> None:
     from visionq import images
 
     cv2.setNumThreads(1)  # as in a decode process: one image a process at a time
-    data = make_images(args.n)
+    data = make_images(args.n, megapixels=args.megapixels)
     limits = images.ImageLimits()
     simplejpeg_path = images._jpeg_pixels
 
