@@ -40,23 +40,39 @@ BuildEnviron = Callable[[Any, Any, io.BytesIO], MutableMapping[str, Any]]
 INLINE_ACTIONS = frozenset({"GetItem", "PutItem", "UpdateItem", "DeleteItem"})
 TARGET_PREFIX = b"DynamoDB_20120810."
 # What flask-cors adds, with moto's settings (every origin, always), to an answer for a request
-# without an Origin header.
+# without an Origin header; moto leaves flask-cors out when MOTO_DISABLE_GLOBAL_CORS is set.
 CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),)
+# The headers takes_inline reads; a request that gives one of them twice is not taken.
+_HEADERS_READ = frozenset({b"x-amz-target", b"authorization", b"content-type"})
 
 
 def takes_inline(scope: Any) -> bool:
-    """Whether moto would route this request to its DynamoDB handler and it is one handled here."""
-    if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") != "/":
+    """Whether moto would route this request to its DynamoDB handler and it is one handled here.
+
+    Where moto's application could answer otherwise than its handler, the request goes there: an
+    action named in the query string (moto reads it before ``X-Amz-Target``), a header read here
+    given twice (uvicorn passes both values on, and moto reads them its own way), and a form, which
+    werkzeug parses as moto reads the request and may refuse with an answer of its own (413)."""
+    if (
+        scope.get("type") != "http"
+        or scope.get("method") != "POST"
+        or scope.get("path") != "/"
+        or scope.get("query_string")
+    ):
         return False
-    target = authorization = b""
+    seen: dict[bytes, bytes] = {}
     for name, value in scope.get("headers", ()):
-        if name == b"x-amz-target":
-            target = value
-        elif name == b"authorization":
-            authorization = value
+        if name in _HEADERS_READ:
+            if name in seen:
+                return False
+            seen[name] = value
         elif name == b"origin":
             return False
+    target, authorization = seen.get(b"x-amz-target", b""), seen.get(b"authorization", b"")
     if not target.startswith(TARGET_PREFIX) or target[len(TARGET_PREFIX) :].decode("latin-1") not in INLINE_ACTIONS:
+        return False
+    media_type = seen.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if media_type.startswith(b"multipart/") or media_type == b"application/x-www-form-urlencoded":
         return False
     # The service is read from the signature's credential scope, as moto's dispatcher reads it
     # ("AWS4-HMAC-SHA256 Credential=KEY/DATE/REGION/SERVICE/aws4_request, ...").
@@ -93,6 +109,7 @@ class InlineDynamoDB:
     def __init__(self, app: ASGIApp, build_environ: BuildEnviron) -> None:
         # What each call needs, looked up once here rather than on every call.
         from botocore.exceptions import ClientError
+        from moto import settings
         from moto.core.request import Request
         from moto.dynamodb.responses import DynamoHandler
         from moto.moto_api import recorder
@@ -108,19 +125,20 @@ class InlineDynamoDB:
         self.record = recorder._record_request
         self.client_error = ClientError
         self.response_class = Response
+        self.cors_headers = () if settings.DISABLE_GLOBAL_CORS else CORS_HEADERS
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if not takes_inline(scope):
             await self.app(scope, receive, send)
             return
         message = await receive()
-        body = message.get("body", b"")
+        pieces = [message.get("body", b"")]
         while message.get("more_body", False):
             message = await receive()
-            body += message.get("body", b"")
+            pieces.append(message.get("body", b""))
         # What moto raises (a body that is not JSON) goes to uvicorn, as from the WSGI application:
         # it logs it and answers 500, closing the connection.
-        status, headers, content = self.answer(self.build_environ(scope, message, io.BytesIO(body)))
+        status, headers, content = self.answer(self.build_environ(scope, message, io.BytesIO(b"".join(pieces))))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
@@ -134,7 +152,7 @@ class InlineDynamoDB:
             result = 400, {}, exc.response["Error"]["Message"]
         status, headers, content = result if len(result) == 3 else (200, {}, result)
         response = self.response_class(response=content, status=status, headers=headers)
-        for name, value in CORS_HEADERS:
+        for name, value in self.cors_headers:
             response.headers.setdefault(name, value)
         chunks, status_line, header_list = response.get_wsgi_response(cast(dict[str, Any], environ))
         return (

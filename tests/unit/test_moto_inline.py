@@ -95,3 +95,74 @@ def test_where_moto_is_not_as_expected_everything_takes_the_usual_path(monkeypat
     assert isinstance(inline_dynamodb(application, build), InlineDynamoDB)
     monkeypatch.setattr(DynamoHandler, "dispatch", None)  # a moto that answers another way
     assert inline_dynamodb(application, build) is application
+
+
+@pytest.mark.parametrize(
+    "content_type", ["multipart/form-data; boundary=xx", "application/x-www-form-urlencoded", "Multipart/Mixed"]
+)
+def test_a_form_goes_to_motos_application(content_type: str) -> None:
+    # werkzeug parses a form when moto reads the request, and may answer it itself (a 413 for too
+    # many parts); only Flask's application turns that into its answer.
+    assert not takes_inline(scope_of("DynamoDB_20120810.GetItem", **{"Content-Type": content_type}))
+    assert takes_inline(scope_of("DynamoDB_20120810.GetItem", **{"Content-Type": "application/x-amz-json-1.0"}))
+
+
+def test_a_query_string_goes_to_motos_application() -> None:
+    # moto reads the action from ?Action= before X-Amz-Target: a Scan could hide behind a GetItem.
+    scope = scope_of("DynamoDB_20120810.GetItem")
+    scope["query_string"] = b"Action=Scan"
+    assert not takes_inline(scope)
+    scope["query_string"] = b""
+    assert takes_inline(scope)
+
+
+@pytest.mark.parametrize("header", [b"authorization", b"x-amz-target"])
+def test_a_repeated_routing_header_goes_to_motos_application(header: bytes) -> None:
+    # uvicorn hands both values on and moto reads them its own way (the first credential scope):
+    # only moto's application can tell where such a request goes.
+    scope = scope_of("DynamoDB_20120810.GetItem")
+    scope["headers"].insert(0, (header, dict(scope["headers"])[header]))
+    assert not takes_inline(scope)
+
+
+def test_a_body_sent_in_pieces_reaches_moto_whole() -> None:
+    pieces = [b'{"TableName": ', b'"t", "Key": ', b'{"pk": {"S": "a"}}}']
+    messages = [
+        {"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1} for i, piece in enumerate(pieces)
+    ]
+    seen: list[bytes] = []
+
+    async def application(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a single-item call went to moto's application")
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    def build(scope: Any, message: Any, body: io.BytesIO) -> Any:
+        seen.append(body.read())
+        raise RuntimeError("enough: the body is what this test reads")
+
+    served = InlineDynamoDB(application, build)
+    with pytest.raises(RuntimeError, match="enough"):
+        asyncio.run(served(scope_of("DynamoDB_20120810.GetItem"), receive, None))
+    assert seen == [b"".join(pieces)]
+
+
+@pytest.mark.parametrize("cors_off", [False, True])
+def test_the_cors_header_is_added_as_moto_is_set_to_add_it(monkeypatch: pytest.MonkeyPatch, cors_off: bool) -> None:
+    from moto import settings
+    from werkzeug.test import EnvironBuilder
+
+    monkeypatch.setattr(settings, "DISABLE_GLOBAL_CORS", cors_off)  # MOTO_DISABLE_GLOBAL_CORS
+
+    async def application(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    served = InlineDynamoDB(application, lambda scope, message, body: {})
+    scope = scope_of("DynamoDB_20120810.GetItem")
+    headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+    body = json.dumps({"TableName": "no-such-table", "Key": {"pk": {"S": "a"}}})
+    environ = EnvironBuilder(method="POST", path="/", headers=headers, data=body).get_environ()
+    status, answer_headers, _ = served.answer(environ)
+    assert status == 400  # the table does not exist: moto's own error
+    assert (b"access-control-allow-origin" in dict(answer_headers)) is not cors_off
