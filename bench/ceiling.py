@@ -1,6 +1,7 @@
 """The worker's own ceiling: the pipeline with models that cost nothing, in one run (issue 11).
 
-    .venv/bin/python bench/ceiling.py                 # N=300 JPEGs from Ultralytics' samples
+    .venv/bin/python bench/ceiling.py                 # N=300 JPEGs from Ultralytics' samples (0.69 MP)
+    .venv/bin/python bench/ceiling.py --megapixels 1  # the same JPEGs at 1 MP (issue 11's target's size)
 
 Runs, one after another, each a `visionq worker` process draining N objects already in the bucket
 (moto server and PostgreSQL co-located, as in bench/run_bench.py):
