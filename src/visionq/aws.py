@@ -6,11 +6,11 @@ Nothing here runs at import time; entry points call these once and pass the clie
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.httpsession import where as default_ca_bundle
 from botocore.utils import get_environ_proxies
@@ -114,11 +114,12 @@ def count_requests(client: Any, counts: dict[str, int]) -> Any:
 
 
 def ca_bundle() -> str:
-    """The certificates the SDK trusts: ``AWS_CA_BUNDLE`` where it is set, else botocore's own
-    bundle. The calls the worker sends itself (``stores/s3_reader.py``, ``stores/dynamodb_wire.py``,
-    ``stores/sqs_wire.py``) trust the same, so a private CA (a proxy's, MinIO's) set for the SDK
-    works for them too."""
-    return os.environ.get("AWS_CA_BUNDLE") or default_ca_bundle()
+    """The certificates the SDK trusts: ``AWS_CA_BUNDLE`` where it is set, else the profile's
+    ``ca_bundle`` in the AWS config file, else botocore's own bundle. The calls the worker sends
+    itself (``stores/s3_reader.py``, ``stores/dynamodb_wire.py``, ``stores/sqs_wire.py``) trust
+    the same, so a private CA (a proxy's, MinIO's) set for the SDK works for them too."""
+    configured = botocore.session.get_session().get_config_variable("ca_bundle")
+    return str(configured) if configured else default_ca_bundle()
 
 
 def proxy_for(url: str) -> str | None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -257,3 +259,68 @@ def test_the_async_connection_fails_alike(raw: bytes, error: type[Exception]) ->
 def test_the_async_connection_gives_up_on_a_silent_peer() -> None:
     with pytest.raises(TimeoutError):
         asyncio.run(async_answer([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"], close=False, read_timeout=0.2))
+
+
+def reset_after(pieces: list[bytes]) -> tuple[int, threading.Thread]:
+    """A loopback server that reads one request, sends ``pieces``, then resets the connection
+    (SO_LINGER 0: an RST, not a FIN); its port and its thread."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        peer, _ = listener.accept()
+        listener.close()
+        received = b""
+        while len(received) < len(REQUEST):
+            received += peer.recv(1 << 16)
+        for piece in pieces:
+            peer.sendall(piece)
+        time.sleep(0.1)  # the piece is read before the reset comes
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+
+    server = threading.Thread(target=serve)
+    server.start()
+    return port, server
+
+
+@pytest.mark.parametrize(
+    ("pieces", "error"),
+    [
+        ([], ConnectionResetError),  # no answer at all: the request may go again at once
+        # The server was answering, so it had the request: sending it again is a retry like any other.
+        ([b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"Attri'], http1.BadAnswer),
+        ([b"HTTP/1.1 200 OK\r\nContent-Le"], http1.BadAnswer),
+    ],
+)
+def test_a_reset_inside_an_answer_is_a_bad_answer_not_no_answer(pieces: list[bytes], error: type[Exception]) -> None:
+    port, server = reset_after(pieces)
+    connection = http1.Connection(socket.create_connection(("127.0.0.1", port), timeout=5))
+    try:
+        with pytest.raises(error) as raised:
+            connection.exchange(REQUEST)
+        assert isinstance(raised.value, http1.CLOSED_UNDER_US) is (error is ConnectionResetError)
+    finally:
+        connection.close()
+        server.join()
+
+    async def on_the_loop() -> None:
+        port, server = reset_after(pieces)
+        connection = await http1.AsyncConnection.open("127.0.0.1", port, tls=None, connect_timeout=5, read_timeout=5)
+        try:
+            with pytest.raises(error):
+                await connection.exchange(REQUEST)
+        finally:
+            connection.close()
+            await asyncio.to_thread(server.join)
+
+    asyncio.run(on_the_loop())
+
+
+def test_an_answer_both_chunked_and_with_a_length_is_read_by_its_chunks_and_not_kept(
+    pair: tuple[http1.Connection, socket.socket],
+) -> None:
+    # RFC 9112 6.3: the chunks frame it, and the connection is closed after it (a sign of smuggling).
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    answer = answer_with(pair, raw)
+    assert (answer.body, answer.keep_alive) == (b"hi", False)

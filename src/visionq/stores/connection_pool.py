@@ -46,7 +46,7 @@ class ConnectionPool:
 
     async def exchange(self, origin: http1.Origin, request: bytes, *, max_body: int) -> http1.Answer:
         """The answer to ``request``. A kept connection the server closed or reset as the request
-        went (no answer at all) is replaced and the request sent once more at once, as the
+        went (no answer at all) is replaced by a new one and the request sent once more at once, as the
         DynamoDB writes do (``dynamodb_wire``); it spends none of the caller's attempts. (Only
         requests the SDK would also send again after a connection error go through a pool: GETs,
         SQS calls.)"""
@@ -62,7 +62,10 @@ class ConnectionPool:
                     if not kept:
                         raise
                     connection.close()
-                    connection, _ = await self._connection(origin)
+                    # The origin's other idle connections may have been dropped with it (a server
+                    # closing its idle ones together): closed too, and the request goes on a new one.
+                    self._drop_idle(origin)
+                    connection = await self._open(origin)
                     answer = await connection.exchange(request, max_body=max_body)
             except BaseException:
                 connection.close()
@@ -82,14 +85,19 @@ class ConnectionPool:
                 return connection, True
             connection.close()
             # The others went idle earlier still: closed now rather than left open.
-            for older, _ in idle:
-                older.close()
-            idle.clear()
-        connection = await http1.AsyncConnection.open(
+            self._drop_idle(origin)
+        return await self._open(origin), False
+
+    def _drop_idle(self, origin: http1.Origin) -> None:
+        for connection, _ in self._idle[origin]:
+            connection.close()
+        self._idle[origin].clear()
+
+    async def _open(self, origin: http1.Origin) -> http1.AsyncConnection:
+        return await http1.AsyncConnection.open(
             origin.host,
             origin.port,
             tls=self._tls if origin.tls else None,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,
         )
-        return connection, False

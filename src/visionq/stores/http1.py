@@ -39,6 +39,9 @@ _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # What a kept connection the peer closed as the request went fails with: no answer at all. The
 # request may be sent again at once on a new connection (as HTTP clients do for idempotent ones).
 CLOSED_UNDER_US = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+# A reset after part of the answer came is not that: the server had the request, so it goes again
+# only as a counted retry (BadAnswer), as the SDK would send it.
+RESET_INSIDE = "the connection was reset inside the answer"
 
 # What the framing asks its connection for next: the head (up to the empty line), one line, a
 # number of bytes, or everything to the connection's end (up to a limit).
@@ -125,6 +128,8 @@ def _answer(max_body: int | None) -> Generator[_Need, bytes, Answer]:
             while (yield _LINE, None):  # trailers, up to the empty line
                 pass
         body = b"".join(parts)
+        if "content-length" in headers:  # both: framed by the chunks, and closed after (RFC 9112 6.3)
+            delimited = False
     elif (length := headers.get("content-length")) is not None:
         if not _DIGITS.fullmatch(length):
             raise BadAnswer(f"not a Content-Length: {length[:40]!r}")
@@ -239,16 +244,26 @@ class Connection:
         self._received = _Received()
 
     def exchange(self, request: bytes, *, max_body: int | None = None) -> Answer:
-        """Send ``request`` and read its answer. A peer that closes before the first byte of an
-        answer raises ``http.client.RemoteDisconnected`` (the request may be sent again on a new
-        connection); the socket's own errors (``TimeoutError``, resets) pass through."""
+        """Send ``request`` and read its answer. A peer that closes or resets the connection before
+        the first byte of an answer raises one of ``CLOSED_UNDER_US`` (the request may be sent
+        again at once on a new connection); one that resets it inside an answer, ``BadAnswer``
+        (the server had the request: sending it again is a retry like any other). The socket's
+        other errors (``TimeoutError``) pass through."""
         self.sock.sendall(request)
         framing = _answer(max_body)
         need = next(framing)
+        answered = False  # a byte of the answer has come
         try:
             while True:
                 while (taken := self._received.take(need)) is None:
-                    self._received.feed(self.sock.recv(_RECV_BYTES))
+                    try:
+                        chunk = self.sock.recv(_RECV_BYTES)
+                    except ConnectionResetError as exc:
+                        if answered:  # the server had the request: not "no answer at all"
+                            raise BadAnswer(RESET_INSIDE) from exc
+                        raise
+                    answered = answered or bool(chunk)
+                    self._received.feed(chunk)
                 need = framing.send(taken)
         except StopIteration as done:
             return self._received.settled(done.value)
@@ -293,10 +308,11 @@ class AsyncConnection:
         self._writer.write(request)
         framing = _answer(max_body)
         need = next(framing)
+        answered = False
         try:
             while True:
                 while (taken := self._received.take(need)) is None:
-                    await self._read_more()
+                    answered = await self._read_more(answered)
                 need = framing.send(taken)
         except StopIteration as done:
             answer: Answer = done.value
@@ -304,9 +320,17 @@ class AsyncConnection:
             return dataclasses.replace(answer, keep_alive=False)
         return answer
 
-    async def _read_more(self) -> None:
+    async def _read_more(self, answered: bool) -> bool:
+        """Read what comes next; whether a byte of the answer has come (``answered``: before)."""
         async with asyncio.timeout(self._read_timeout):
-            self._received.feed(await self._reader.read(_ASYNC_READ_BYTES))
+            try:
+                chunk = await self._reader.read(_ASYNC_READ_BYTES)
+            except ConnectionResetError as exc:
+                if answered:
+                    raise BadAnswer(RESET_INSIDE) from exc
+                raise
+        self._received.feed(chunk)
+        return answered or bool(chunk)
 
     def close(self) -> None:
         self._writer.close()
