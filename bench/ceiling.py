@@ -35,6 +35,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -63,8 +65,6 @@ def registry(directory: Path, delay_ms: float, per_image_ms: float, device: str 
 
 
 def pixel_count(data: bytes) -> int:
-    from PIL import Image
-
     width, height = Image.open(io.BytesIO(data)).size
     return width * height
 

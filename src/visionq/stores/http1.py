@@ -19,12 +19,13 @@ dropped).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import http.client
 import re
 import socket
 import ssl
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -39,9 +40,6 @@ _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # What a kept connection the peer closed as the request went fails with: no answer at all. The
 # request may be sent again at once on a new connection (as HTTP clients do for idempotent ones).
 CLOSED_UNDER_US = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-# A reset after part of the answer came is not that: the server had the request, so it goes again
-# only as a counted retry (BadAnswer), as the SDK would send it.
-RESET_INSIDE = "the connection was reset inside the answer"
 
 # What the framing asks its connection for next: the head (up to the empty line), one line, a
 # number of bytes, or everything to the connection's end (up to a limit).
@@ -236,6 +234,19 @@ class _Received:
         return answer
 
 
+@contextlib.contextmanager
+def _reads_of_an_answer(answered: bool) -> Iterator[None]:
+    """A reset before any byte of the answer is no answer at all (``CLOSED_UNDER_US``: the request
+    may go again at once); after one, the server had the request, so it goes again only as a
+    counted retry (``BadAnswer``), as the SDK would send it."""
+    try:
+        yield
+    except ConnectionResetError as exc:
+        if answered:
+            raise BadAnswer("the connection was reset inside the answer") from exc
+        raise
+
+
 class Connection:
     """A connected blocking socket (plain or TLS, its timeout set by the caller)."""
 
@@ -256,12 +267,8 @@ class Connection:
         try:
             while True:
                 while (taken := self._received.take(need)) is None:
-                    try:
+                    with _reads_of_an_answer(answered):
                         chunk = self.sock.recv(_RECV_BYTES)
-                    except ConnectionResetError as exc:
-                        if answered:  # the server had the request: not "no answer at all"
-                            raise BadAnswer(RESET_INSIDE) from exc
-                        raise
                     answered = answered or bool(chunk)
                     self._received.feed(chunk)
                 need = framing.send(taken)
@@ -323,12 +330,8 @@ class AsyncConnection:
     async def _read_more(self, answered: bool) -> bool:
         """Read what comes next; whether a byte of the answer has come (``answered``: before)."""
         async with asyncio.timeout(self._read_timeout):
-            try:
+            with _reads_of_an_answer(answered):
                 chunk = await self._reader.read(_ASYNC_READ_BYTES)
-            except ConnectionResetError as exc:
-                if answered:
-                    raise BadAnswer(RESET_INSIDE) from exc
-                raise
         self._received.feed(chunk)
         return answered or bool(chunk)
 
